@@ -1,0 +1,1 @@
+"""Pure torch/numpy core: grids, flows, priors, networks, training. Never imports Qt or napari."""

@@ -1,0 +1,58 @@
+"""Argument validation shared by the core: clear errors that name the argument, never broadcasting."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_field", "check_image", "check_same_field", "check_squarings"]
+
+
+def check_image(name: str, image: object, *, finite: bool = True) -> torch.Tensor:
+    """Check ``image`` is a floating tensor ``(B, C, *S)`` with 2 or 3 spatial axes of size >= 2."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, *S), got {type(image).__name__}")
+    if not image.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float32/float64), got {image.dtype}")
+    if image.ndim not in (4, 5):
+        raise ValueError(
+            f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {tuple(image.shape)} "
+            f"({image.ndim} dimensions)"
+        )
+    if min(image.shape[2:]) < 2:
+        raise ValueError(f"{name} needs at least 2 voxels along every spatial axis, got {tuple(image.shape)}")
+    if finite and not bool(torch.isfinite(image).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return image
+
+
+def check_field(name: str, field: object, *, finite: bool = True) -> torch.Tensor:
+    """Check ``field`` is a vector field ``(B, n, *S)`` whose n matches its 2 or 3 spatial axes."""
+    field = check_image(name, field, finite=finite)
+    n = field.ndim - 2
+    if field.shape[1] != n:
+        raise ValueError(
+            f"{name} must have {n} components for {n} spatial axes, i.e. shape (B, {n}, *S); "
+            f"got {field.shape[1]} channels in shape {tuple(field.shape)}"
+        )
+    return field
+
+
+def check_same_field(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Require two fields to share shape, dtype and device (no broadcasting)."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_a} is {a.dtype} but {name_b} is {b.dtype}")
+
+
+def check_squarings(squarings: object) -> int:
+    """Check a fixed number of squarings is an int in 0..20."""
+    if isinstance(squarings, bool) or not isinstance(squarings, int):
+        raise TypeError(f"squarings must be an int in 0..20 or None, got {squarings!r}")
+    if not 0 <= squarings <= 20:
+        raise ValueError(f"squarings must be in 0..20, got {squarings}")
+    return squarings

@@ -1,0 +1,165 @@
+"""Coordinate grids, voxel <-> normalised conversion, warping and composition.
+
+Conventions (DESIGN.md §2), stated once here:
+
+* Images are ``(B, C, *S)`` with ``S = (D, H, W)`` in 3D or ``(H, W)`` in 2D, the array order
+  napari shows (z, y, x).
+* Vector fields are ``(B, n, *S)``; component k points along array axis k (z first) and is
+  measured **in voxels**. A transform φ is stored as its displacement u: φ(x) = x + u(x).
+* ``warp(I, u)(x) = I(x + u(x))`` (pull-back) with linear interpolation.
+* ``compose(u_outer, u_inner)`` is the displacement of φ_outer ∘ φ_inner (inner acts first).
+* Sampling uses ``grid_sample(align_corners=True)``: voxel i on an axis of N voxels sits at the
+  normalised coordinate −1 + 2i/(N − 1). grid_sample wants the grid channels-last and in
+  reversed (x, y, z) order; :func:`to_normalised` and :func:`to_voxel` are the only places
+  that reverse the axis order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_field, check_image, check_same_field
+
+__all__ = [
+    "compose",
+    "identity",
+    "normalised_identity",
+    "sample",
+    "to_normalised",
+    "to_voxel",
+    "warp",
+]
+
+_MODES = {"linear": "bilinear", "nearest": "nearest"}
+_PADDINGS = ("zeros", "border", "reflection")
+
+
+def identity(
+    shape: Sequence[int], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Voxel coordinates of every voxel: ``(n, *S)``, component k = index along array axis k."""
+    axes = [torch.arange(size, device=device, dtype=dtype or torch.get_default_dtype()) for size in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def normalised_identity(
+    shape: Sequence[int], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """grid_sample's identity grid ``(1, *S, n)``, channels-last, (x, y, z) order, values in [−1, 1].
+
+    The result is cached and shared: treat it as read-only.
+    """
+    return _normalised_identity(tuple(int(s) for s in shape), torch.device(device or "cpu"),
+                                dtype or torch.get_default_dtype())
+
+
+def to_normalised(displacement: torch.Tensor) -> torch.Tensor:
+    """Voxel displacement ``(B, n, *S)`` → normalised grid offsets ``(B, *S, n)`` in (x, y, z) order."""
+    scale = _voxel_to_normalised_scale(displacement.shape[2:], displacement)
+    return (displacement.flip(1) * scale.view(1, -1, *([1] * (displacement.ndim - 2)))).movedim(1, -1)
+
+
+def to_voxel(offsets: torch.Tensor) -> torch.Tensor:
+    """Normalised grid offsets ``(B, *S, n)`` in (x, y, z) order → voxel displacement ``(B, n, *S)``."""
+    scale = _voxel_to_normalised_scale(offsets.shape[1:-1], offsets)
+    return (offsets / scale).flip(-1).movedim(-1, 1)
+
+
+def sample(
+    image: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    mode: str = "linear",
+    padding: str = "zeros",
+    add_to: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sample ``image`` ``(B, C, *S_in)`` at normalised ``grid`` ``(B, *S_out, n)`` → ``(B, C, *S_out)``.
+
+    ``add_to`` (shape of the result) is added to the samples without an intermediate copy.
+    On the CPU with a single batch item, PyTorch's grid sampler runs on one thread; the grid is
+    then split along its first axis into one chunk per thread, sampled as a batch from an
+    expanded (not copied) image, and the chunks are written straight into the result.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    chunks = _cpu_chunks(image, grid)
+    if chunks == 1:
+        out = F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+        return out if add_to is None else add_to + out
+    channels, first, rest = image.shape[1], grid.shape[1], grid.shape[2:-1]
+    grid_chunks = grid.reshape(chunks, first // chunks, *rest, grid.shape[-1])
+    image_copies = image.expand(chunks, *image.shape[1:])
+    out = F.grid_sample(image_copies, grid_chunks, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    out = out.view(chunks, channels, first // chunks, *rest).transpose(0, 1)  # (C, k, S0/k, ...)
+    if add_to is None:
+        return out.reshape(1, channels, first, *rest)
+    total = add_to.reshape(channels, chunks, first // chunks, *rest) + out
+    return total.reshape(1, channels, first, *rest)
+
+
+def warp(
+    image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "linear", padding: str = "zeros"
+) -> torch.Tensor:
+    """Pull ``image`` ``(B, C, *S)`` back through φ = id + ``displacement`` ``(B, n, *S)`` voxels.
+
+    Returns ``I(x + u(x))`` of shape ``(B, C, *S)``; ``padding`` says what lies outside the image.
+    """
+    check_image("image", image)
+    check_field("displacement", displacement)
+    if image.shape[2:] != displacement.shape[2:] or image.shape[0] != displacement.shape[0]:
+        raise ValueError(
+            f"image {tuple(image.shape)} and displacement {tuple(displacement.shape)} must share "
+            "batch size and spatial shape"
+        )
+    if image.device != displacement.device:
+        raise ValueError(f"image is on {image.device} but displacement is on {displacement.device}")
+    if image.dtype != displacement.dtype:
+        raise TypeError(f"image is {image.dtype} but displacement is {displacement.dtype}")
+    grid = _grid_from_displacement(displacement)
+    return sample(image, grid, mode=mode, padding=padding)
+
+
+def compose(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
+    """Displacement of φ_outer ∘ φ_inner (inner acts first): ``u_inner + u_outer ∘ (id + u_inner)``.
+
+    Both ``(B, n, *S)`` in voxels; the outer field is sampled with border padding.
+    """
+    check_field("u_outer", u_outer)
+    check_field("u_inner", u_inner)
+    check_same_field("u_outer", u_outer, "u_inner", u_inner)
+    return sample(u_outer, _grid_from_displacement(u_inner), padding="border", add_to=u_inner)
+
+
+def _grid_from_displacement(displacement: torch.Tensor) -> torch.Tensor:
+    """Normalised sampling grid ``(B, *S, n)`` of id + ``displacement`` ``(B, n, *S)`` voxels."""
+    shape = displacement.shape[2:]
+    base = normalised_identity(shape, device=displacement.device, dtype=displacement.dtype)
+    return base + to_normalised(displacement)
+
+
+@lru_cache(maxsize=16)
+def _normalised_identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    axes = [torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype) for size in shape]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack(mesh[::-1], dim=-1).unsqueeze(0)
+
+
+def _voxel_to_normalised_scale(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Factors 2 / (N_k − 1) in (x, y, z) order: one voxel in normalised units per axis."""
+    return torch.tensor([2.0 / (size - 1) for size in reversed(shape)], device=like.device, dtype=like.dtype)
+
+
+def _cpu_chunks(image: torch.Tensor, grid: torch.Tensor) -> int:
+    """How many grid chunks to sample in parallel (1 = plain call)."""
+    if image.device.type != "cpu" or image.shape[0] != 1 or grid.shape[0] != 1:
+        return 1
+    chunks = min(torch.get_num_threads(), grid.shape[1])
+    while chunks > 1 and grid.shape[1] % chunks:
+        chunks -= 1
+    return chunks
