@@ -1,0 +1,192 @@
+"""Template transformers: a U-Net predicts a flow that warps a shape prior into a segmentation.
+
+``TemplateTransformer(kind)``:
+
+* ``"bch"`` — T velocity fields (piecewise time-dependent flow), combined in a binary tree by BCH
+  of ``bch_order`` then one exponential (or ``method="compose"``: exponentials composed);
+* ``"svf"`` — one stationary velocity field, exponentiated by scaling and squaring;
+* ``"stt"`` — the non-diffeomorphic template transformer (Lee et al. 2019): the network output
+  is the displacement itself, topology not guaranteed;
+* ``"unet"`` — direct estimation baseline: sigmoid of one output channel, no prior warp.
+
+For the flows the output probability is the analytic prior at the warped coordinates, p(Φ(x)).
+Fields are ``(B, n, *S)`` in voxels of the input grid (DESIGN.md §2); the network output goes
+through α·tanh (α in voxels) and its last convolution starts at zero, so an untrained flow model
+returns the prior exactly.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import check_image, check_squarings
+from .flow import exp, integrate, jacobian
+from .nets import UNet
+from .prior import GeneralisedGaussianPrior, ImagePrior, prior_from_dict
+
+__all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "segmentation_loss"]
+
+KINDS = ("bch", "svf", "stt", "unet")
+METHODS = ("bch", "compose")
+_EPS = 1e-6  # probabilities are clamped to [ε, 1 − ε] in the loss
+
+
+class TemplateResult(NamedTuple):
+    """Everything one forward pass computed, so callers never recompute."""
+
+    probability: torch.Tensor  # (B, 1, *S) in [0, 1]
+    prior: torch.Tensor  # (B, 1, *S) the unwarped prior on the same grid
+    velocities: torch.Tensor | None  # (B, T, n, *S) voxels (svf: T = 1; stt/unet: None)
+    velocity: torch.Tensor | None  # (B, n, *S) voxels, exp(velocity) = Φ (svf, bch+"bch")
+    displacement: torch.Tensor | None  # (B, n, *S) voxels, Φ = id + displacement (not unet)
+
+
+class TemplateTransformer(nn.Module):
+    """Image → segmentation as a deformed prior; see the module docstring for ``kind``.
+
+    ``prior`` defaults to the centred :class:`GeneralisedGaussianPrior`; ``pieces`` = T (bch
+    only; svf uses 1); ``alpha`` bounds each network output in voxels (256 in the paper);
+    ``width`` is the U-Net base width; ``smoothness`` λ ≥ 0 weights the λ‖∇u‖² penalty of
+    :meth:`regularisation`; ``squarings`` fixes the number of squarings (None: chosen per field).
+    ``image_channels`` is the number of image channels (the prior adds one more network input).
+    """
+
+    def __init__(
+        self,
+        kind: str = "bch",
+        ndim: int = 3,
+        prior: GeneralisedGaussianPrior | ImagePrior | None = None,
+        pieces: int = 4,
+        bch_order: int = 2,
+        alpha: float = 256.0,
+        width: int = 8,
+        smoothness: float = 0.0,
+        *,
+        method: str = "bch",
+        squarings: int | None = None,
+        image_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1:
+            raise ValueError(f"pieces must be a positive int, got {pieces!r}")
+        if isinstance(bch_order, bool) or not isinstance(bch_order, int) or not 1 <= bch_order <= 4:
+            raise ValueError(f"bch_order must be an int in 1..4, got {bch_order!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be a positive number of voxels, got {alpha!r}")
+        if not smoothness >= 0:
+            raise ValueError(f"smoothness must be >= 0, got {smoothness!r}")
+        if squarings is not None:
+            check_squarings(squarings)
+        prior = GeneralisedGaussianPrior(ndim) if prior is None else prior
+        if getattr(prior, "ndim", None) != ndim:
+            raise ValueError(f"prior is {getattr(prior, 'ndim', '?')}D but ndim={ndim}")
+        self.kind, self.ndim, self.method, self.squarings = kind, ndim, method, squarings
+        self.pieces = pieces if kind == "bch" else 1
+        self.bch_order, self.alpha, self.width = bch_order, float(alpha), width
+        self.smoothness, self.image_channels = float(smoothness), image_channels
+        self.prior = prior
+        out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
+        self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet")
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        offset: tuple[int, ...] | None = None,
+        full_shape: tuple[int, ...] | None = None,
+    ) -> TemplateResult:
+        """Segment ``image`` ``(B, C, *S)`` (S multiples of 16), a patch at voxel ``offset`` of a
+        volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there."""
+        check_image("image", image)
+        if image.ndim - 2 != self.ndim or image.shape[1] != self.image_channels:
+            raise ValueError(
+                f"image must have shape (B, {self.image_channels}, *S) with {self.ndim} spatial "
+                f"axes, got {tuple(image.shape)}"
+            )
+        batch, shape = image.shape[0], tuple(image.shape[2:])
+        prior = self.prior.on_grid(shape, offset, full_shape, device=image.device,
+                                   dtype=image.dtype)
+        prior = prior.expand(batch, *prior.shape[1:])
+        out = self.net(torch.cat([image, prior], dim=1))
+        if self.kind == "unet":
+            return TemplateResult(torch.sigmoid(out), prior, None, None, None)
+        field = self.alpha * torch.tanh(out)
+        velocities = velocity = None
+        if self.kind == "stt":
+            displacement = field
+        elif self.kind == "svf":
+            velocity = field
+            velocities = field.unsqueeze(1)
+            displacement = exp(velocity, self.squarings)
+        else:
+            velocities = field.view(batch, self.pieces, self.ndim, *shape)
+            flow = integrate(velocities, self.method, self.bch_order, self.squarings)
+            displacement, velocity = flow.displacement, flow.velocity
+        probability = self.prior.on_grid(shape, offset, full_shape, displacement)
+        return TemplateResult(probability, prior, velocities, velocity, displacement)
+
+    def regularisation(self, result: TemplateResult) -> torch.Tensor:
+        """λ · mean over voxels of ‖∇u‖² (Frobenius, voxel units) of the displacement; 0 for unet
+        or λ = 0. A scalar tensor to add to the loss."""
+        u = result.displacement
+        if u is None or self.smoothness == 0:
+            return result.probability.new_zeros(())
+        return self.smoothness * jacobian(u).pow(2).sum((1, 2)).mean()
+
+    def config(self) -> dict:
+        """Plain-dict description (checkpoint-safe); :meth:`from_config` rebuilds the module."""
+        return {
+            "kind": self.kind, "ndim": self.ndim, "prior": self.prior.to_dict(),
+            "pieces": self.pieces, "bch_order": self.bch_order, "alpha": self.alpha,
+            "width": self.width, "smoothness": self.smoothness, "method": self.method,
+            "squarings": self.squarings, "image_channels": self.image_channels,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> TemplateTransformer:
+        """A fresh module from :meth:`config` output (load the state_dict for the weights)."""
+        if not isinstance(config, dict) or "kind" not in config:
+            raise ValueError("model config must be a dict with a 'kind' entry")
+        if config["kind"] not in KINDS:
+            raise ValueError(f"unknown model kind {config['kind']!r}; this version knows {KINDS}")
+        options = dict(config)
+        prior = options.pop("prior", None)
+        known = {"kind", "ndim", "pieces", "bch_order", "alpha", "width", "smoothness", "method",
+                 "squarings", "image_channels"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"model config has unknown entries {unknown}")
+        return cls(prior=None if prior is None else prior_from_dict(prior), **options)
+
+
+def segmentation_loss(
+    probability: torch.Tensor, target: torch.Tensor, ignore_value: int = 255
+) -> torch.Tensor:
+    """Binary cross-entropy of ``probability`` ``(B, 1, *S)`` against ``target`` (same shape,
+    values 0/1, ``ignore_value`` = unlabelled), averaged over the labelled voxels only.
+
+    Sparse annotation (e.g. one labelled slice) marks every other voxel ``ignore_value``; those
+    give neither loss nor gradient. With no labelled voxel the loss is 0.
+    """
+    if probability.shape != target.shape:
+        raise ValueError(
+            f"probability {tuple(probability.shape)} and target {tuple(target.shape)} must have "
+            "the same shape"
+        )
+    known = target != ignore_value
+    labels = torch.where(known, target, torch.zeros_like(target)).to(probability.dtype)
+    if bool(((labels != 0) & (labels != 1)).any()):
+        raise ValueError(f"target must hold 0, 1 or ignore_value={ignore_value}")
+    # saturated probabilities would give gradients of ~1/ε through torch's BCE
+    clamped = probability.clamp(_EPS, 1.0 - _EPS)
+    losses = F.binary_cross_entropy(clamped, labels, reduction="none")
+    return torch.where(known, losses, torch.zeros_like(losses)).sum() / known.sum().clamp_min(1)

@@ -1,0 +1,142 @@
+"""Convolutional networks for 2D and 3D images: a 4-level U-Net and a small feature CNN.
+
+Tensors are ``(B, C, *S)`` with ``S`` = (D, H, W) or (H, W). Normalisation is instance norm
+(per sample and channel, with affine parameters), activations LeakyReLU(0.2), up-sampling
+linear (bi/trilinear).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DIVISOR", "ConvBlock", "FeatureCNN", "UNet", "check_divisible"]
+
+LEVELS = 4
+DIVISOR = 2**LEVELS  # every spatial size must be a multiple of this
+
+
+class ConvBlock(nn.Sequential):
+    """Two (3×3[×3] conv → instance norm → LeakyReLU(0.2)) layers; keeps the spatial size."""
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int) -> None:
+        conv = _conv(ndim)
+        layers: list[nn.Module] = []
+        for channels in (in_channels, out_channels):
+            layers += [conv(channels, out_channels, 3, padding=1), _instance_norm(out_channels),
+                       nn.LeakyReLU(0.2)]
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net with 4 down/up levels and skip connections: ``(B, in, *S)`` → ``(B, out, *S)``.
+
+    Widths are ``width · 2^level`` (level 0…4, 4 = bottleneck at S/16). Down-sampling is max
+    pooling, up-sampling linear interpolation followed by a :class:`ConvBlock` on the
+    concatenated skip. ``head`` is the final 1×1 convolution; ``zero_head=True`` initialises it to
+    zero so the output starts at exactly 0. Every spatial size must be a multiple of 16.
+    """
+
+    def __init__(
+        self, ndim: int, in_channels: int = 2, out_channels: int = 1, width: int = 8,
+        *, zero_head: bool = False,
+    ) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.ndim, self.in_channels, self.out_channels = ndim, in_channels, out_channels
+        widths = [width * 2**level for level in range(LEVELS + 1)]
+        self.down = nn.ModuleList([ConvBlock(ndim, in_channels, widths[0])])
+        self.down.extend(ConvBlock(ndim, widths[k - 1], widths[k]) for k in range(1, LEVELS + 1))
+        self.up = nn.ModuleList(
+            ConvBlock(ndim, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(LEVELS))
+        )
+        self.head = _conv(ndim)(widths[0], out_channels, 1)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_divisible(x, self.ndim, self.in_channels)
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        mode = "bilinear" if self.ndim == 2 else "trilinear"
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else pool(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for block in self.up:
+            x = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
+            x = block(torch.cat([x, skips.pop()], dim=1))
+        return self.head(x)
+
+
+class FeatureCNN(nn.Module):
+    """Small CNN: ``levels`` × (:class:`ConvBlock`, 2× max pool), global mean → ``(B, features)``.
+
+    Widths double per level from ``width``; a linear layer maps to ``features``. For classifiers
+    and localisation heads (e.g. predicting transform parameters).
+    """
+
+    def __init__(
+        self, ndim: int, in_channels: int = 1, features: int = 10, width: int = 8, levels: int = 3
+    ) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+        if levels < 1:
+            raise ValueError(f"levels must be >= 1, got {levels!r}")
+        self.ndim = ndim
+        widths = [width * 2**k for k in range(levels)]
+        self.blocks = nn.ModuleList(
+            ConvBlock(ndim, [in_channels, *widths][k], widths[k]) for k in range(levels)
+        )
+        self.linear = nn.Linear(widths[-1], features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        for block in self.blocks:
+            x = pool(block(x), 2)
+        return self.linear(x.flatten(2).mean(2))
+
+
+def check_divisible(x: torch.Tensor, ndim: int, channels: int) -> None:
+    """Require ``x`` ``(B, channels, *S)`` with every spatial size a positive multiple of 16."""
+    if not isinstance(x, torch.Tensor) or x.ndim != ndim + 2 or x.shape[1] != channels:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"input must have shape (B, {channels}, *S) with {ndim} spatial axes, got {got}"
+        )
+    bad = [s for s in x.shape[2:] if s < DIVISOR or s % DIVISOR]
+    if bad:
+        needed = tuple(max(DIVISOR, -(-s // DIVISOR) * DIVISOR) for s in x.shape[2:])
+        raise ValueError(
+            f"the U-Net needs every spatial size to be a multiple of {DIVISOR} (and at least "
+            f"{DIVISOR}); got {tuple(x.shape[2:])}: pad to {needed} (inference pads automatically)"
+        )
+
+
+def _conv(ndim: int) -> type[nn.Module]:
+    return nn.Conv2d if ndim == 2 else nn.Conv3d
+
+
+def _instance_norm(channels: int) -> nn.Module:
+    return _InstanceNorm(channels, channels)
+
+
+class _InstanceNorm(nn.GroupNorm):
+    """Instance norm with affine parameters (GroupNorm with one group per channel).
+
+    torch refuses to normalise a single voxel; its normalised value is exactly 0, so the output
+    is the bias. That case is the bottleneck of a 16-voxel input.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x[0, 0].numel() > 1:
+            return super().forward(x)
+        return self.bias.view(1, -1, *([1] * (x.ndim - 2))).expand_as(x)

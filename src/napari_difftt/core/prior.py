@@ -1,0 +1,473 @@
+"""Shape priors evaluated at warped coordinates: p(Φ(x)), the template the flow deforms.
+
+Coordinates are **normalised full-volume coordinates in array order**: voxel index i on an axis
+of N voxels ↦ −1 + 2i/(N − 1). A patch at voxel ``offset`` inside a volume of ``full_shape``
+evaluates the prior at the global index offset + local index (+ displacement), so the prior is
+the same function on patches and on whole volumes (DESIGN.md §2).
+
+* :class:`GeneralisedGaussianPrior` — analytic p(x) = exp(−(d²)^β · ln 2),
+  d² = (x − μ)ᵀ Σ⁻¹ (x − μ); p = ½ on the ellipsoid d = 1 whatever β.
+* :class:`ImagePrior` — a probability map (atlas, label image) resampled linearly.
+
+Both offer ``prior(coords)`` and ``prior.on_grid(shape, offset, full_shape, displacement)``,
+and ``to_dict()`` / :func:`prior_from_dict` for checkpoints (plain floats and lists).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checks import check_field
+from .grid import identity, sample
+
+__all__ = [
+    "PARAMETERISATIONS",
+    "GeneralisedGaussianPrior",
+    "ImagePrior",
+    "fit_to_mask",
+    "from_world",
+    "grid_coordinates",
+    "prior_from_dict",
+    "rotation_matrix",
+]
+
+PARAMETERISATIONS = ("fixed", "mean", "sigma", "diag", "full")
+_LN2 = math.log(2.0)
+# d² is clamped to this before the power: (d²)^β has an infinite derivative at 0 for β < 1.
+_MIN_D2 = 1e-12
+
+
+class GeneralisedGaussianPrior(nn.Module):
+    """Generalised Gaussian p(x; μ, Σ, β) = exp(−(d²)^β · ln 2) in normalised coordinates.
+
+    Arguments (normalised units, array order):
+
+    * ``mean`` ``(n,)``, default the centre (zeros).
+    * ``radii`` ``(n,)`` semi-axes of the ½-contour, default 0.5 on every axis (half the extent);
+      ``rotation`` ``(n, n)`` orthogonal matrix whose columns are the principal axes, so
+      Σ = R diag(radii²) Rᵀ. Or give ``covariance`` ``(n, n)`` directly (not with radii/rotation).
+    * ``beta`` > 0: 1 is Gaussian, larger is flatter with a sharper edge.
+
+    What is learnt (the paper's Table 3 rows are combinations of these):
+
+    * ``parameterisation`` — the covariance model: ``"fixed"`` (frozen), ``"mean"`` (frozen Σ,
+      the mean learnt), ``"sigma"`` (one learnt scale s, Σ = s²·Σ₀, i.e. σ²I for the default
+      isotropic Σ₀), ``"diag"`` (learnt radii along frozen principal axes: diagonal Σ when
+      ``rotation`` is None), ``"full"`` (learnt Cholesky factor, positive diagonal via exp).
+    * ``train_mean`` — learn μ; default ``None`` means "every parameterisation except fixed".
+    * ``train_beta`` — learn β > 0 (stored as log β).
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        mean: Sequence[float] | None = None,
+        radii: Sequence[float] | None = None,
+        rotation: Sequence[Sequence[float]] | np.ndarray | None = None,
+        beta: float = 1.0,
+        parameterisation: str = "fixed",
+        train_beta: bool = False,
+        *,
+        train_mean: bool | None = None,
+        covariance: Sequence[Sequence[float]] | np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+        if parameterisation not in PARAMETERISATIONS:
+            raise ValueError(
+                f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}"
+            )
+        if train_mean is None:
+            train_mean = parameterisation != "fixed"
+        if parameterisation == "mean" and not train_mean:
+            raise ValueError("parameterisation='mean' always learns the mean (train_mean=False)")
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        self.ndim = ndim
+        self.parameterisation = parameterisation
+        self.train_mean = bool(train_mean)
+        self.train_beta = bool(train_beta)
+
+        mean_t = _vector("mean", mean, ndim, default=0.0)
+        self._register("location", mean_t, self.train_mean)
+        self._register("log_beta", torch.tensor(math.log(beta)), self.train_beta)
+
+        axes, scales = _principal_axes(ndim, radii, rotation, covariance)
+        if parameterisation == "diag":
+            self._register("rotation", axes, False)
+            self._register("log_radii", scales.log(), True)
+        else:
+            factor = torch.linalg.cholesky(axes @ torch.diag(scales**2) @ axes.T)
+            if parameterisation == "full":
+                raw = torch.tril(factor, -1) + torch.diag(factor.diagonal().log())
+                self._register("cholesky_raw", raw, True)
+            else:
+                self._register("factor", factor, False)
+            if parameterisation == "sigma":
+                self._register("log_scale", torch.tensor(0.0), True)
+
+    # ---------------------------------------------------------------- parameters
+    @property
+    def mean(self) -> torch.Tensor:
+        """μ ``(n,)`` in normalised coordinates."""
+        return self.location
+
+    @property
+    def beta(self) -> torch.Tensor:
+        """β ``()`` > 0."""
+        return self.log_beta.exp()
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Σ ``(n, n)`` in normalised units²; d = 1 (p = ½) on the ellipsoid (x−μ)ᵀΣ⁻¹(x−μ) = 1."""
+        f = self._factor()
+        return f @ f.T
+
+    def _factor(self) -> torch.Tensor:
+        """F with Σ = F Fᵀ."""
+        if self.parameterisation == "diag":
+            return self.rotation * self.log_radii.exp()
+        if self.parameterisation == "full":
+            raw = self.cholesky_raw
+            return torch.tril(raw, -1) + torch.diag(raw.diagonal().exp())
+        if self.parameterisation == "sigma":
+            return self.factor * self.log_scale.exp()
+        return self.factor
+
+    def _whitening(self) -> torch.Tensor:
+        """W with Σ⁻¹ = Wᵀ W, so d² = ‖W (x − μ)‖²."""
+        if self.parameterisation == "diag":
+            return self.rotation.T / self.log_radii.exp().unsqueeze(1)
+        return torch.linalg.inv(self._factor())
+
+    # ---------------------------------------------------------------- evaluation
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """p at normalised ``coords`` ``(B, n, *S)`` (array order) → ``(B, 1, *S)`` in (0, 1]."""
+        _check_coords(coords, self.ndim)
+        centred = coords - self.mean.view(1, -1, *([1] * self.ndim)).to(coords.dtype)
+        white = torch.einsum("ij,bj...->bi...", self._whitening().to(coords.dtype), centred)
+        d2 = white.pow(2).sum(1, keepdim=True).clamp_min(_MIN_D2)
+        return torch.exp(-d2.pow(self.beta.to(coords.dtype)) * _LN2)
+
+    def on_grid(
+        self,
+        shape: Sequence[int],
+        offset: Sequence[int] | None = None,
+        full_shape: Sequence[int] | None = None,
+        displacement: torch.Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """p(Φ(x)) on a grid of ``shape`` → ``(B, 1, *shape)`` (B = 1 without a displacement).
+
+        See :func:`grid_coordinates` for ``offset``, ``full_shape`` and ``displacement``.
+        """
+        like = self.log_beta
+        coords = grid_coordinates(shape, offset, full_shape, displacement,
+                                  device=device or like.device, dtype=dtype or like.dtype)
+        return self(coords)
+
+    # ---------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict:
+        """Plain-float description of the current prior; :func:`prior_from_dict` rebuilds it."""
+        return {
+            "type": "generalised_gaussian",
+            "ndim": self.ndim,
+            "mean": [float(v) for v in self.mean.detach().cpu()],
+            "covariance": self.covariance.detach().cpu().double().tolist(),
+            "beta": float(self.beta.detach()),
+            "parameterisation": self.parameterisation,
+            "train_mean": self.train_mean,
+            "train_beta": self.train_beta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneralisedGaussianPrior:
+        """Inverse of :meth:`to_dict`."""
+        _check_type(data, "generalised_gaussian")
+        try:
+            return cls(
+                int(data["ndim"]), mean=data["mean"], covariance=data["covariance"],
+                beta=float(data["beta"]), parameterisation=data["parameterisation"],
+                train_beta=bool(data["train_beta"]), train_mean=bool(data["train_mean"]),
+            )
+        except KeyError as missing:
+            raise ValueError(f"prior description lacks the key {missing}") from None
+
+    def extra_repr(self) -> str:
+        return (f"ndim={self.ndim}, parameterisation={self.parameterisation!r}, "
+                f"train_mean={self.train_mean}, train_beta={self.train_beta}")
+
+    def _register(self, name: str, value: torch.Tensor, trainable: bool) -> None:
+        value = value.to(torch.get_default_dtype())
+        if trainable:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+
+class ImagePrior(nn.Module):
+    """A probability map ``(*S_p)`` in [0, 1] over the full volume, resampled linearly.
+
+    The map covers the normalised cube [−1, 1]ⁿ whatever its resolution (an atlas may be coarser
+    than the volume); outside it the prior is 0. The map is a buffer: ``to_dict`` records only its
+    shape and the module's ``state_dict`` carries the values.
+    """
+
+    def __init__(self, image: torch.Tensor | np.ndarray) -> None:
+        super().__init__()
+        image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+        if image.ndim not in (2, 3) or min(image.shape) < 2:
+            raise ValueError(
+                f"image must be a 2D or 3D probability map with >= 2 voxels per axis, got shape "
+                f"{tuple(image.shape)}"
+            )
+        image = image.to(torch.get_default_dtype())
+        if not bool(torch.isfinite(image).all()) or image.min() < 0 or image.max() > 1:
+            raise ValueError("image must hold probabilities in [0, 1] (no NaN/Inf)")
+        self.ndim = image.ndim
+        self.register_buffer("image", image[None, None].clone())
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """Probability at normalised ``coords`` ``(B, n, *S)`` (array order) → ``(B, 1, *S)``."""
+        _check_coords(coords, self.ndim)
+        grid = coords.flip(1).movedim(1, -1)  # grid_sample wants (x, y, z) channels-last
+        image = self.image.to(coords.dtype).expand(coords.shape[0], *self.image.shape[1:])
+        return sample(image, grid, padding="zeros")
+
+    def on_grid(
+        self,
+        shape: Sequence[int],
+        offset: Sequence[int] | None = None,
+        full_shape: Sequence[int] | None = None,
+        displacement: torch.Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """p(Φ(x)) on a grid of ``shape`` → ``(B, 1, *shape)``; see :func:`grid_coordinates`."""
+        like = self.image
+        coords = grid_coordinates(shape, offset, full_shape, displacement,
+                                  device=device or like.device, dtype=dtype or like.dtype)
+        return self(coords)
+
+    def to_dict(self) -> dict:
+        return {"type": "image", "ndim": self.ndim, "shape": list(self.image.shape[2:])}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImagePrior:
+        """An all-zero map of the recorded shape: load the module's state_dict for its values."""
+        _check_type(data, "image")
+        return cls(torch.zeros([int(s) for s in data["shape"]]))
+
+
+def prior_from_dict(data: dict) -> GeneralisedGaussianPrior | ImagePrior:
+    """Rebuild a prior from ``to_dict()`` output, whichever class wrote it."""
+    kinds = {"generalised_gaussian": GeneralisedGaussianPrior, "image": ImagePrior}
+    if not isinstance(data, dict) or data.get("type") not in kinds:
+        found = data.get("type") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"unknown prior type {found!r}; expected one of {sorted(kinds)}")
+    return kinds[data["type"]].from_dict(data)
+
+
+def grid_coordinates(
+    shape: Sequence[int],
+    offset: Sequence[int] | None = None,
+    full_shape: Sequence[int] | None = None,
+    displacement: torch.Tensor | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Normalised full-volume coordinates of a grid → ``(B, n, *shape)``, array order.
+
+    Voxel i of the local grid sits at global index ``offset + i (+ displacement(i))`` of a
+    volume of ``full_shape`` (default: the grid itself, offset 0), mapped by −1 + 2g/(N − 1).
+    ``offset`` may be negative and the grid may extend past the volume (padding).
+    ``displacement`` ``(B, n, *shape)`` is in voxels of the local grid; its device and dtype win.
+    """
+    shape = _shape("shape", shape)
+    n = len(shape)
+    offset = (0,) * n if offset is None else tuple(int(o) for o in offset)
+    full_shape = shape if full_shape is None else _shape("full_shape", full_shape)
+    if len(offset) != n or len(full_shape) != n:
+        raise ValueError(f"offset {offset} and full_shape {full_shape} need {n} entries like shape")
+    if displacement is not None:
+        check_field("displacement", displacement)
+        if tuple(displacement.shape[2:]) != shape:
+            raise ValueError(
+                f"displacement {tuple(displacement.shape)} must have spatial shape {shape}"
+            )
+        device, dtype = displacement.device, displacement.dtype
+    index = identity(shape, device=device, dtype=dtype).unsqueeze(0)
+    shift = index.new_tensor(offset).view(1, n, *([1] * n))
+    index = index + shift if displacement is None else index + shift + displacement
+    scale = index.new_tensor([2.0 / (s - 1) for s in full_shape])
+    return index * scale.view(1, n, *([1] * n)) - 1.0
+
+
+def rotation_matrix(angles_deg: float | Sequence[float], ndim: int) -> np.ndarray:
+    """Rotation ``(n, n)`` in array order from angles in degrees.
+
+    2D: one angle, rotating axis 0 towards axis 1. 3D: three angles (a₀, a₁, a₂) about array
+    axes 0, 1, 2, combined as R = R₀ R₁ R₂ (R₂ applied to a vector first).
+    """
+    angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
+    expected = 1 if ndim == 2 else 3
+    if ndim not in (2, 3) or angles.shape != (expected,):
+        raise ValueError(
+            f"rotation_deg needs {expected} angle(s) for ndim={ndim}, got {angles_deg!r}"
+        )
+    if ndim == 2:
+        return _plane_rotation(2, 0, 1, angles[0])
+    r = np.eye(3)
+    for axis, angle in enumerate(angles):
+        a, b = [k for k in range(3) if k != axis]
+        r = r @ _plane_rotation(3, a, b, angle)
+    return r
+
+
+def from_world(
+    mean_mm: Sequence[float],
+    radii_mm: Sequence[float],
+    rotation_deg: float | Sequence[float],
+    beta: float,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    origin: Sequence[float] | None = None,
+    **kwargs,
+) -> GeneralisedGaussianPrior:
+    """A prior from an ellipsoid in world millimetres (axis-aligned volume, array order).
+
+    ``mean_mm`` is the world position of the centre, ``origin`` the world position of voxel 0
+    (default zeros), ``spacing`` mm per array axis; ``radii_mm`` the semi-axes of the ½-contour,
+    rotated by ``rotation_deg`` (see :func:`rotation_matrix`) in mm space. ``kwargs`` go to
+    :class:`GeneralisedGaussianPrior` (parameterisation, train_beta, ...).
+    """
+    shape = _shape("shape", shape)
+    n = len(shape)
+    spacing = _positive_array("spacing", spacing, n)
+    origin = np.zeros(n) if origin is None else _float_array("origin", origin, n)
+    centre_index = (_float_array("mean_mm", mean_mm, n) - origin) / spacing
+    to_norm = 2.0 / (np.asarray(shape, dtype=np.float64) - 1)
+    radii = _positive_array("radii_mm", radii_mm, n)
+    rot = rotation_matrix(rotation_deg, n)
+    cov_mm = rot @ np.diag(radii**2) @ rot.T
+    scale = to_norm / spacing  # mm → normalised, per axis
+    return GeneralisedGaussianPrior(
+        n, mean=centre_index * to_norm - 1.0, covariance=cov_mm * np.outer(scale, scale), beta=beta,
+        **kwargs,
+    )
+
+
+def fit_to_mask(
+    mask: np.ndarray | torch.Tensor, beta: float = 1.0, **kwargs
+) -> GeneralisedGaussianPrior:
+    """A prior whose ½-contour matches ``mask`` ``(*S)`` (2D or 3D, nonzero = inside).
+
+    Moments of the voxel coordinates: μ = centroid; Σ = (n + 2) · covariance, because a solid
+    ellipsoid with semi-axes a has per-axis second moment a²/(n + 2) (a²/5 in 3D, a²/4 in 2D), so
+    the fitted ellipsoid's surface is d = 1 (p = ½). Normalised coordinates are per-axis voxel
+    indices, so the fit needs no spacing. ``kwargs`` go to :class:`GeneralisedGaussianPrior`.
+    """
+    mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask) != 0
+    if mask.ndim not in (2, 3) or min(mask.shape) < 2:
+        raise ValueError(f"mask must be 2D or 3D with >= 2 voxels per axis, got {mask.shape}")
+    points = np.argwhere(mask).astype(np.float64)
+    if len(points) < mask.ndim + 1:
+        raise ValueError(f"mask needs at least {mask.ndim + 1} foreground voxels to fit a prior, "
+                         f"got {len(points)}")
+    to_norm = 2.0 / (np.asarray(mask.shape, dtype=np.float64) - 1)
+    centred = points - points.mean(0)
+    cov = (mask.ndim + 2) * (centred.T @ centred) / len(points)
+    return GeneralisedGaussianPrior(
+        mask.ndim, mean=points.mean(0) * to_norm - 1.0, covariance=cov * np.outer(to_norm, to_norm),
+        beta=beta, **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _principal_axes(ndim, radii, rotation, covariance) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, r) with Σ = R diag(r²) Rᵀ from radii/rotation or a covariance, in float64."""
+    if covariance is not None:
+        if radii is not None or rotation is not None:
+            raise ValueError("give either covariance or radii/rotation, not both")
+        cov = torch.as_tensor(np.asarray(covariance, dtype=np.float64))
+        if cov.shape != (ndim, ndim) or not bool(torch.isfinite(cov).all()):
+            raise ValueError(
+                f"covariance must be a finite {ndim}×{ndim} matrix, got shape {tuple(cov.shape)}"
+            )
+        if not torch.allclose(cov, cov.T, rtol=1e-6, atol=1e-10):
+            raise ValueError("covariance must be symmetric")
+        values, vectors = torch.linalg.eigh(cov)
+        if values.min() <= 0:
+            raise ValueError(
+                f"covariance must be positive definite, got eigenvalues {values.tolist()}"
+            )
+        return vectors, values.sqrt()
+    radii = [0.5] * ndim if radii is None else radii
+    scales = torch.as_tensor(_positive_array("radii", radii, ndim))
+    if rotation is None:
+        return torch.eye(ndim, dtype=torch.float64), scales
+    rot = torch.as_tensor(np.asarray(rotation, dtype=np.float64))
+    eye = torch.eye(ndim, dtype=rot.dtype)
+    if rot.shape != (ndim, ndim) or not torch.allclose(rot.T @ rot, eye, atol=1e-5):
+        raise ValueError(f"rotation must be an orthogonal {ndim}×{ndim} matrix, got {rot.tolist()}")
+    return rot, scales
+
+
+def _plane_rotation(n: int, a: int, b: int, angle_deg: float) -> np.ndarray:
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    r = np.eye(n)
+    r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+    return r
+
+
+def _vector(name: str, value, n: int, default: float) -> torch.Tensor:
+    if value is None:
+        return torch.full((n,), default, dtype=torch.float64)
+    return torch.as_tensor(_float_array(name, value, n))
+
+
+def _float_array(name: str, value, n: int) -> np.ndarray:
+    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value,
+                       dtype=np.float64).reshape(-1)
+    if array.shape != (n,) or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be {n} finite numbers, got {value!r}")
+    return array
+
+
+def _positive_array(name: str, value, n: int) -> np.ndarray:
+    array = _float_array(name, value, n)
+    if (array <= 0).any():
+        raise ValueError(f"{name} must be positive, got {array.tolist()}")
+    return array
+
+
+def _shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape) < 2:
+        raise ValueError(f"{name} must have 2 or 3 axes of >= 2 voxels, got {shape}")
+    return shape
+
+
+def _check_coords(coords: torch.Tensor, ndim: int) -> None:
+    if not isinstance(coords, torch.Tensor) or coords.ndim != ndim + 2 or coords.shape[1] != ndim:
+        got = tuple(coords.shape) if isinstance(coords, torch.Tensor) else type(coords).__name__
+        raise ValueError(f"coords must have shape (B, {ndim}, *S) for a {ndim}D prior, got {got}")
+
+
+def _check_type(data: dict, expected: str) -> None:
+    if not isinstance(data, dict) or data.get("type") != expected:
+        found = data.get("type") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"expected a prior description of type {expected!r}, got {found!r}")

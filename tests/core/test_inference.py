@@ -1,0 +1,139 @@
+"""Whole-volume inference: checkpoints, padding/cropping, the global prior, cancel, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_difftt.core import inference
+from napari_difftt.core.data import normalise_intensity
+from napari_difftt.core.inference import (
+    Cancelled,
+    OutOfMemory,
+    default_checkpoint,
+    estimate_bytes,
+    load_model,
+    predict_volume,
+)
+from napari_difftt.core.io import CheckpointError, save_checkpoint
+from napari_difftt.core.models import TemplateTransformer
+from napari_difftt.core.prior import GeneralisedGaussianPrior
+
+
+def _save(path, model, **extra):
+    payload = {"model": model.config(), "state_dict": model.state_dict(),
+               "spacing": [1.0] * model.ndim, "training": {}, "versions": {}, **extra}
+    return save_checkpoint(path, payload)
+
+
+@pytest.fixture
+def bch_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    prior = GeneralisedGaussianPrior(3, mean=[0.1, -0.1, 0.2], radii=[0.5, 0.4, 0.6], beta=2.0)
+    return _save(tmp_path / "bch.pt", TemplateTransformer("bch", ndim=3, prior=prior, width=2))
+
+
+def test_untrained_flow_model_predicts_the_global_prior_cropped_back(bch_checkpoint):
+    loaded = load_model(bch_checkpoint, device="cpu")
+    assert loaded.device == torch.device("cpu") and not loaded.model.training
+    image = np.random.default_rng(0).random((20, 23, 17)).astype(np.float32) * 300
+    prediction = predict_volume(loaded.model, image)
+    assert prediction.probability.shape == prediction.prior.shape == (20, 23, 17)
+    assert prediction.probability.dtype == np.float32
+    assert prediction.segmentation.dtype == np.uint8
+    assert prediction.displacement.shape == prediction.velocity.shape == (3, 20, 23, 17)
+    assert prediction.velocities.shape == (4, 3, 20, 23, 17)
+    # padding to 32 × 32 × 32 must not move the prior: it is the unpadded volume's function
+    expected = loaded.model.prior.on_grid((20, 23, 17))[0, 0].detach().numpy()
+    np.testing.assert_array_equal(prediction.prior, expected)
+    np.testing.assert_array_equal(prediction.probability, expected)
+    np.testing.assert_array_equal(prediction.segmentation, (expected > 0.5).astype(np.uint8))
+    assert not prediction.displacement.any()
+
+
+def test_2d_unet_and_normalisation(tmp_path):
+    torch.manual_seed(1)
+    model = TemplateTransformer("unet", ndim=2, width=2)
+    loaded = load_model(_save(tmp_path / "unet.pt", model), device="cpu")
+    image = np.random.default_rng(1).random((30, 33)).astype(np.float32)
+    raw = predict_volume(loaded.model, image * 1000 + 5)
+    assert raw.displacement is None and raw.velocities is None and raw.velocity is None
+    already = predict_volume(loaded.model, normalise_intensity(image), normalise=False)
+    np.testing.assert_allclose(raw.probability, already.probability, atol=1e-6)
+    # a volume smaller than 16 voxels is padded up to 16
+    assert predict_volume(loaded.model, image[:7, :9]).probability.shape == (7, 9)
+
+
+def test_progress_and_cancel(bch_checkpoint):
+    model = load_model(bch_checkpoint, device="cpu").model
+    image = np.random.default_rng(2).random((16, 16, 16)).astype(np.float32)
+    calls = []
+    predict_volume(model, image, progress=lambda done, total, message: calls.append((done, total)))
+    assert [done for done, _ in calls] == [0, 1, 2, 3, 4] and {t for _, t in calls} == {4}
+    polls = []
+
+    def stop_on_second_poll():
+        polls.append(1)
+        return len(polls) >= 2
+
+    with pytest.raises(Cancelled, match="cancelled"):
+        predict_volume(model, image, should_stop=stop_on_second_poll)
+    assert len(polls) == 2
+
+
+def test_memory_estimate_refuses_with_the_size_needed(bch_checkpoint):
+    model = load_model(bch_checkpoint, device="cpu").model
+    image = np.zeros((40, 20, 20), dtype=np.float32)
+    need = estimate_bytes(model, (48, 32, 32))
+    with pytest.raises(OutOfMemory, match=r"padded to \(48, 32, 32\) needs about .* GiB on cpu"):
+        predict_volume(model, image, memory_limit=need - 1)
+    assert predict_volume(model, image, memory_limit=need).probability.shape == (40, 20, 20)
+    # the estimate grows with the grid and the width
+    wider = TemplateTransformer("bch", ndim=3, width=8)
+    assert estimate_bytes(wider, (48, 32, 32)) > need
+    assert estimate_bytes(model, (96, 32, 32)) == pytest.approx(2 * need, rel=1e-6)
+
+
+def test_wrong_dimensionality_is_refused(bch_checkpoint):
+    model = load_model(bch_checkpoint, device="cpu").model
+    with pytest.raises(ValueError, match="must be a 3D array"):
+        predict_volume(model, np.zeros((16, 16)))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path, bch_checkpoint):
+    payload = torch.load(bch_checkpoint, weights_only=True)
+    payload["model"]["kind"] = "transformer"
+    unknown = tmp_path / "unknown.pt"
+    torch.save(payload, unknown)
+    with pytest.raises(CheckpointError, match=r"unknown\.pt holds a model of unknown kind"):
+        load_model(unknown)
+    newer = tmp_path / "newer.pt"
+    torch.save({**torch.load(bch_checkpoint, weights_only=True), "version": 99}, newer)
+    with pytest.raises(CheckpointError, match=r"newer\.pt .*newer"):
+        load_model(newer)
+    mismatch = tmp_path / "mismatch.pt"
+    payload = torch.load(bch_checkpoint, weights_only=True)
+    payload["model"]["width"] = 4
+    torch.save(payload, mismatch)
+    with pytest.raises(CheckpointError, match=r"mismatch\.pt does not fit"):
+        load_model(mismatch)
+    with pytest.raises(FileNotFoundError, match=r"absent\.pt"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_default_checkpoint_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", "no_such_model.pt")
+    with pytest.raises(FileNotFoundError, match=r"no_such_model\.pt is missing"):
+        default_checkpoint()
+
+
+@pytest.mark.cuda
+def test_cuda_prediction_matches_cpu(bch_checkpoint):
+    loaded = load_model(bch_checkpoint, device="cuda")
+    with torch.no_grad():
+        loaded.model.net.head.weight.normal_(std=0.05)
+    image = np.random.default_rng(3).random((24, 20, 18)).astype(np.float32)
+    gpu = predict_volume(loaded.model, image)
+    cpu = predict_volume(loaded.model, image, device="cpu")
+    np.testing.assert_allclose(gpu.probability, cpu.probability, atol=1e-3)

@@ -1,0 +1,74 @@
+"""U-Net and feature CNN: shapes, size checks, skip connections, zero head, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_difftt.core.nets import ConvBlock, FeatureCNN, UNet
+
+
+@pytest.mark.parametrize(("ndim", "shape"), [(2, (32, 48)), (3, (16, 32, 16))])
+def test_unet_keeps_the_spatial_shape(ndim, shape):
+    net = UNet(ndim, in_channels=3, out_channels=5, width=4)
+    out = net(torch.randn(2, 3, *shape))
+    assert out.shape == (2, 5, *shape)
+
+
+def test_unet_trains_on_the_smallest_input():
+    # 16 voxels → a 1-voxel bottleneck, which torch's own instance norm refuses in training
+    net = UNet(3, 2, 1, width=2).train()
+    out = net(torch.randn(1, 2, 16, 16, 16))
+    out.sum().backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert net.head.weight.grad.abs().sum() > 0 and net.down[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(20, 32), (8, 16), (32, 33)])
+def test_unet_rejects_sizes_that_are_not_multiples_of_16(shape):
+    net = UNet(2, 1, 1, width=2)
+    with pytest.raises(ValueError, match="multiple of 16") as info:
+        net(torch.randn(1, 1, *shape))
+    needed = tuple(max(16, -(-s // 16) * 16) for s in shape)
+    assert str(needed) in str(info.value)
+
+
+def test_unet_rejects_wrong_channels_and_arguments():
+    with pytest.raises(ValueError, match=r"\(B, 2, \*S\)"):
+        UNet(2, 2, 1)(torch.randn(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="width"):
+        UNet(2, 2, 1, width=0)
+    with pytest.raises(ValueError, match="ndim"):
+        UNet(4)
+
+
+def test_zero_head_gives_zero_output_and_head_gradients():
+    net = UNet(2, 2, 3, width=4, zero_head=True)
+    x = torch.randn(1, 2, 32, 32)
+    out = net(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.pow(2).add(out).sum().backward()
+    assert net.head.weight.grad.abs().sum() > 0
+
+
+def test_instance_norm_makes_the_output_invariant_to_input_scale():
+    # conv(s·x) = s·Wx + b; per-sample, per-channel normalisation removes both s and b
+    net = UNet(2, 1, 2, width=4).eval()
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(net(7.0 * x), net(x), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(net(x + 1.0), net(x), atol=1e-3)  # not a trivial network
+
+
+def test_output_depends_on_distant_input_through_the_bottleneck():
+    net = UNet(2, 1, 1, width=4).eval()
+    x = torch.zeros(1, 1, 64, 64, requires_grad=True)
+    net(x)[0, 0, 0, 0].backward()
+    # receptive field of 4 levels reaches the opposite corner region
+    assert x.grad[0, 0, 32:, 32:].abs().sum() > 0
+
+
+def test_conv_block_and_feature_cnn_shapes():
+    assert ConvBlock(3, 2, 6)(torch.randn(1, 2, 5, 6, 7)).shape == (1, 6, 5, 6, 7)
+    cnn = FeatureCNN(2, in_channels=1, features=10, width=4, levels=3)
+    assert cnn(torch.randn(4, 1, 28, 28)).shape == (4, 10)
