@@ -40,7 +40,9 @@ class Integrated(NamedTuple):
     velocity: torch.Tensor | None  # (B, n, *S) voxels; exp(velocity) ≈ Φ, exp(−velocity) ≈ Φ⁻¹
 
 
-def exp(velocity: torch.Tensor, squarings: int | None = None, max_step: float = 0.5) -> torch.Tensor:
+def exp(
+    velocity: torch.Tensor, squarings: int | None = None, max_step: float = 0.5
+) -> torch.Tensor:
     """Displacement of exp(v) by scaling and squaring (the paper's Algorithm 1).
 
     ``velocity`` ``(B, n, *S)`` voxels → displacement ``(B, n, *S)`` voxels. ``squarings=None``
@@ -48,12 +50,14 @@ def exp(velocity: torch.Tensor, squarings: int | None = None, max_step: float = 
     avoids the device synchronisation that choice needs.
     """
     check_field("velocity", velocity)
-    steps = choose_squarings(velocity, max_step) if squarings is None else check_squarings(squarings)
+    steps = (
+        choose_squarings(velocity, max_step) if squarings is None else check_squarings(squarings)
+    )
     return _exp(velocity, steps)
 
 
 def choose_squarings(velocity: torch.Tensor, max_step: float = 0.5) -> int:
-    """Smallest N in 0..20 with max‖v‖ / 2^N ≤ ``max_step`` (voxels) for ``velocity`` ``(B, n, *S)``."""
+    """Smallest N in 0..20 with max‖v‖ / 2^N ≤ ``max_step`` voxels, ``velocity`` ``(B, n, *S)``."""
     if not max_step > 0:
         raise ValueError(f"max_step must be a positive number of voxels, got {max_step!r}")
     largest = float(velocity.detach().norm(dim=1).max())
@@ -181,8 +185,8 @@ def _exp(velocity: torch.Tensor, squarings: int) -> torch.Tensor:
     offsets = to_normalised(velocity / (2**squarings)).movedim(-1, 1).contiguous()  # (B, n, *S)
     base = normalised_identity(velocity.shape[2:], device=velocity.device, dtype=velocity.dtype)
     for _ in range(squarings):
-        grid = base + offsets.movedim(1, -1)
-        offsets = sample(offsets, grid, padding="border", add_to=offsets)
+        # the grid is passed as a temporary so that sample can free it before its addition
+        offsets = sample(offsets, base + offsets.movedim(1, -1), padding="border", add_to=offsets)
     return to_voxel(offsets.movedim(1, -1))
 
 
@@ -300,9 +304,11 @@ def _digital_folds(displacement: torch.Tensor) -> torch.Tensor:
             columns.append((shifted(step) - centre) * sign)
         dets.append(_det(torch.stack(columns, dim=2)))
     if n == 3:
-        # central tetrahedra of the cube [x, x + 1]³, both parities; the identity's edges give det ±2
-        for origin, apexes in (((0, 0, 0), ((0, 1, 1), (1, 0, 1), (1, 1, 0))),
-                               ((1, 1, 1), ((1, 0, 0), (0, 1, 0), (0, 0, 1)))):
+        # central tetrahedra of the cube [x, x + 1]³, both parities; identity edges give det ±2
+        for origin, apexes in (
+            ((0, 0, 0), ((0, 1, 1), (1, 0, 1), (1, 1, 0))),
+            ((1, 1, 1), ((1, 0, 0), (0, 1, 0), (0, 0, 1))),
+        ):
             base = shifted(origin)
             columns = [shifted(apex) - base for apex in apexes]
             sign = 0.5 if origin == (0, 0, 0) else -0.5

@@ -1,0 +1,489 @@
+"""Flows: exp by scaling and squaring, Lie bracket, BCH, trees, frames, Jacobians, folding.
+
+Linear fields v(x) = A·(x − c) give closed forms (linear interpolation is exact for them, so the
+only error left is the one under test); each closed-form test also shows that the wrong
+convention (transposed axes, swapped order, flipped bracket sign) misses by far more than its
+tolerance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm, logm
+
+from napari_difftt.core.flow import (
+    bch,
+    choose_squarings,
+    exp,
+    flow_at,
+    flow_frames,
+    folding_fraction,
+    integrate,
+    jacobian,
+    jacobian_det,
+    lie_bracket,
+)
+from napari_difftt.core.grid import compose, identity
+
+SHAPE2 = (23, 31)
+SHAPE3 = (14, 17, 20)
+A2 = np.array([[0.05, -0.09], [0.04, 0.03]])
+B2 = np.array([[-0.04, 0.06], [-0.08, 0.02]])
+A3 = np.array([[0.04, -0.07, 0.03], [0.05, 0.02, -0.04], [-0.03, 0.08, 0.02]])
+B3 = np.array([[-0.03, 0.04, -0.07], [0.06, -0.04, 0.02], [0.03, -0.05, 0.04]])
+CASES = [(SHAPE2, A2, B2), (SHAPE3, A3, B3)]
+
+
+def inside(shape, margin):
+    """Index of the voxels at least ``margin`` from every border (border padding never acts)."""
+    return (slice(None), slice(None), *[slice(margin, size - margin) for size in shape])
+
+
+def smooth_field(shape, amplitude, seed, waves=2):
+    """A smooth random velocity ``(1, n, *shape)`` float64 with max‖v‖ = ``amplitude`` voxels."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(shape)
+    x = identity(shape, dtype=torch.float64)
+    field = torch.zeros(1, n, *shape, dtype=torch.float64)
+    period = torch.tensor(shape, dtype=torch.float64)
+    for k in range(n):
+        for _ in range(waves):
+            frequency = (
+                torch.randn(n, generator=generator, dtype=torch.float64) * 2 * math.pi / period
+            )
+            phase = 2 * math.pi * torch.rand(1, generator=generator, dtype=torch.float64)
+            field[0, k] += torch.cos((frequency.view(-1, *[1] * n) * x).sum(0) + phase)
+    return amplitude * field / field.norm(dim=1).max()
+
+
+def max_error(a, b, index):
+    return float((a - b)[index].abs().max())
+
+
+# --- exp ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [SHAPE2, SHAPE3])
+def test_exp_of_zero_is_zero(shape):
+    zero = torch.zeros(2, len(shape), *shape)
+    assert torch.equal(exp(zero), zero)
+    assert torch.equal(exp(zero, squarings=7), zero)
+
+
+@pytest.mark.parametrize("shape", [(9, 12), (6, 7, 9)])
+def test_exp_of_a_constant_is_that_constant_everywhere(shape):
+    """Border padding: with zeros padding the border voxels would be off by pixels."""
+    n = len(shape)
+    shift = torch.tensor([2.75, -1.5, 0.625][:n], dtype=torch.float64).view(1, n, *[1] * n)
+    v = shift.expand(1, n, *shape).contiguous()
+    torch.testing.assert_close(exp(v), v)
+    torch.testing.assert_close(exp(v, squarings=9), v)
+
+
+@pytest.mark.parametrize(("shape", "a", "b"), CASES)
+def test_exp_of_a_linear_field_is_the_matrix_exponential(shape, a, b, linear_field):
+    """exp(A·(x − c)) = (expm(A) − I)(x − c) in the interior of a non-square grid."""
+    del b
+    n = len(shape)
+    got = exp(linear_field(a, shape), squarings=14)
+    expected = linear_field(expm(a) - np.eye(n), shape)
+    transposed = linear_field(expm(a.T) - np.eye(n), shape)  # axes in the wrong order
+    index = inside(shape, 3)
+    error = max_error(got, expected, index)
+    assert error < 1e-4
+    assert max_error(transposed, expected, index) > 100 * max(error, 1e-4)
+
+
+@pytest.mark.parametrize(("shape", "a", "b"), CASES)
+def test_exp_truncation_error_halves_per_squaring(shape, a, b, linear_field):
+    del b
+    n = len(shape)
+    v = linear_field(a, shape)
+    expected = linear_field(expm(a) - np.eye(n), shape)
+    errors = [max_error(exp(v, squarings=k), expected, inside(shape, 3)) for k in range(2, 8)]
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert np.all((ratios > 1.8) & (ratios < 2.2)), ratios
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (18, 22, 26)])
+def test_exp_is_inverse_consistent(shape):
+    v = smooth_field(shape, 2.0, seed=3)
+    index = inside(shape, 4)
+    flow = float(exp(v)[index].abs().max())  # the residual without the inverse
+    assert flow > 1.0
+    # the residual is interpolation error (it halves when the same field is sampled twice as finely)
+    for residual in (compose(exp(v), exp(-v)), compose(exp(-v), exp(v))):
+        assert float(residual[index].abs().mean()) < 0.03 * flow
+        assert float(residual[index].abs().max()) < 0.25 * flow
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (18, 22, 26)])
+def test_exp_is_a_one_parameter_group(shape):
+    """exp(s·v) ∘ exp(t·v) ≈ exp((s + t)·v)."""
+    v = smooth_field(shape, 3.0, seed=4)
+    index = inside(shape, 4)
+    s, t = 0.3, 0.5
+    error = max_error(compose(exp(s * v), exp(t * v)), exp((s + t) * v), index)
+    assert error < 0.05
+    assert max_error(exp(s * v), exp((s + t) * v), index) > 20 * error
+
+
+def test_choose_squarings_keeps_the_step_under_max_step():
+    v = torch.zeros(1, 2, 5, 6)
+    assert choose_squarings(v) == 0
+    v[0, 0, 2, 3] = 3.0
+    v[0, 1, 2, 3] = 4.0  # ‖v‖ = 5 voxels → 5 / 2^4 ≤ 0.5 < 5 / 2^3
+    assert choose_squarings(v) == 4
+    assert choose_squarings(v, max_step=5.0) == 0
+    assert choose_squarings(v * 1e9) == 20  # capped
+
+
+def test_flow_at_and_frames_agree():
+    shape = (24, 30)
+    v = smooth_field(shape, 3.0, seed=5)
+    frames = flow_frames(v, 4)
+    assert frames.shape == (5, 1, 2, *shape)
+    assert torch.equal(frames[0], torch.zeros_like(v))
+    for k in range(1, 5):
+        torch.testing.assert_close(frames[k], flow_at(v, k / 4), atol=0.06, rtol=0)
+    torch.testing.assert_close(flow_at(v, 1.0), exp(v))
+    torch.testing.assert_close(flow_at(v, 0.0), torch.zeros_like(v))
+
+
+def test_flow_frames_of_a_linear_field_are_matrix_exponentials(linear_field):
+    shape = SHAPE2
+    frames = flow_frames(linear_field(A2, shape), 3, squarings=12)
+    for k in range(4):
+        expected = linear_field(expm(k / 3 * A2) - np.eye(2), shape)
+        assert max_error(frames[k], expected, inside(shape, 3)) < 1e-4
+
+
+# --- Lie bracket and BCH -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "a", "b"), CASES)
+def test_lie_bracket_of_linear_fields_is_the_commutator(shape, a, b, linear_field):
+    got = lie_bracket(linear_field(a, shape), linear_field(b, shape))
+    expected = linear_field(a @ b - b @ a, shape)
+    torch.testing.assert_close(got, expected)  # exact everywhere, borders included
+    assert max_error(-expected, expected, inside(shape, 0)) > 0.1  # the wrong sign fails by far
+
+
+@pytest.mark.parametrize(("shape", "a", "b"), CASES)
+def test_bch_matches_the_matrix_logarithm_and_improves_with_order(shape, a, b, linear_field):
+    """bch(v, w) ≈ log(exp(v) ∘ exp(w)) (w first) = logm(expm(A) expm(B)) for linear fields."""
+    a, b = 4 * a, 4 * b  # large enough that each order is visible
+    v, w = linear_field(a, shape), linear_field(b, shape)
+    z = np.real(logm(expm(a) @ expm(b)))
+    expected = linear_field(z, shape)
+    everywhere = inside(shape, 0)
+    errors = [max_error(bch(v, w, order), expected, everywhere) for order in range(1, 5)]
+    assert all(later < 0.5 * earlier for earlier, later in itertools.pairwise(errors)), errors
+    # the swapped product (a wrong bracket sign) misses by much more than order 2's error
+    swapped = linear_field(np.real(logm(expm(b) @ expm(a))), shape)
+    assert max_error(swapped, expected, everywhere) > 5 * errors[1]
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (16, 20, 24)])
+def test_bch_error_against_composed_exponentials_falls_with_order(shape):
+    v, w = smooth_field(shape, 3.0, seed=1), smooth_field(shape, 3.0, seed=2)
+    reference = compose(exp(v, squarings=6), exp(w, squarings=6))
+    index = inside(shape, 4)
+    errors = [
+        float((exp(bch(v, w, order), squarings=7) - reference)[index].norm(dim=1).mean())
+        for order in range(1, 5)
+    ]
+    assert errors[1] < 0.4 * errors[0]
+    assert errors[2] < 0.8 * errors[1]
+    assert errors[3] < errors[2]
+    # the opposite order of composition is far worse than order 2
+    flipped = float(
+        (compose(exp(w, squarings=6), exp(v, squarings=6)) - reference)[index].norm(dim=1).mean()
+    )
+    assert flipped > 2 * errors[1]
+
+
+def test_bch_order_one_is_the_sum():
+    v, w = smooth_field((9, 11), 1.0, seed=6), smooth_field((9, 11), 1.0, seed=7)
+    torch.testing.assert_close(bch(v, w, 1), v + w)
+
+
+# --- integrate ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["bch", "compose"])
+@pytest.mark.parametrize("pieces", [1, 2, 3, 4, 5])
+def test_integrate_is_the_ordered_product_of_exponentials(method, pieces, linear_field):
+    """Φ = exp(v_T) ∘ … ∘ exp(v₁) (v₁ first) = expm(A_T)···expm(A₁) for linear pieces."""
+    shape = SHAPE2
+    rng = np.random.default_rng(pieces)
+    matrices = [0.03 * rng.standard_normal((2, 2)) for _ in range(pieces)]
+    velocities = torch.stack([linear_field(m, shape)[0] for m in matrices]).unsqueeze(
+        0
+    )  # (1, T, 2, *S)
+    product = np.eye(2)
+    for m in matrices:
+        product = expm(m) @ product
+    reverse = np.eye(2)
+    for m in matrices:
+        reverse = reverse @ expm(m)
+    expected = linear_field(product - np.eye(2), shape)
+    result = integrate(velocities, method=method, order=4, squarings=12)
+    index = inside(shape, 6)  # the flow moves up to ~2 voxels: keep its paths off the border
+    error = max_error(result.displacement, expected, index)
+    assert error < 2e-4
+    if pieces > 1:
+        assert max_error(linear_field(reverse - np.eye(2), shape), expected, index) > 10 * error
+    assert (result.velocity is None) == (method == "compose")
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 4, 5])
+def test_integrate_compose_tree_equals_sequential_composition(pieces):
+    shape = (20, 26)
+    velocities = [smooth_field(shape, 2.0, seed=10 + k) for k in range(pieces)]
+    sequential = exp(velocities[0], squarings=6)
+    for v in velocities[1:]:
+        sequential = compose(exp(v, squarings=6), sequential)
+    tree = integrate(velocities, method="compose", squarings=6).displacement
+    index = inside(shape, 3)
+    # equal up to interpolation (composition of resampled fields is only nearly associative)
+    error = max_error(tree, sequential, index)
+    assert error < 0.08
+    if pieces > 1:
+        backwards = exp(velocities[-1], squarings=6)
+        for v in velocities[-2::-1]:
+            backwards = compose(exp(v, squarings=6), backwards)
+        assert max_error(backwards, sequential, index) > 5 * error
+
+
+def test_integrate_bch_tree_equals_sequential_bch_for_two_pieces():
+    shape = (16, 19)
+    v1, v2 = smooth_field(shape, 1.5, seed=1), smooth_field(shape, 1.5, seed=2)
+    result = integrate([v1, v2], method="bch", order=3)
+    torch.testing.assert_close(result.velocity, bch(v2, v1, 3))  # v1 acts first
+    torch.testing.assert_close(result.displacement, exp(bch(v2, v1, 3)))
+
+
+def test_integrate_bch_velocity_inverts_the_flow():
+    shape = (30, 36)
+    velocities = torch.stack(
+        [smooth_field(shape, 1.5, seed=20 + k)[0] for k in range(4)]
+    ).unsqueeze(0)
+    result = integrate(velocities, method="bch", order=2)
+    residual = compose(exp(-result.velocity), result.displacement)
+    index = inside(shape, 4)
+    flow = float(result.displacement[index].abs().max())
+    assert flow > 1.0
+    assert max_error(residual, 0 * residual, index) < 0.1 * flow
+
+
+def test_integrate_accepts_a_tensor_or_a_list_alike():
+    shape = (10, 12)
+    velocities = torch.stack([smooth_field(shape, 1.0, seed=k)[0] for k in range(3)]).unsqueeze(0)
+    for method in ("bch", "compose"):
+        torch.testing.assert_close(
+            integrate(velocities, method=method).displacement,
+            integrate(list(velocities.unbind(1)), method=method).displacement,
+        )
+
+
+# --- Jacobians and folding ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "a", "b"), CASES)
+def test_jacobian_det_of_a_linear_flow_is_det_expm(shape, a, b, linear_field):
+    del b
+    n = len(shape)
+    u = linear_field(a, shape)
+    at_voxel = (0, slice(None), slice(None), *[2] * n)
+    torch.testing.assert_close(jacobian(u)[at_voxel], torch.tensor(a))  # ∂u_i/∂x_j = A_ij
+    det = jacobian_det(exp(u, squarings=14))
+    assert det.shape == (1, *shape)
+    assert (
+        max_error(
+            det.unsqueeze(1),
+            torch.full_like(det, np.linalg.det(expm(a))).unsqueeze(1),
+            inside(shape, 4),
+        )
+        < 1e-4
+    )
+    # a linear displacement: det(I + A) exactly, borders included
+    torch.testing.assert_close(jacobian_det(u), torch.full_like(det, np.linalg.det(np.eye(n) + a)))
+
+
+@pytest.mark.parametrize(("shape", "amplitude"), [((40, 48), 12.0), ((20, 24, 28), 7.0)])
+def test_exp_does_not_fold_where_the_velocity_as_displacement_does(shape, amplitude):
+    v = smooth_field(shape, amplitude, seed=1)
+    assert float(jacobian_det(v).min()) <= 0
+    assert float(folding_fraction(v)) > 0
+    assert float(jacobian_det(exp(v)).min()) > 0
+    assert float(folding_fraction(exp(v), scheme="central")) == 0
+
+
+@pytest.mark.parametrize("shape", [(7, 8), (6, 7, 8)])
+def test_digital_folding_catches_a_fold_central_differences_miss(shape):
+    """One voxel pushed 1.5 voxels along axis 0 jumps over its neighbour: central differences
+    skip the voxel itself (det ≥ 0.25 everywhere) but the forward simplex at it has det −0.5."""
+    n = len(shape)
+    u = torch.zeros(1, n, *shape, dtype=torch.float64)
+    centre = tuple(size // 2 for size in shape)
+    u[(0, 0, *centre)] = 1.5
+    assert float(jacobian_det(u).min()) >= 0.25 - 1e-12
+    assert float(folding_fraction(u, scheme="central")) == 0
+    # the folded edge joins the voxel and its next neighbour along axis 0: both are flagged
+    interior_voxels = math.prod(size - 2 for size in shape)
+    assert float(folding_fraction(u, scheme="digital")) == pytest.approx(2 / interior_voxels)
+    # a smaller push does not fold, by either test
+    u[(0, 0, *centre)] = 0.9
+    assert float(folding_fraction(u, scheme="digital")) == 0
+
+
+@pytest.mark.parametrize("shape", [(6, 7), (5, 6, 7)])
+def test_identity_and_smooth_flows_do_not_fold(shape):
+    zero = torch.zeros(2, len(shape), *shape)
+    for scheme in ("central", "digital"):
+        assert folding_fraction(zero, scheme=scheme).tolist() == [0.0, 0.0]
+    assert torch.equal(jacobian_det(zero), torch.ones(2, *shape))
+
+
+def test_folding_fraction_of_a_reflection_is_one():
+    u = torch.zeros(1, 2, 6, 7, dtype=torch.float64)
+    u[:, 1] = -2 * identity((6, 7), dtype=torch.float64)[1] + 6  # x ↦ 6 − x: mirror
+    assert float(folding_fraction(u, "central")) == 1.0
+    assert float(folding_fraction(u, "digital")) == 1.0
+
+
+# --- gradients, dtypes, devices ----------------------------------------------------------------
+
+
+def off_grid(*shape, seed=0, scale=0.6):
+    """Random displacements kept away from integer voxel offsets (interpolation kinks)."""
+    generator = torch.Generator().manual_seed(seed)
+    magnitude = 0.15 + scale * torch.rand(*shape, generator=generator, dtype=torch.float64)
+    sign = torch.where(torch.rand(*shape, generator=generator) < 0.5, -1.0, 1.0).double()
+    return (magnitude * sign).requires_grad_()
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (4, 5, 6)])
+def test_gradcheck_exp_bch_integrate_frames(shape):
+    n = len(shape)
+    fast = n == 3  # the full 3D check takes minutes; fast mode projects on random directions
+    v, w = off_grid(1, n, *shape, seed=1), off_grid(1, n, *shape, seed=2)
+    assert torch.autograd.gradcheck(lambda x: exp(x, squarings=2), (v,), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x, y: bch(x, y, 4), (v, w), fast_mode=fast)
+    for method in ("bch", "compose"):
+        assert torch.autograd.gradcheck(
+            lambda x, y, m=method: integrate([x, y], method=m, squarings=1).displacement,
+            (v * 0.5, w * 0.5),
+            fast_mode=fast,
+        )
+    assert torch.autograd.gradcheck(lambda x: flow_frames(x, 2, squarings=1), (v,), fast_mode=fast)
+    assert torch.autograd.gradcheck(jacobian_det, (v,), fast_mode=fast)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_are_preserved(dtype):
+    v = torch.randn(1, 3, 5, 6, 7, dtype=dtype)
+    assert exp(v).dtype == dtype
+    assert bch(v, v, 4).dtype == dtype
+    assert integrate([v, v], method="bch").displacement.dtype == dtype
+    assert integrate([v, v], method="compose").displacement.dtype == dtype
+    assert flow_frames(v, 2).dtype == dtype
+    assert jacobian_det(v).dtype == dtype
+
+
+def test_float32_exp_matches_float64():
+    v = smooth_field((18, 22, 26), 3.0, seed=8)
+    torch.testing.assert_close(
+        exp(v.float(), squarings=7).double(), exp(v, squarings=7), atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    v, w = smooth_field((12, 14, 16), 3.0, seed=1), smooth_field((12, 14, 16), 3.0, seed=2)
+    got = exp(v.cuda(), squarings=7)
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), exp(v, squarings=7))
+    torch.testing.assert_close(bch(v.cuda(), w.cuda(), 4).cpu(), bch(v, w, 4))
+    result = integrate(torch.stack([v, w], 1).cuda(), method="compose", squarings=6)
+    torch.testing.assert_close(
+        result.displacement.cpu(),
+        integrate(torch.stack([v, w], 1), method="compose", squarings=6).displacement,
+    )
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_exp_rejects_bad_velocities_naming_the_argument():
+    with pytest.raises(ValueError, match=r"velocity must have shape .*got \(1, 2, 5\)"):
+        exp(torch.zeros(1, 2, 5))
+    with pytest.raises(ValueError, match=r"velocity must have 3 components .*got 2 channels"):
+        exp(torch.zeros(1, 2, 4, 5, 6))
+    with pytest.raises(TypeError, match=r"velocity must have a floating dtype.*torch.int32"):
+        exp(torch.zeros(1, 2, 4, 5, dtype=torch.int32))
+    bad = torch.zeros(1, 2, 4, 5)
+    bad[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"velocity contains NaN or Inf"):
+        exp(bad)
+    bad[0, 0, 1, 1] = float("-inf")
+    with pytest.raises(ValueError, match=r"velocity contains NaN or Inf"):
+        exp(bad, squarings=3)
+
+
+@pytest.mark.parametrize(
+    ("squarings", "error"),
+    [(-1, ValueError), (21, ValueError), (2.0, TypeError), (True, TypeError), ("7", TypeError)],
+)
+def test_squarings_outside_0_to_20_are_rejected(squarings, error):
+    v = torch.zeros(1, 2, 4, 5)
+    with pytest.raises(error, match=r"squarings must be .*0\.\.20.*got"):
+        exp(v, squarings=squarings)
+    with pytest.raises(error, match=r"squarings"):
+        integrate([v, v], method="compose", squarings=squarings)
+    with pytest.raises(error, match=r"squarings"):
+        integrate([v, v], method="bch", squarings=squarings)
+
+
+def test_other_bad_arguments_are_named():
+    v = torch.zeros(1, 2, 4, 5)
+    with pytest.raises(ValueError, match=r"max_step must be a positive number of voxels, got 0"):
+        exp(v, max_step=0)
+    with pytest.raises(ValueError, match=r"t must be a finite number"):
+        flow_at(v, float("nan"))
+    with pytest.raises(ValueError, match=r"n must be a positive int"):
+        flow_frames(v, 0)
+    with pytest.raises(ValueError, match=r"order must be an int in 1..4, got 5"):
+        bch(v, v, 5)
+    with pytest.raises(ValueError, match=r"order must be an int in 1..4, got 0"):
+        integrate([v], order=0)
+    with pytest.raises(ValueError, match=r"method must be 'bch' or 'compose', got 'euler'"):
+        integrate([v], method="euler")
+    with pytest.raises(ValueError, match=r"velocities must hold at least one field"):
+        integrate([])
+    with pytest.raises(ValueError, match=r"velocities must have shape \(B, T, n, \*S\)"):
+        integrate(torch.zeros(1, 2, 4, 5))
+    with pytest.raises(
+        ValueError, match=r"velocities\[0\] and velocities\[1\] must have the same shape"
+    ):
+        integrate([v, torch.zeros(1, 2, 4, 6)])
+    with pytest.raises(ValueError, match=r"velocities\[1\] must have 2 components"):
+        integrate([v, torch.zeros(1, 3, 4, 5)])
+    with pytest.raises(ValueError, match=r"v and w must have the same shape"):
+        bch(v, torch.zeros(2, 2, 4, 5))  # no broadcasting over the batch
+    with pytest.raises(TypeError, match=r"v is torch.float32 but w is torch.float64"):
+        lie_bracket(v, v.double())
+    with pytest.raises(ValueError, match=r"v is on cpu but w is on meta"):
+        lie_bracket(v, v.to("meta"))
+    with pytest.raises(ValueError, match=r"scheme"):
+        jacobian_det(v, scheme="forward")
+    with pytest.raises(ValueError, match=r"scheme must be 'central' or 'digital'"):
+        folding_fraction(v, scheme="simplex")
+    with pytest.raises(ValueError, match=r"displacement must have 2 components"):
+        folding_fraction(torch.zeros(1, 3, 4, 5))
