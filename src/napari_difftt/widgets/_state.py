@@ -1,0 +1,85 @@
+"""One shared state object per napari viewer: what the widgets hand to each other.
+
+``ViewerState.of(viewer)`` returns the viewer's state, creating it on first use. The registry
+is a :class:`weakref.WeakKeyDictionary` keyed by the viewer (proxies are unwrapped first), so a
+closed viewer's state is dropped with it and two viewers never share state. Widgets subscribe to
+``state.changed`` (emits the name of the field that changed) to react to each other.
+
+Main thread only: a worker returns its result and the widget stores it from the ``returned``
+callback (see :mod:`napari_difftt.widgets._worker`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from psygnal import Signal
+
+if TYPE_CHECKING:
+    from napari.layers import Layer
+
+    import napari
+
+    from ..core.inference import Prediction
+
+__all__ = ["PredictionRecord", "ViewerState"]
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """The last prediction and where it came from."""
+
+    prediction: Prediction  # arrays in the source layer's array order
+    source: Layer  # the image layer it was computed from
+    checkpoint: Path  # the checkpoint used
+    device: str  # the device actually used, e.g. "cpu" or "cuda:0"
+    probability: Layer | None = None  # the layers it produced (None when not shown)
+    segmentation: Layer | None = None
+
+
+class ViewerState:
+    """Shared per-viewer state: last prediction, tuned prior, latest trained checkpoint."""
+
+    changed = Signal(str)  # "prediction" | "prior" | "trained_checkpoint" | "checkpoint"
+
+    _registry: ClassVar[weakref.WeakKeyDictionary[Any, ViewerState]] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.prediction: PredictionRecord | None = None
+        self.prior: dict | None = None  # GeneralisedGaussianPrior.to_dict() of the tuned prior
+        self.prior_source: str | None = None  # name of the image layer the prior was tuned on
+        self.trained_checkpoint: Path | None = None
+        self.checkpoint: Path | None = None  # the checkpoint Run model has selected
+
+    @classmethod
+    def of(cls, viewer: napari.Viewer) -> ViewerState:
+        """The state of ``viewer`` (created on first use)."""
+        viewer = getattr(viewer, "__wrapped__", viewer)
+        state = cls._registry.get(viewer)
+        if state is None:
+            state = cls._registry[viewer] = cls()
+        return state
+
+    def set_prediction(self, record: PredictionRecord | None) -> None:
+        """Store the latest prediction and tell the other widgets."""
+        self.prediction = record
+        self.changed.emit("prediction")
+
+    def set_prior(self, prior: dict | None, source: str | None = None) -> None:
+        """Store the tuned prior (``to_dict()`` form; None = the checkpoint's own prior)."""
+        self.prior = None if prior is None else dict(prior)
+        self.prior_source = source
+        self.changed.emit("prior")
+
+    def set_trained_checkpoint(self, path: str | Path | None) -> None:
+        """Store the newest checkpoint written by the Train widget."""
+        self.trained_checkpoint = None if path is None else Path(path)
+        self.changed.emit("trained_checkpoint")
+
+    def set_checkpoint(self, path: str | Path | None) -> None:
+        """Store the checkpoint Run model will use (the Shape prior widget resets to its prior)."""
+        self.checkpoint = None if path is None else Path(path)
+        self.changed.emit("checkpoint")

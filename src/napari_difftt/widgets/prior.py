@@ -1,0 +1,323 @@
+"""Shape prior dock widget: tune the generalised Gaussian prior in mm with a live preview.
+
+The prior is edited as an ellipsoid in the image's napari world coordinates (mm): centre μ,
+semi-axes of the p = ½ contour, optional rotation (full Σ) and β. Every change re-renders,
+debounced by a QTimer, an Image layer of p and a Labels layer of its p ≥ ½ region drawn as a
+contour — at reduced resolution for big volumes (≤ ``PREVIEW_VOXELS`` voxels). The tuned prior
+is stored in :class:`~napari_difftt.widgets._state.ViewerState` and Run model uses it for the
+image it was tuned on. Maths: :func:`core.prior.from_world`, :func:`core.prior.fit_to_mask`,
+:func:`core.ellipsoid.to_world`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._controls import LayerChooser, spin_box
+from ._layers import add_derived
+from ._state import ViewerState
+
+if TYPE_CHECKING:
+    from napari.layers import Image
+
+    import napari
+
+__all__ = ["PREVIEW_VOXELS", "PriorWidget"]
+
+PREVIEW_VOXELS = 1_000_000  # the preview grid is coarsened to at most this many voxels
+DEBOUNCE_MS = 60
+AXES = ("z", "y", "x")
+CONTOUR_COLOURS = {1: "yellow", None: "transparent"}  # the p = ½ contour
+
+
+class PriorWidget(QWidget):
+    """Tune the shape prior on an image; preview layers "<image> prior" and "<image> prior ½"."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = ViewerState.of(napari_viewer)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.update_preview)
+        self._loading = False  # True while fields are set programmatically
+
+        self.image = LayerChooser(napari_viewer, "image", sources_only=True)
+        self.labels = LayerChooser(napari_viewer, "labels")
+        self.mean = [spin_box(-1e5, 1e5, 0.0, decimals=2, tooltip=f"centre μ along {a} (mm)")
+                     for a in AXES]
+        self.radii = [spin_box(0.1, 1e5, 10.0, decimals=2,
+                               tooltip=f"semi-axis of the p = ½ contour along {a} (mm)")
+                      for a in AXES]
+        self.rotate = QCheckBox("rotate (full Σ)")
+        self.angles = [spin_box(-180.0, 180.0, 0.0, step=5.0, decimals=1,
+                                tooltip=f"rotation about array axis {a} (degrees)") for a in AXES]
+        self.beta = spin_box(0.05, 20.0, 1.0, step=0.1, tooltip="β: 1 Gaussian, larger is flatter")
+        self.reset_button = QPushButton("Reset to default")
+        self.fit_button = QPushButton("Fit to labels")
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self._build_layout()
+
+        for box in (*self.mean, *self.radii, *self.angles, self.beta):
+            box.valueChanged.connect(self._edited)
+        self.rotate.toggled.connect(self._rotation_toggled)
+        self.image.layer_changed.connect(lambda _: self.reset())
+        self.reset_button.clicked.connect(self.reset)
+        self.fit_button.clicked.connect(self.fit_to_labels)
+        self._rotation_toggled(False)
+        self.reset()
+
+    # ------------------------------------------------------------------ public actions
+    def set_parameters(
+        self,
+        mean_mm: tuple[float, ...],
+        radii_mm: tuple[float, ...],
+        rotation_deg: tuple[float, ...] | None = None,
+        beta: float = 1.0,
+    ) -> None:
+        """Set the ellipsoid (world mm, array order) and β; the preview follows."""
+        self._loading = True
+        try:
+            n = len(mean_mm)
+            for box, value in zip(self.mean[3 - n :], mean_mm, strict=True):
+                box.setValue(float(value))
+            for box, value in zip(self.radii[3 - n :], radii_mm, strict=True):
+                box.setValue(float(value))
+            angles = tuple(rotation_deg or ())
+            rotated = any(abs(a) > 1e-6 for a in angles)
+            self.rotate.setChecked(rotated)
+            for box, value in zip(self._angle_boxes(n), angles or (0.0,) * 3, strict=False):
+                box.setValue(float(value))
+            self.beta.setValue(float(beta))
+        finally:
+            self._loading = False
+        self._edited()
+
+    def parameters(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]:
+        """(mean_mm, radii_mm, rotation_deg, beta) for the chosen image's dimensionality."""
+        n = self._ndim()
+        mean = tuple(box.value() for box in self.mean[3 - n :])
+        radii = tuple(box.value() for box in self.radii[3 - n :])
+        boxes = self._angle_boxes(n)
+        angles = tuple(box.value() if self.rotate.isChecked() else 0.0 for box in boxes)
+        return mean, radii, angles, self.beta.value()
+
+    def prior(self):
+        """The :class:`GeneralisedGaussianPrior` the fields describe, for the chosen image."""
+        from ..core.prior import from_world
+
+        layer = self._image()
+        mean, radii, angles, beta = self.parameters()
+        spacing, origin, flips = _geometry(layer)
+        return from_world(_flip(mean, flips), radii, _flip_angles(angles, flips), beta,
+                          layer.data.shape, spacing, _flip(origin, flips))
+
+    def reset(self) -> None:
+        """Back to the default prior: the selected checkpoint's, else the centred default.
+
+        Run model then uses the checkpoint's own prior again.
+        """
+        layer = self.image.layer()
+        if layer is None or layer.ndim not in (2, 3) or getattr(layer, "rgb", False):
+            self._set_enabled(False)
+            self.status.setText("Choose a 2D or 3D image layer.")
+            return
+        self._set_enabled(True)
+        prior = self._default_prior(layer.ndim)
+        self._show_prior(prior, layer)
+        self.state.set_prior(None)
+        self.update_preview(store=False)
+        self.status.setText(f"Default prior ({self._default_source}). Run model uses the "
+                            "checkpoint's own prior until you change it.")
+
+    def fit_to_labels(self) -> None:
+        """Fit the prior's ½-contour to the chosen Labels layer (non-zero voxels)."""
+        from napari.utils.notifications import show_error
+
+        from ..core.prior import fit_to_mask
+
+        layer, labels = self._image(), self.labels.layer()
+        if labels is None:
+            show_error("Fit to labels: choose a Labels layer first.")
+            return
+        if labels.data.shape != layer.data.shape:
+            show_error(f"Fit to labels: '{labels.name}' has shape {labels.data.shape} but "
+                       f"'{layer.name}' has {layer.data.shape}; choose matching layers.")
+            return
+        try:
+            prior = fit_to_mask(np.asarray(labels.data), beta=self.beta.value())
+        except ValueError as error:
+            show_error(f"Fit to labels: {error}")
+            return
+        self._show_prior(prior, layer)
+
+    def update_preview(self, store: bool = True) -> None:
+        """Render the preview layers now (the debounce timer calls this); store the prior."""
+        layer = self.image.layer()
+        if layer is None or layer.ndim not in (2, 3):
+            return
+        prior = self.prior()
+        preview_shape = _preview_shape(layer.data.shape)
+        probability = prior.on_grid(preview_shape).detach().cpu().numpy()[0, 0].astype(np.float32)
+        factor = [(n - 1) / (m - 1) for n, m in zip(layer.data.shape, preview_shape, strict=True)]
+        scale = tuple(float(s) * f for s, f in zip(layer.scale, factor, strict=True))
+        add_derived(self.viewer, "image", probability, layer, f"{layer.name} prior", "prior",
+                    scale=scale, colormap="magma", opacity=0.5, blending="additive",
+                    contrast_limits=(0.0, 1.0))
+        inside = (probability >= 0.5).astype(np.uint8)
+        contour = add_derived(self.viewer, "labels", inside, layer, f"{layer.name} prior ½",
+                              "prior_contour", scale=scale, colormap=CONTOUR_COLOURS)
+        contour.contour = 1
+        if store:
+            self.state.set_prior(prior.to_dict(), source=layer.name)
+            self.status.setText(f"Run model uses this prior on '{layer.name}'.")
+
+    # ------------------------------------------------------------------ internals
+    def _edited(self, *_) -> None:
+        if not self._loading and self.image.layer() is not None:
+            self._timer.start()
+
+    def _rotation_toggled(self, checked: bool) -> None:
+        for box in self.angles:
+            box.setEnabled(checked)
+        self._edited()
+
+    def _show_prior(self, prior, layer: Image) -> None:
+        from ..core.ellipsoid import to_world
+
+        spacing, origin, flips = _geometry(layer)
+        world = to_world(prior, layer.data.shape, spacing, _flip(origin, flips))
+        self._set_ranges(layer)
+        self.set_parameters(_flip(world.mean_mm, flips), world.radii_mm,
+                            _flip_angles(world.rotation_deg, flips), world.beta)
+
+    def _default_prior(self, ndim: int):
+        from ..core.inference import default_checkpoint
+        from ..core.io import load_checkpoint
+        from ..core.prior import GeneralisedGaussianPrior, prior_from_dict
+
+        record = self.state.prediction
+        path = self.state.checkpoint or (record.checkpoint if record is not None else None)
+        try:
+            path = Path(path or default_checkpoint())
+        except FileNotFoundError:
+            path = None
+        if path is not None:
+            try:
+                described = load_checkpoint(path)["model"]["prior"]
+                if described.get("type") == "generalised_gaussian" and described["ndim"] == ndim:
+                    self._default_source = f"from {path.name}"
+                    return prior_from_dict(described)
+            except (OSError, ValueError, KeyError):
+                pass  # fall back to the centred default below
+        self._default_source = "centred, half the extent"
+        return GeneralisedGaussianPrior(ndim)
+
+    def _set_ranges(self, layer: Image) -> None:
+        n = layer.ndim
+        corners = np.array([layer.translate, np.asarray(layer.translate)
+                            + np.asarray(layer.scale) * (np.asarray(layer.data.shape) - 1)])
+        extent = np.abs(corners[1] - corners[0])
+        for k, (box, radius) in enumerate(zip(self.mean[3 - n :], self.radii[3 - n :],
+                                              strict=True)):
+            low, high = corners[:, k].min(), corners[:, k].max()
+            box.setRange(low - extent[k], high + extent[k])
+            box.setSingleStep(max(abs(float(layer.scale[k])), 0.1))
+            radius.setRange(0.1, max(2.0 * extent[k], 1.0))
+            radius.setSingleStep(max(abs(float(layer.scale[k])), 0.1))
+        for box in (*self.mean[: 3 - n], *self.radii[: 3 - n]):
+            box.setVisible(False)
+        for box in (*self.mean[3 - n :], *self.radii[3 - n :]):
+            box.setVisible(True)
+        for k, box in enumerate(self.angles):
+            box.setVisible(n == 3 or k == 0)
+
+    def _angle_boxes(self, ndim: int) -> list:
+        return self.angles if ndim == 3 else self.angles[:1]
+
+    def _image(self) -> Image:
+        layer = self.image.layer()
+        if layer is None:
+            raise ValueError("choose an image layer for the prior")
+        return layer
+
+    def _ndim(self) -> int:
+        layer = self.image.layer()
+        return 3 if layer is None else layer.ndim
+
+    def _set_enabled(self, enabled: bool) -> None:
+        for widget in (*self.mean, *self.radii, self.rotate, self.beta, self.reset_button,
+                       self.fit_button):
+            widget.setEnabled(enabled)
+        for box in self.angles:
+            box.setEnabled(enabled and self.rotate.isChecked())
+
+    def _build_layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        grid = QGridLayout()
+        for k, axis in enumerate(AXES):
+            grid.addWidget(QLabel(axis), 0, k + 1)
+        rows = (("centre μ (mm)", self.mean), ("radii (mm)", self.radii),
+                ("angles (°)", self.angles))
+        for row, (title, boxes) in enumerate(rows, start=1):
+            grid.addWidget(QLabel(title), row, 0)
+            for k, box in enumerate(boxes):
+                grid.addWidget(box, row, k + 1)
+        form.addRow(grid)
+        form.addRow(self.rotate)
+        form.addRow("β", self.beta)
+        fit_row = QHBoxLayout()
+        fit_row.addWidget(self.labels, 1)
+        fit_row.addWidget(self.fit_button)
+        form.addRow("labels", fit_row)
+        form.addRow(self.reset_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+
+def _geometry(layer: Image) -> tuple[tuple[float, ...], tuple[float, ...], tuple[bool, ...]]:
+    """(spacing > 0, origin, flipped axes) of napari's world = translate + scale · index."""
+    scale = np.asarray(layer.scale, dtype=float)
+    return (tuple(np.abs(scale)), tuple(float(t) for t in layer.translate),
+            tuple(bool(s < 0) for s in scale))
+
+
+def _flip(values, flips) -> tuple[float, ...]:
+    """Negate world coordinates on flipped axes: there world = t − |s|·i = −((−t) + |s|·i)."""
+    return tuple(-float(v) if f else float(v) for v, f in zip(values, flips, strict=True))
+
+
+def _flip_angles(angles, flips) -> tuple[float, ...]:
+    """Angles of F R F (F = diag(±1) for flipped axes), the same rotation seen in flipped axes."""
+    if not any(flips) or not any(angles):
+        return tuple(float(a) for a in angles)
+    from ..core.ellipsoid import euler_angles
+    from ..core.prior import rotation_matrix
+
+    f = np.diag([-1.0 if flip else 1.0 for flip in flips])
+    return euler_angles(f @ rotation_matrix(angles, len(flips)) @ f)
+
+
+def _preview_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape scaled down uniformly to at most PREVIEW_VOXELS voxels (>= 2 per axis)."""
+    factor = max(1.0, (float(np.prod(shape)) / PREVIEW_VOXELS) ** (1.0 / len(shape)))
+    return tuple(max(2, round((n - 1) / factor) + 1) for n in shape)

@@ -1,0 +1,342 @@
+"""Run model dock widget: segment an image with a checkpoint, in a worker, with cancel.
+
+Outputs a probability Image layer and a segmentation Labels layer (derived from the image:
+same scale/translate/affine/metadata), keeps the :class:`~core.inference.Prediction` in the
+viewer's :class:`~napari_difftt.widgets._state.ViewerState` for the Flow explorer, Jacobian and
+Export widgets, and, given a ground-truth Labels layer, shows Dice, HD, HD95, % det J ≤ 0 and
+connected components (:func:`core.metrics.evaluate_case`). Problems (4D/RGB image, shape
+mismatch, bad checkpoint, CUDA out of memory, cancel) end in a notification saying what to do;
+no user layer is modified or deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._controls import LayerChooser
+from ._layers import add_derived, spacing_of
+from ._lifetime import Lifetime
+from ._state import PredictionRecord, ViewerState
+from ._worker import Job, callback_task, explain, start_job
+
+if TYPE_CHECKING:
+    from napari.layers import Image, Labels
+
+    import napari
+
+__all__ = ["METRIC_LABELS", "RunModelWidget", "RunResult"]
+
+# evaluate_case keys shown, in this order, with their labels
+METRIC_LABELS = {
+    "dice": "Dice",
+    "hd": "HD (mm)",
+    "hd95": "HD95 (mm)",
+    "folds_percent": "% det J ≤ 0 (central differences)",
+    "components": "components",
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the worker hands back to the GUI thread."""
+
+    prediction: Any  # core.inference.Prediction
+    metrics: dict | None  # core.metrics.evaluate_case output, None without ground truth
+    device: str  # the device actually used
+    checkpoint: Path
+    seconds: float
+
+
+class RunModelWidget(QWidget):
+    """Choose image, checkpoint, device (and optional ground truth); Run / Cancel."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = ViewerState.of(napari_viewer)
+        self.job: Job | None = None
+        self.last_result: RunResult | None = None
+        self._checkpoint: Path | None = None  # None: the bundled default
+        self._running_on: Image | None = None  # the image layer of the current run
+
+        self.image = LayerChooser(napari_viewer, "image", sources_only=True)
+        self.truth = LayerChooser(napari_viewer, "labels", allow_none=True, sources_only=True)
+        self.checkpoint_label = QLabel()  # the file name; the full path is its tooltip
+        self.browse_button = QPushButton("Browse…")
+        self.default_button = QPushButton("Default")
+        self.device = QComboBox()
+        self.device_used = QLabel("—")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.metrics = QLabel()
+        self.metrics.setWordWrap(True)
+        self._build_layout()
+
+        self._fill_devices()
+        self.browse_button.clicked.connect(self._browse)
+        self.default_button.clicked.connect(lambda: self.set_checkpoint(None))
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.set_checkpoint(self.state.trained_checkpoint)
+        self.state.changed.connect(self._on_state)
+        self.lifetime = Lifetime(self, self._on_closed)
+
+    # ------------------------------------------------------------------ public API
+    def checkpoint(self) -> Path:
+        """The checkpoint that Run will use (the bundled default unless a file was chosen)."""
+        if self._checkpoint is not None:
+            return self._checkpoint
+        from ..core.inference import default_checkpoint
+
+        return Path(default_checkpoint())
+
+    def set_checkpoint(self, path: str | Path | None) -> None:
+        """Use checkpoint ``path`` (None: the bundled default)."""
+        self._checkpoint = None if path is None else Path(path)
+        try:
+            chosen = self.checkpoint()
+            shown, tip = chosen.name + (" (bundled)" if path is None else ""), str(chosen)
+        except FileNotFoundError as error:
+            chosen, shown, tip = None, "bundled model missing", str(error)
+        self.checkpoint_label.setText(shown)
+        self.checkpoint_label.setToolTip(tip)
+        self.state.set_checkpoint(chosen)
+
+    def set_device(self, spec: str) -> None:
+        """Select a device by spec ("auto", "cpu", "cuda:0", "mps")."""
+        index = self.device.findData(spec)
+        if index < 0:
+            raise ValueError(f"device {spec!r} is not offered here; choose one of "
+                             f"{[self.device.itemData(i) for i in range(self.device.count())]}")
+        self.device.setCurrentIndex(index)
+
+    def run(self) -> Job | None:
+        """Check the inputs and start the prediction; None (and a notification) if they are bad."""
+        from napari.utils.notifications import show_error
+
+        if self.job is not None:
+            show_error("Run model: a prediction is already running; cancel it first.")
+            return None
+        try:
+            image, truth, checkpoint = self._inputs()
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            show_error(f"Run model: {explain(error)}")
+            return None
+        prior = self.state.prior if self.state.prior_source == image.name else None
+        data = np.asarray(image.data)
+        truth_data = None if truth is None else np.asarray(truth.data)
+        spacing = spacing_of(image)
+        device = self.device.currentData()
+
+        def work(progress, should_stop) -> RunResult:
+            return _predict(data, truth_data, spacing, checkpoint, device, prior,
+                            progress, should_stop)
+
+        self._busy(True, f"running on {image.name}…")
+        self._running_on = image
+        live = self.lifetime.guard  # a closed widget ignores late worker signals
+        self.job = start_job(
+            callback_task(work),
+            on_progress=live(self._on_progress),
+            on_done=live(self._on_done),
+            on_error=live(self._on_error),
+            on_cancelled=live(self._on_cancelled),
+            on_finished=live(self._on_finished),
+        )
+        return self.job
+
+    def cancel(self) -> None:
+        """Stop the running prediction at its next check; nothing is added to the viewer."""
+        if self.job is not None:
+            self.job.cancel()
+            self.message.setText("cancelling…")
+
+    # ------------------------------------------------------------------ worker callbacks
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.setRange(0, max(int(total), 1))
+        self.progress.setValue(int(done))
+        if message:
+            self.message.setText(message)
+
+    def _on_done(self, result: RunResult) -> None:
+        from napari.utils.notifications import show_info
+
+        image = self._running_on
+        self.last_result = result
+        prediction = result.prediction
+        if image not in self.viewer.layers:
+            self.message.setText(f"'{image.name}' was removed while the model ran; "
+                                 "results discarded.")
+            return
+        probability = add_derived(
+            self.viewer, "image", prediction.probability, image, f"{image.name} probability",
+            "probability", colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.6,
+            blending="additive", visible=False,
+        )
+        segmentation = add_derived(
+            self.viewer, "labels", prediction.segmentation, image, f"{image.name} segmentation",
+            "segmentation", opacity=1.0,
+        )
+        segmentation.contour = 2  # an outline, so the image and a ground truth show through
+        self.state.set_prediction(PredictionRecord(
+            prediction, image, result.checkpoint, result.device, probability, segmentation,
+        ))
+        self.device_used.setText(result.device)
+        self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
+        text = f"done in {result.seconds:.1f} s on {result.device}"
+        self.message.setText(text)
+        show_info(f"Run model: {text}")
+
+    def _on_error(self, error: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        text = explain(error)
+        self.message.setText(text)
+        show_error(f"Run model: {text}")
+
+    def _on_cancelled(self) -> None:
+        from napari.utils.notifications import show_info
+
+        self.message.setText("cancelled; no layer was changed")
+        show_info("Run model: cancelled; no layer was changed. Press Run to start again.")
+
+    def _on_finished(self) -> None:
+        self.job = None
+        self._busy(False)
+
+    # ------------------------------------------------------------------ internals
+    def _inputs(self) -> tuple[Image, Labels | None, Path]:
+        image = self.image.layer()
+        if image is None:
+            raise ValueError("choose an image layer (File ▸ Open Sample ▸ napari-difftt for one)")
+        if getattr(image, "rgb", False):
+            raise ValueError(f"'{image.name}' is an RGB image; the model needs a single-channel "
+                             "2D or 3D scalar image (convert it to grayscale first)")
+        if image.ndim not in (2, 3):
+            raise ValueError(f"'{image.name}' has {image.ndim} dimensions {image.data.shape}; the "
+                             "model needs a 2D or 3D image (split time points/channels first)")
+        truth = self.truth.layer()
+        if truth is not None and truth.data.shape != image.data.shape:
+            raise ValueError(f"ground truth '{truth.name}' has shape {truth.data.shape} but "
+                             f"'{image.name}' has {image.data.shape}; choose matching layers")
+        checkpoint = self.checkpoint()
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        return image, truth, checkpoint
+
+    def _busy(self, busy: bool, text: str = "") -> None:
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.progress.setRange(0, 0)  # indeterminate until the first report
+            self.message.setText(text)
+        elif self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+
+    def _fill_devices(self) -> None:
+        from ..core.device import list_devices
+
+        self.device.clear()
+        for info in list_devices():
+            self.device.addItem(info.label, info.spec)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a napari-difftt checkpoint", "",
+                                              "Checkpoints (*.pt *.pth);;All files (*)")
+        if path:
+            self.set_checkpoint(path)
+
+    def _on_state(self, field: str) -> None:
+        if field == "trained_checkpoint" and self.state.trained_checkpoint is not None:
+            self.set_checkpoint(self.state.trained_checkpoint)
+
+    def _on_closed(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        self.state.changed.disconnect(self._on_state)
+
+    def _build_layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("checkpoint", self.checkpoint_label)
+        row = QHBoxLayout()
+        row.addWidget(self.browse_button)
+        row.addWidget(self.default_button)
+        form.addRow("", row)
+        form.addRow("device", self.device)
+        form.addRow("used", self.device_used)
+        form.addRow("ground truth", self.truth)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.message)
+        layout.addWidget(self.metrics)
+        layout.addStretch(1)
+
+
+def format_metrics(metrics: dict) -> str:
+    """Metrics as "label: value" lines, the known ones first in METRIC_LABELS order."""
+    lines = []
+    for key, label in METRIC_LABELS.items():
+        if metrics.get(key) is not None:
+            lines.append(f"{label}: {_format_value(metrics[key])}")
+    return "\n".join(lines)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool | int | np.integer):
+        return str(int(value))
+    value = float(value)
+    return "∞" if np.isinf(value) else f"{value:.3f}"
+
+
+def _predict(image, truth, spacing, checkpoint, device, prior, progress, should_stop) -> RunResult:
+    """Worker body: load, predict, evaluate — core calls only, no Qt or napari."""
+    from ..core.inference import load_model, predict_volume
+    from ..core.metrics import evaluate_case
+
+    start = time.perf_counter()
+    loaded = load_model(checkpoint, device=device)
+    model_ndim = getattr(loaded.model, "ndim", image.ndim)
+    if model_ndim != image.ndim:
+        raise ValueError(f"{checkpoint.name} is a {model_ndim}D model but the image is "
+                         f"{image.ndim}D; choose a {image.ndim}D checkpoint")
+    if prior is not None:
+        from ..core.prior import prior_from_dict
+
+        loaded.model.prior = prior_from_dict(prior).to(loaded.device)
+    prediction = predict_volume(loaded.model, image, device=loaded.device, progress=progress,
+                                should_stop=should_stop)
+    metrics = None
+    if truth is not None:
+        metrics = evaluate_case(prediction.segmentation, truth != 0, spacing,
+                                displacement=prediction.displacement)
+    return RunResult(prediction, metrics, str(loaded.device), Path(checkpoint),
+                     time.perf_counter() - start)

@@ -1,0 +1,39 @@
+"""Helpers for the napari and demo tests (a module, not conftest, so tests can import it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TINY_SHAPE = (16, 24, 20)  # not a multiple of 16: inference has to pad
+TINY_SPACING = (2.0, 1.0, 1.5)
+
+
+def untrained_checkpoint(path: Path, ndim: int) -> Path:
+    import torch
+
+    from napari_difftt.core.io import save_checkpoint
+    from napari_difftt.core.models import TemplateTransformer
+
+    torch.manual_seed(0)
+    model = TemplateTransformer("bch", ndim=ndim, pieces=2, width=4)
+    with torch.no_grad():  # a small non-zero head, so the flow actually moves the prior
+        for parameter in model.net.parameters():
+            if not parameter.abs().sum():
+                parameter.normal_(0.0, 1e-3)
+    save_checkpoint(path, {
+        "model": model.config(),
+        "state_dict": model.state_dict(),
+        "spacing": [1.0] * ndim,
+        "training": {},
+        "versions": {"torch": str(torch.__version__)},
+    })
+    return path
+
+
+def blob(shape, centre, radii) -> np.ndarray:
+    """A solid ellipsoid mask ``(*shape)`` uint8 (voxel units)."""
+    grid = np.indices(shape, dtype=float)
+    d2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+    return (d2 <= 1).astype(np.uint8)

@@ -1,0 +1,70 @@
+"""The npe2 manifest is valid, every command imports, and menus/widgets are wired as documented."""
+
+from __future__ import annotations
+
+import importlib
+from importlib import resources
+
+import pytest
+from npe2 import PluginManifest
+
+WIDGETS = {
+    "Run model": "napari-difftt.run_model",
+    "Shape prior": "napari-difftt.prior",
+    "Train": "napari-difftt.train",
+    "Export": "napari-difftt.export",
+    "Flow explorer": "napari-difftt.flow_explorer",
+    "Jacobian": "napari-difftt.jacobian",
+}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> PluginManifest:
+    path = resources.files("napari_difftt") / "napari.yaml"
+    return PluginManifest.from_file(str(path))
+
+
+def test_manifest_is_the_installed_one_and_validates(manifest):
+    installed = PluginManifest.from_distribution("napari-difftt")
+    assert installed.name == manifest.name == "napari-difftt"
+    assert installed.contributions.commands == manifest.contributions.commands
+    # from_file already validated the schema; validate_imports checks every python_name
+    manifest.validate_imports()
+
+
+def test_every_command_python_name_imports(manifest):
+    assert manifest.contributions.commands
+    for command in manifest.contributions.commands:
+        assert command.id.startswith("napari-difftt."), command.id
+        module_name, _, attribute = command.python_name.partition(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, attribute)), command.python_name
+
+
+def test_widgets_menus_reader_writers_and_samples(manifest):
+    contributions = manifest.contributions
+    assert {w.display_name: w.command for w in contributions.widgets} == WIDGETS
+    menus = {key: [item.command for item in items] for key, items in contributions.menus.items()}
+    assert menus["napari/layers/segment"] == [
+        WIDGETS[name] for name in ("Run model", "Shape prior", "Train", "Export")
+    ]
+    assert menus["napari/layers/register"] == [WIDGETS["Flow explorer"], WIDGETS["Jacobian"]]
+    [reader] = contributions.readers
+    assert set(reader.filename_patterns) == {"*.nii", "*.nii.gz"}
+    assert {tuple(w.layer_types) for w in contributions.writers} == {("labels",), ("image",)}
+    assert {s.key for s in contributions.sample_data} == {"phantom_3d", "phantom_2d"}
+
+
+def test_importing_the_manifest_modules_does_not_import_torch():
+    """The plugin menu must open fast: reader, writer, samples and state import no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import napari_difftt._reader, napari_difftt._writer, napari_difftt._sample_data\n"
+        "import napari_difftt.widgets._state, napari_difftt.widgets._layers\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,96 @@
+"""Shape prior widget: world-mm parameters ↔ prior, live debounced preview, fit, reset, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from difftt_helpers import TINY_SHAPE, blob
+
+from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.widgets._state import ViewerState
+
+
+def _preview(viewer, name="tiny"):
+    return viewer.layers[f"{name} prior"], viewer.layers[f"{name} prior ½"]
+
+
+def test_preview_follows_parameters_in_mm(viewer, dock, tiny_phantom, qtbot):
+    image, _ = tiny_phantom
+    widget = dock("Shape prior")
+    assert widget.image.layer() == image  # the widget sees the layer through a napari proxy
+    probability, contour = _preview(viewer)
+    # the preview shares the image's geometry and provenance
+    np.testing.assert_allclose(probability.scale, image.scale)
+    assert probability.metadata[META_KEY]["role"] == "prior"
+    assert contour.contour == 1
+
+    # centre on voxel (8, 12, 10) → world (16, 12, 15) mm; x semi-axis 6 mm = 4 voxels
+    widget.set_parameters((16.0, 12.0, 15.0), (8.0, 5.0, 6.0), None, 2.0)
+    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior_source == "tiny", timeout=3000)
+    p = probability.data
+    assert p.shape == TINY_SHAPE
+    assert p[8, 12, 10] == pytest.approx(1.0, abs=1e-6)
+    assert p[8, 12, 14] == pytest.approx(0.5, abs=1e-5)  # on the ½-contour, whatever β
+    assert p[8, 12, 16] < 0.5 < p[8, 12, 13]
+    assert p[12, 12, 10] == pytest.approx(0.5, abs=1e-5)  # z: 8 mm / 2 mm = 4 voxels
+    np.testing.assert_array_equal(contour.data, (p >= 0.5).astype(np.uint8))
+
+
+def test_rotation_gives_a_full_covariance_and_state_holds_it(viewer, dock, tiny_phantom, qtbot):
+    widget = dock("Shape prior")
+    widget.set_parameters((16.0, 12.0, 15.0), (8.0, 3.0, 6.0), (0.0, 0.0, 30.0), 1.0)
+    assert widget.rotate.isChecked()
+    covariance = widget.prior().covariance.detach().numpy()
+    assert abs(covariance[0, 1]) > 1e-3  # z–y coupling: the rotation is about array axis x
+    assert abs(covariance[1, 2]) < 1e-8 and abs(covariance[0, 2]) < 1e-8
+    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior is not None, timeout=3000)
+    stored = np.asarray(ViewerState.of(viewer).prior["covariance"])
+    np.testing.assert_allclose(stored, covariance, rtol=1e-5)
+
+
+def test_fit_to_labels_and_reset(viewer, dock, tiny_phantom, tiny_checkpoint, qtbot):
+    image, _ = tiny_phantom
+    mask = blob(TINY_SHAPE, (7, 11, 9), (4, 6, 5))
+    viewer.add_labels(mask, name="organ", scale=image.scale)
+    widget = dock("Shape prior")
+    widget.labels.set_layer("organ")
+    widget.fit_to_labels()
+    mean, radii, _, _ = widget.parameters()
+    np.testing.assert_allclose(mean, (14.0, 11.0, 13.5), atol=0.3)  # centre (7, 11, 9) in mm
+    np.testing.assert_allclose(radii, (8.0, 6.0, 7.5), rtol=0.12)
+    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior is not None, timeout=3000)
+    _, contour = _preview(viewer)
+    overlap = 2 * np.sum(contour.data * mask) / (contour.data.sum() + mask.sum())
+    assert overlap > 0.9
+
+    ViewerState.of(viewer).set_checkpoint(tiny_checkpoint)  # reset goes to its prior
+    widget.reset()
+    assert ViewerState.of(viewer).prior is None
+    assert "tiny3d.pt" in widget.status.text()
+    mean, radii, _, _ = widget.parameters()
+    np.testing.assert_allclose(mean, (15.0, 11.5, 14.25), atol=1e-3)  # its prior is centred
+    np.testing.assert_allclose(radii, (7.5, 5.75, 7.125), atol=1e-2)  # 0.5 normalised
+
+
+def test_flipped_axis_keeps_world_coordinates(viewer, dock, qtbot):
+    layer = viewer.add_image(np.zeros((10, 32, 12), np.float32), name="flip",
+                             scale=(1.0, -1.0, 1.0), translate=(0.0, 31.0, 0.0))
+    widget = dock("Shape prior")
+    widget.image.set_layer(layer)
+    widget.set_parameters((5.0, 10.0, 6.0), (3.0, 4.0, 3.0), None, 1.0)  # world y 10 → index 21
+    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior_source == "flip", timeout=3000)
+    p = viewer.layers["flip prior"].data
+    assert np.unravel_index(np.argmax(p), p.shape) == (5, 21, 6)
+
+
+def test_large_volumes_preview_at_reduced_resolution(viewer, dock, qtbot):
+    from napari_difftt.widgets.prior import PREVIEW_VOXELS
+
+    viewer.add_image(np.zeros((64, 160, 160), np.float32), name="big", scale=(2.0, 1.0, 1.0))
+    widget = dock("Shape prior")
+    widget.image.set_layer("big")
+    preview = viewer.layers["big prior"]
+    assert preview.data.size <= PREVIEW_VOXELS
+    # same world extent: (N − 1) · scale is preserved per axis
+    extent = (np.asarray(preview.data.shape) - 1) * preview.scale
+    np.testing.assert_allclose(extent, (126.0, 159.0, 159.0), rtol=1e-9)
