@@ -1,0 +1,473 @@
+"""Train: fit a template transformer on open Image/Labels pairs or an imagesTr/labelsTr folder.
+
+One Start button that becomes Stop; training runs :meth:`core.train.Trainer.events` in a
+generator worker (:func:`._worker.start_job`) and every step's :class:`TrainEvent` reaches the
+GUI through the worker's ``yielded`` signal only (the progress slot carries the event). The loss
+and validation Dice are plotted live; the validation volume's probability is refreshed in place
+as an Image layer every "validate every" steps. Stop (or closing the viewer) asks the trainer to
+stop after the current step, and the trainer saves its checkpoint before it ends. Every
+checkpoint written becomes the viewer's trained model at once (:class:`ViewerState`), so Run
+model can use it. Validation: with two or more pairs the last one is held out; with one, the
+training volume itself is validated (the label says so).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._controls import LayerChooser, spin_box
+from ._layers import add_derived, spacing_kwargs, spacing_of
+from ._lifetime import Lifetime
+from ._plot import LossPlot
+from ._state import ViewerState
+
+if TYPE_CHECKING:
+    from napari.layers import Layer
+
+    import napari
+
+    from ..core.train import TrainEvent
+
+__all__ = ["TrainWidget", "layer_sample"]
+
+KINDS = ("bch", "svf", "stt", "unet")  # core.train.KINDS (not imported: torch loads lazily)
+PARAMETERISATIONS = ("fixed", "mean", "sigma", "diag", "full")  # core.prior.PARAMETERISATIONS
+PREVIEW_ROLE = "training_preview"
+IGNORE_VALUE = 255
+CLOSE_WAIT_MS = 60_000  # how long closing the viewer waits for the stopped run to save
+USER_ROLE = Qt.ItemDataRole.UserRole
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Image and labels layer names chosen for training."""
+
+    image: str
+    labels: str
+
+    def __str__(self) -> str:
+        return f"{self.image}  ↔  {self.labels}"
+
+
+class TrainWidget(QWidget):
+    """Dock widget: training data, settings, Start/Stop, progress, live loss plot and preview."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = ViewerState.of(napari_viewer)
+        self.job = None
+        self.checkpoint: Path | None = None
+        self.last_event: TrainEvent | None = None
+        self.preview_layer: Layer | None = None
+        self._preview_source: Layer | None = None
+        self._started = 0.0
+        self._running: dict = {}  # "events": the running Trainer.events() generator
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._data_box())
+        layout.addWidget(self._settings_box())
+        self.start_button = QPushButton("Start training")
+        self.progress = QProgressBar()
+        self.progress.setFormat("step %v of %m")
+        self.status = QLabel("Choose training data, then Start.")
+        self.status.setWordWrap(True)
+        self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
+        self.plot = LossPlot(napari_viewer)
+        layout.addWidget(self.start_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addStretch(1)
+        self.start_button.clicked.connect(self.toggle)
+        self.lifetime = Lifetime(self, lambda: _stop_on_close(self))
+
+    # ---------------------------------------------------------------- layout
+    def _data_box(self) -> QGroupBox:
+        box = QGroupBox("training data")
+        self.source_tabs = QTabWidget()
+        layers = QWidget()
+        self.image_choice = LayerChooser(self.viewer, "image", sources_only=True)
+        self.labels_choice = LayerChooser(self.viewer, "labels", sources_only=True)
+        self.pairs = QListWidget()
+        self.pairs.setMaximumHeight(3 * self.pairs.fontMetrics().lineSpacing() + 8)
+        self.pairs.setToolTip("With two or more pairs the last one is held out for validation")
+        add, remove = QPushButton("Add pair"), QPushButton("Remove")
+        add.clicked.connect(self.add_pair)
+        remove.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
+        form = QFormLayout(layers)
+        form.addRow("image", self.image_choice)
+        form.addRow("labels", self.labels_choice)
+        row = QHBoxLayout()
+        row.addWidget(add)
+        row.addWidget(remove)
+        form.addRow(row)
+        form.addRow(self.pairs)
+        folder = QWidget()
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("folder holding imagesTr/ and labelsTr/")
+        browse = QPushButton("…")
+        browse.clicked.connect(lambda: self._browse(self.folder, "Training data folder"))
+        row = QHBoxLayout(folder)
+        row.addWidget(self.folder)
+        row.addWidget(browse)
+        self.source_tabs.addTab(layers, "open layers")
+        self.source_tabs.addTab(folder, "folder")
+        QVBoxLayout(box).addWidget(self.source_tabs)
+        return box
+
+    def _settings_box(self) -> QGroupBox:
+        from ..core.device import list_devices
+
+        box = QGroupBox("settings")
+        self.kind = QComboBox()
+        self.kind.addItems(KINDS)
+        self.iterations = _int_box(1, 1_000_000, 1000)
+        self.patch = QLineEdit("64, 64, 64")
+        self.patch.setToolTip("patch size in voxels, array order: D, H, W (3D) or H, W (2D)")
+        self.lr = spin_box(1e-6, 1.0, 2e-4, step=1e-4, decimals=6, tooltip="Adam learning rate")
+        self.width = _int_box(2, 64, 8)
+        self.pieces = _int_box(1, 16, 4)
+        self.prior = QComboBox()
+        self.prior.addItems(PARAMETERISATIONS)
+        self.prior.setToolTip("which prior parameters train: fixed (none), the mean, one "
+                              "scale, the radii (diagonal Σ) or the full covariance")
+        self.train_beta = QCheckBox("train β")
+        prior_row = QHBoxLayout()
+        prior_row.addWidget(self.prior, 1)
+        prior_row.addWidget(self.train_beta)
+        self.device = QComboBox()
+        for info in list_devices():
+            self.device.addItem(info.label, info.spec)
+        self.seed = _int_box(0, 2**31 - 1, 0)
+        self.val_every = _int_box(1, 100_000, 50)
+        self.val_every.setToolTip("steps between validations, preview updates and checkpoints")
+        self.checkpoint_dir = QLineEdit(str(Path.home() / "napari-difftt-checkpoints"))
+        browse = QPushButton("…")
+        browse.clicked.connect(lambda: self._browse(self.checkpoint_dir, "Checkpoint folder"))
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.checkpoint_dir)
+        folder_row.addWidget(browse)
+        grid = QGridLayout(box)
+        cells = [("model", self.kind), ("iterations", self.iterations),
+                 ("patch size", self.patch), ("learning rate", self.lr),
+                 ("width", self.width), ("pieces T", self.pieces),
+                 ("device", self.device), ("seed", self.seed),
+                 ("validate every", self.val_every)]
+        for index, (label, control) in enumerate(cells):
+            row, column = divmod(index, 2)
+            grid.addWidget(QLabel(label), row, 2 * column)
+            grid.addWidget(control, row, 2 * column + 1)
+        grid.addWidget(QLabel("prior"), 5, 0)
+        grid.addLayout(prior_row, 5, 1, 1, 3)
+        grid.addWidget(QLabel("checkpoints"), 6, 0)
+        grid.addLayout(folder_row, 6, 1, 1, 3)
+        return box
+
+    def _browse(self, target: QLineEdit, title: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, title, target.text())
+        if folder:
+            target.setText(folder)
+
+    # ---------------------------------------------------------------- public API
+    @property
+    def running(self) -> bool:
+        return self.job is not None
+
+    def add_pair(self) -> Pair | None:
+        """Add the chosen image/labels layers to the training pairs (checked at Start)."""
+        image, labels = self.image_choice.layer(), self.labels_choice.layer()
+        if image is None or labels is None:
+            show_warning("Train: open an Image and a Labels layer to pair them.")
+            return None
+        pair = Pair(image.name, labels.name)
+        self.pairs.addItem(str(pair))
+        self.pairs.item(self.pairs.count() - 1).setData(USER_ROLE, pair)
+        return pair
+
+    def toggle(self) -> None:
+        """Start training, or stop the run in progress."""
+        if self.running:
+            self.stop()
+        else:
+            self.start()
+
+    def start(self):
+        """Check the inputs and start training in a worker; returns the job (None on bad input)."""
+        from ._worker import explain, start_job
+
+        if self.running:
+            return self.job
+        try:
+            config, load, preview_source = self._prepare()
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            self._tell(f"Train: {explain(error)}")
+            return None
+        self.checkpoint = Path(config.checkpoint)
+        self.last_event = None
+        self._preview_source = preview_source
+        self.plot.reset(config.iterations)
+        self.progress.setRange(0, config.iterations)
+        self.progress.setValue(0)
+        self.start_button.setText("Stop training")
+        self.status.setText("loading data and building the model …")
+        self._started = time.perf_counter()
+
+        running = self._running = {}  # the task must not reference the widget itself
+
+        def task(should_stop):
+            from ..core.train import Trainer
+
+            train, val = load()
+            trainer = Trainer(config, train, val)
+            running["events"] = events = trainer.events(should_stop)
+            for event in events:
+                yield event.step, event.total, event
+            return trainer.step
+
+        self.lifetime.watch(self)
+        live = self.lifetime.guard
+        self.job = start_job(task, on_progress=live(self._on_event), on_done=live(self._on_done),
+                             on_error=live(self._on_error), on_finished=live(self._on_finished))
+        return self.job
+
+    def stop(self) -> None:
+        """Stop after the current step; the trainer saves a checkpoint first."""
+        if self.job is not None:
+            self.job.cancel()
+            self.start_button.setEnabled(False)
+            self.status.setText("stopping after this step and saving a checkpoint …")
+
+    # ---------------------------------------------------------------- inputs
+    def _prepare(self):
+        """Config, a loader of (train, val) samples for the worker, and the preview's layer."""
+        from ..core.train import TrainConfig
+
+        folder = Path(self.checkpoint_dir.text()).expanduser()
+        if not self.checkpoint_dir.text().strip():
+            raise ValueError("choose a checkpoint folder")
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"checkpoint folder {folder} is a file")
+        kind = self.kind.currentText()
+        checkpoint = folder / f"difftt_{kind}_{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        if self.source_tabs.currentIndex() == 0:
+            train, val, preview_source = self._layer_samples()
+            ndim = train[0].image.ndim
+            load = lambda: (train, val)  # noqa: E731 (already copied, no disk access)
+        else:
+            root = Path(self.folder.text()).expanduser()
+            images, labels = root / "imagesTr", root / "labelsTr"
+            if not images.is_dir() or not labels.is_dir():
+                raise FileNotFoundError(f"{root} must hold imagesTr/ and labelsTr/ folders")
+            ndim, preview_source = None, None
+            load = lambda: _split(_load_folder(images, labels))  # noqa: E731
+        patch = _parse_patch(self.patch.text(), ndim)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = TrainConfig(
+            kind=kind, iterations=self.iterations.value(), patch_size=patch, lr=self.lr.value(),
+            seed=self.seed.value(), device=self.device.currentData(),
+            prior=self.prior.currentText(), train_beta=self.train_beta.isChecked(),
+            width=self.width.value(),
+            pieces=self.pieces.value(), checkpoint=str(checkpoint),
+            checkpoint_every=self.val_every.value(), val_every=self.val_every.value(),
+            ignore_value=IGNORE_VALUE,
+        )
+        return config, load, preview_source
+
+    def _layer_samples(self):
+        pairs = [self.pairs.item(i).data(USER_ROLE) for i in range(self.pairs.count())]
+        if not pairs:
+            image, labels = self.image_choice.layer(), self.labels_choice.layer()
+            if image is None or labels is None:
+                raise ValueError("open an Image and a Labels layer (or choose a folder of data)")
+            pairs = [Pair(image.name, labels.name)]
+        samples = []
+        for pair in pairs:
+            for name in (pair.image, pair.labels):
+                if name not in self.viewer.layers:
+                    raise ValueError(f"layer {name!r} was closed; remove its pair")
+            image, labels = self.viewer.layers[pair.image], self.viewer.layers[pair.labels]
+            samples.append(layer_sample(image, labels))
+        if len({sample.image.ndim for sample in samples}) > 1:
+            raise ValueError("training pairs mix 2D and 3D images; use one kind")
+        train, val = _split(samples)
+        preview_source = self.viewer.layers[pairs[-1].image]
+        return train, val, preview_source
+
+    # ---------------------------------------------------------------- worker callbacks
+    def _on_event(self, step: int, total: int, event: TrainEvent) -> None:
+        self.last_event = event
+        if event.checkpoint is not None:
+            self.checkpoint = Path(event.checkpoint)
+            self.state.set_trained_checkpoint(event.checkpoint)
+        if event.stopped:  # no new step: the run ends here with its checkpoint
+            return
+        self.progress.setValue(step)
+        self.plot.add(step, event.loss, event.val_dice)
+        rate = step / max(time.perf_counter() - self._started, 1e-9)
+        text = f"step {step}/{total}, loss {event.loss:.4f} ({rate:.2f} steps/s)"
+        if event.val_dice is not None:
+            text += f", validation Dice {event.val_dice:.3f}"
+        self.status.setText(text)
+        if event.preview is not None:
+            self._show_preview(event.preview)
+
+    def _show_preview(self, preview: np.ndarray) -> None:
+        source = self._preview_source
+        kwargs = {"colormap": "viridis", "contrast_limits": (0.0, 1.0), "blending": "additive",
+                  "opacity": 0.6}
+        if source is not None and source in self.viewer.layers:
+            if source.data.shape == preview.shape:
+                self.preview_layer = add_derived(self.viewer, "image", preview, source,
+                                                 f"{source.name} training preview",
+                                                 PREVIEW_ROLE, **kwargs)
+                return
+        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
+            self.preview_layer.data = preview
+            return
+        spacing = (1.0,) * preview.ndim
+        self.preview_layer = self.viewer.add_image(
+            preview, **spacing_kwargs(spacing, "training preview"), **kwargs
+        )
+
+    def _on_done(self, steps: int) -> None:
+        event = self.last_event
+        stopped = bool(event and event.stopped)
+        where = f" Checkpoint: {self.checkpoint}" if self.checkpoint else ""
+        what = f"stopped at step {steps}" if stopped else f"finished {steps} steps"
+        message = f"Training {what}.{where} Run model can use it now."
+        self.status.setText(message)
+        show_info(message)
+
+    def _on_error(self, error: BaseException) -> None:
+        from ._worker import explain
+
+        saved = ""
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            saved = f" The last checkpoint is kept: {self.checkpoint}."
+        self._tell(f"Training failed: {explain(error)}.{saved}")
+
+    def _on_finished(self) -> None:
+        self.job = None
+        self.start_button.setText("Start training")
+        self.start_button.setEnabled(True)
+
+    def _tell(self, message: str) -> None:
+        show_warning(message)
+        self.status.setText(message)
+
+
+def layer_sample(image: Layer, labels: Layer):
+    """A :class:`core.data.Sample` from an Image and a Labels layer (copied, normalised).
+
+    Raises ValueError naming the layer for RGB, multiscale, 4D+ images, shape mismatches and
+    labels other than 0, 1 and the ignore value 255.
+    """
+    from ..core.data import Sample, normalise_intensity
+
+    if getattr(image, "rgb", False):
+        raise ValueError(f"image {image.name!r} is RGB; Train needs a grey-scale 2D or 3D image")
+    if image.multiscale or labels.multiscale:
+        raise ValueError(f"{image.name!r}/{labels.name!r}: multiscale layers are not supported")
+    if image.ndim not in (2, 3):
+        raise ValueError(
+            f"image {image.name!r} is {image.ndim}D; Train needs a 2D or 3D volume "
+            "(split time series or channels into separate layers)"
+        )
+    data, mask = np.asarray(image.data), np.asarray(labels.data)
+    if mask.shape != data.shape:
+        raise ValueError(
+            f"labels {labels.name!r} {mask.shape} and image {image.name!r} {data.shape} differ "
+            "in shape; pair each image with its own labels"
+        )
+    values = np.unique(mask)
+    unexpected = sorted(set(values.tolist()) - {0, 1, IGNORE_VALUE})
+    if unexpected:
+        raise ValueError(
+            f"labels {labels.name!r} hold values {unexpected[:5]}; Train segments one structure: "
+            f"use 0 (background), 1 (structure) and {IGNORE_VALUE} (unlabelled)"
+        )
+    return Sample(normalise_intensity(data), mask.astype(np.uint8), spacing_of(image), image.name)
+
+
+def _split(samples: list) -> tuple[list, list]:
+    """Hold the last sample out for validation when there are two or more; else validate on it."""
+    if len(samples) >= 2:
+        return samples[:-1], samples[-1:]
+    return samples, samples
+
+
+def _load_folder(images: Path, labels: Path) -> list:
+    from ..core.data import load_nifti_folder
+
+    return load_nifti_folder(images, labels, ignore_value=IGNORE_VALUE)
+
+
+def _parse_patch(text: str, ndim: int | None) -> tuple[int, ...]:
+    try:
+        patch = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"patch size {text!r} must be integers like '64, 64, 64'") from None
+    if ndim is not None and len(patch) != ndim:
+        raise ValueError(f"patch size {patch} has {len(patch)} numbers but the images are {ndim}D")
+    return patch
+
+
+def _int_box(low: int, high: int, value: int) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setValue(value)
+    return box
+
+
+def _stop_on_close(widget: TrainWidget) -> None:
+    """The viewer closed: stop a running job and make sure its checkpoint is written.
+
+    napari aborts running workers when its window closes: the worker then simply stops
+    iterating, leaving the trainer suspended between steps without saving. So: ask the trainer
+    to stop, wait for the worker thread (its running flag, no event loop needed, at most
+    ``CLOSE_WAIT_MS``), then close a still-suspended trainer generator, which saves.
+    """
+    job = widget.job
+    if job is None:
+        return
+    job.cancel()
+    deadline = time.monotonic() + CLOSE_WAIT_MS / 1000
+    while job.worker.is_running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = widget._running.pop("events", None)
+    if job.worker.is_running:
+        show_warning("Train: the viewer closed during training; the run is stopping and "
+                     f"will write its checkpoint to {widget.checkpoint}.")
+        return
+    if events is not None and inspect.getgeneratorstate(events) == inspect.GEN_SUSPENDED:
+        events.close()  # GeneratorExit in Trainer.events: it saves the work done so far
+    widget.job = None
+    show_warning("Train: the viewer closed during training; the run was stopped and "
+                 f"its checkpoint saved to {widget.checkpoint}.")

@@ -1,0 +1,182 @@
+"""Flow explorer: φ(t)∘S frames from the prior (t = 0) to the prediction (t = 1), lazily cached."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_difftt.core.frames import FlowFrames
+from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.widgets.flow_explorer import arrows, current_frame
+
+
+@pytest.fixture
+def predicted(viewer, tiny_phantom, tiny_checkpoint):
+    """The tiny untrained bch model's prediction of the tiny phantom, stored in ViewerState."""
+    from napari_difftt.core.inference import load_model, predict_volume
+
+    image, _ = tiny_phantom
+    loaded = load_model(tiny_checkpoint, device="cpu")
+    prediction = predict_volume(loaded.model, np.asarray(image.data))
+    record = PredictionRecord(prediction, image, tiny_checkpoint, "cpu")
+    ViewerState.of(viewer).set_prediction(record)
+    return record
+
+
+def _choose(widget, path: str, count: int) -> None:
+    widget.path.setCurrentIndex(widget.path.findData(path))
+    widget.count.setValue(count)
+
+
+def test_without_a_prediction_it_says_run_the_model_first(viewer, dock, tiny_phantom):
+    widget = dock("Flow explorer")
+    before = list(viewer.layers)
+    assert widget.show_flow() is None
+    assert "run the model first" in widget.status.text()
+    assert list(viewer.layers) == before
+
+
+def test_stationary_frames_go_from_the_prior_to_the_prediction(viewer, dock, predicted, qtbot):
+    image = predicted.source
+    original = np.array(image.data, copy=True)
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 5)
+    layer = widget.show_flow()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+
+    assert isinstance(layer.data, FlowFrames) and layer.data.shape == (5, *image.data.shape)
+    prediction = predicted.prediction
+    np.testing.assert_allclose(layer.data[0], prediction.prior, atol=1e-6)
+    np.testing.assert_allclose(layer.data[4], prediction.probability, atol=1e-5)
+    assert np.abs(layer.data[2] - prediction.prior).max() > 1e-3  # the flow really moves it
+    assert "t = 1 is the prediction" in widget.status.text()
+    # geometry: a leading t axis (world t = 0 … 1) before the source's own transform
+    assert tuple(layer.axis_labels) == ("t", "z", "y", "x")
+    np.testing.assert_allclose(layer.scale, (0.25, *image.scale))
+    np.testing.assert_allclose(layer.translate, (0.0, *image.translate))
+    assert layer.metadata[META_KEY]["role"] == "flow_frames"
+    assert layer.metadata[META_KEY]["source"] == image.name
+    np.testing.assert_array_equal(image.data, original)  # the user's layer is untouched
+
+
+def test_frames_are_computed_once_and_scrubbing_reads_the_cache(viewer, dock, predicted, qtbot):
+    widget = dock("Flow explorer")
+    _choose(widget, "piecewise", 4)
+    layer = widget.show_flow()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    assert layer.data.computed == 4  # the background pass rendered each frame exactly once
+    axis = viewer.dims.ndim - layer.ndim
+    for k in (3, 0, 2, 1, 3):
+        viewer.dims.set_current_step(axis, k)
+        assert current_frame(viewer, layer) == k
+        np.asarray(layer._slice.image.view)  # what the canvas shows now
+    assert layer.data.computed == 4
+
+
+def test_napari_renders_only_the_frames_it_shows(viewer):
+    import torch
+
+    from napari_difftt.core.frames import stationary_path, warp_prior
+
+    shape = (6, 7, 8)
+    velocity = torch.full((1, 3, *shape), 0.5)
+    frames = FlowFrames(stationary_path(velocity), 40, warp_prior(np.ones(shape, np.float32)),
+                        shape)
+    layer = viewer.add_image(frames, contrast_limits=(0, 1), rgb=False, multiscale=False)
+    shown = frames.computed
+    assert 1 <= shown <= 2  # the current frame (and the thumbnail's), not all 40
+    viewer.dims.set_current_step(0, 17)
+    viewer.dims.set_current_step(0, 30)
+    viewer.dims.set_current_step(0, 17)
+    assert frames.computed == shown + 2
+    np.testing.assert_array_equal(layer._slice.image.view, frames[17][3])
+
+
+def test_piecewise_path_reports_its_distance_from_phi(viewer, dock, predicted, qtbot):
+    widget = dock("Flow explorer")
+    _choose(widget, "piecewise", 3)
+    layer = widget.show_flow()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    np.testing.assert_allclose(layer.data[0], predicted.prediction.prior, atol=1e-6)
+    # exp(v₂)∘exp(v₁) vs the model's exp(bch(v₂, v₁)): the status states the difference
+    gap = np.sqrt(((layer.data.displacement(2) - predicted.prediction.displacement) ** 2)
+                  .sum(0)).max()
+    if gap > 1e-4:
+        assert f"{gap:.3g} voxels" in widget.status.text()
+    else:
+        assert "t = 1 is the prediction" in widget.status.text()
+
+
+def test_displacement_arrows_follow_the_t_slider(viewer, dock, predicted, qtbot):
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 3)
+    layer = widget.show_flow()
+    widget.show_vectors.setChecked(True)
+    vectors = widget.vectors
+    assert vectors is not None and vectors.data.shape[1:] == (2, 3)
+    np.testing.assert_allclose(vectors.data[:, 1], 0.0, atol=1e-6)  # t = 0: φ = id
+    viewer.dims.set_current_step(viewer.dims.ndim - layer.ndim, 2)
+    expected = arrows(predicted.prediction.displacement)
+    np.testing.assert_allclose(vectors.data, expected, atol=1e-5)
+    np.testing.assert_allclose(vectors.scale, predicted.source.scale)
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    widget.show_vectors.setChecked(False)
+    assert not vectors.visible
+    widget.show_vectors.setChecked(True)
+    viewer.layers.remove(vectors)  # the user deletes the arrows: the slider must not revive them
+    viewer.dims.set_current_step(viewer.dims.ndim - layer.ndim, 1)
+    assert not widget.show_vectors.isChecked() and vectors not in viewer.layers
+    widget.show_vectors.setChecked(True)
+    viewer.layers.clear()  # as napari does on closing: ends, and nothing is added back
+    assert len(viewer.layers) == 0
+
+
+def test_arrows_subsample_in_plane_and_keep_every_slice():
+    displacement = np.zeros((3, 5, 48, 30), np.float32)
+    displacement[2] = 1.5
+    data = arrows(displacement)
+    assert data.shape == (5 * 24 * 15, 2, 3)
+    assert set(np.unique(data[:, 0, 0])) == set(range(5))
+    np.testing.assert_allclose(data[:, 1], [[0, 0, 1.5]] * len(data))
+
+
+def test_a_model_without_velocity_is_explained(viewer, dock, tiny_phantom):
+    from napari_difftt.core.inference import Prediction
+
+    image, _ = tiny_phantom
+    shape = image.data.shape
+    prediction = Prediction(np.zeros(shape, np.float32), np.zeros(shape, np.uint8),
+                            np.zeros((3, *shape), np.float32), None, None,
+                            np.zeros(shape, np.float32))
+    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, "none.pt", "cpu"))
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 3)
+    assert widget.show_flow() is None
+    assert "no velocity field" in widget.status.text()
+    _choose(widget, "piecewise", 3)
+    assert widget.show_flow() is None
+    assert "no piecewise velocities" in widget.status.text()
+
+
+def test_closing_the_viewer_while_precomputing_is_quiet(make_napari_viewer, tiny_checkpoint,
+                                                       qtbot, monkeypatch):
+    from napari_difftt.core.inference import load_model, predict_volume
+
+    render = FlowFrames._render_entry
+    monkeypatch.setattr(FlowFrames, "_render_entry",  # ≥ 5 s for all 101 frames
+                        lambda self, k: (time.sleep(0.05), render(self, k))[1])
+    own = make_napari_viewer()
+    image = own.add_image(np.random.default_rng(0).random((16, 16, 16), np.float32), name="r")
+    prediction = predict_volume(load_model(tiny_checkpoint, device="cpu").model, image.data)
+    ViewerState.of(own).set_prediction(PredictionRecord(prediction, image, tiny_checkpoint, "cpu"))
+    _, widget = own.window.add_plugin_dock_widget("napari-difftt", "Flow explorer")
+    _choose(widget, "piecewise", 101)
+    frames = widget.show_flow().data
+    job = widget.job
+    own.close()  # stops the background pass; late signals must not reach the deleted widget
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=30_000)
+    qtbot.wait(100)  # a queued signal reaching a deleted widget would fail the test here
+    assert frames.computed < 101

@@ -1,0 +1,135 @@
+"""Jacobian widget: det J of known displacements, log₂ display centred on 1, folds, φ(t) mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_difftt.core.inference import Prediction
+from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.widgets.jacobian import jacobian_stats, log_det_display
+
+SHAPE = (8, 10, 12)
+
+
+def linear(matrix, shape=SHAPE) -> np.ndarray:
+    """u(x) = A·(x − c) ``(n, *S)``: det(I + ∇u) = det(I + A) everywhere, in both schemes."""
+    x = np.indices(shape, dtype=np.float64)
+    centre = np.array([(s - 1) / 2 for s in shape]).reshape(-1, *[1] * len(shape))
+    return np.einsum("ij,j...->i...", np.asarray(matrix, float), x - centre).astype(np.float32)
+
+
+def _predict(viewer, displacement):
+    shape = displacement.shape[1:]
+    image = viewer.add_image(np.zeros(shape, np.float32), name="ct", scale=(2.0, 1.0, 0.5),
+                             translate=(5.0, 0.0, -3.0))
+    zeros = np.zeros(shape, np.float32)
+    prediction = Prediction(zeros, zeros.astype(np.uint8), displacement, None, None, zeros)
+    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, "none.pt", "cpu"))
+    return image
+
+
+def _compute(widget, qtbot):
+    widget.compute()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+
+
+def test_without_a_prediction_it_says_run_the_model_first(viewer, dock):
+    widget = dock("Jacobian")
+    widget.compute()
+    assert widget.job is None and len(viewer.layers) == 0
+    assert "run the model first" in widget.summary.text()
+
+
+def test_uniform_expansion(viewer, dock, qtbot):
+    image = _predict(viewer, linear(np.diag([0.5, 0.0, 0.0])))  # det = 1.5
+    widget = dock("Jacobian")
+    _compute(widget, qtbot)
+    stats = widget.stats
+    assert stats.minimum == pytest.approx(1.5, abs=1e-5)
+    assert stats.maximum == pytest.approx(1.5, abs=1e-5)
+    assert stats.folded_central == 0 and stats.folded_digital == 0
+    layer, folds = widget.image_layer, widget.folds_layer
+    np.testing.assert_allclose(layer.data, np.log2(1.5), atol=1e-5)
+    low, high = layer.contrast_limits
+    assert low == pytest.approx(-high) and high == pytest.approx(np.log2(1.5), abs=1e-4)
+    assert layer.colormap.name == "PiYG"
+    assert not folds.data.any()
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(folds.translate, image.translate)
+    assert layer.metadata[META_KEY]["role"] == "jacobian"
+    assert "min 1.5, max 1.5" in widget.summary.text()
+    assert "central differences" in widget.summary.text() and "digital" in widget.summary.text()
+
+
+def test_a_fold_in_half_of_the_volume(viewer, dock, qtbot):
+    # u_z = a(y)·(z − c): det = 1 + a(y), −1 where y < 5 (folded), 1 elsewhere
+    displacement = np.zeros((3, *SHAPE), np.float32)
+    z = np.arange(SHAPE[0], dtype=np.float32).reshape(-1, 1, 1) - (SHAPE[0] - 1) / 2
+    a = np.where(np.arange(SHAPE[1]) < 5, -2.0, 0.0).reshape(1, -1, 1)
+    displacement[0] = a * z * np.ones(SHAPE)
+    _predict(viewer, displacement)
+    widget = dock("Jacobian")
+    _compute(widget, qtbot)
+    stats = widget.stats
+    assert stats.minimum == pytest.approx(-1.0, abs=1e-5)
+    assert stats.maximum == pytest.approx(1.0, abs=1e-5)
+    assert stats.folded_central == pytest.approx(50.0)
+    # the digital test is at least as strict on the interior voxels it checks (y = 1 … 4 of 1 … 8)
+    assert stats.folded_digital >= 100 * 4 / 8 - 1e-6
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[:, :5] = 1
+    np.testing.assert_array_equal(widget.folds_layer.data, expected)
+    log_det = widget.image_layer.data
+    low, high = widget.image_layer.contrast_limits
+    assert low == pytest.approx(-high)
+    np.testing.assert_allclose(log_det[:, :5], low)  # folds drawn at the compressed end
+    np.testing.assert_allclose(log_det[:, 5:], 0.0, atol=1e-6)  # det 1: the neutral colour
+
+
+def test_recomputing_updates_the_same_layers(viewer, dock, qtbot):
+    _predict(viewer, linear(np.diag([0.0, -0.5, 0.0])))  # det = 0.5
+    widget = dock("Jacobian")
+    _compute(widget, qtbot)
+    names = [layer.name for layer in viewer.layers]
+    ViewerState.of(viewer).prediction.prediction.displacement[:] = linear(np.diag([0, 1.0, 0]))
+    _compute(widget, qtbot)  # det = 2 now, shown in the same two layers
+    assert [layer.name for layer in viewer.layers] == names
+    np.testing.assert_allclose(viewer.layers[names[1]].data, 1.0, atol=1e-5)
+
+
+def test_stats_and_display_of_a_rotation_and_shear_in_2d():
+    theta = 0.3
+    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    shear = np.array([[1.0, 0.7], [0.0, 1.0]])
+    stats = jacobian_stats(linear(rotation @ shear - np.eye(2), shape=(9, 11)))
+    assert stats.minimum == pytest.approx(1.0, abs=1e-5)  # area preserved
+    log_det, (low, high) = log_det_display(stats.det)
+    assert high == pytest.approx(0.05) and low == pytest.approx(-0.05)  # the narrowest range
+    np.testing.assert_allclose(log_det, 0.0, atol=1e-5)
+
+
+def test_phi_at_the_flow_explorers_t(viewer, dock, tiny_phantom, tiny_checkpoint, qtbot):
+    from napari_difftt.core.inference import load_model, predict_volume
+
+    image, _ = tiny_phantom
+    loaded = load_model(tiny_checkpoint, device="cpu")
+    prediction = predict_volume(loaded.model, np.asarray(image.data))
+    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, tiny_checkpoint,
+                                                           "cpu"))
+    widget = dock("Jacobian")
+    widget.target.setCurrentIndex(widget.target.findData("current"))
+    widget.compute()
+    assert "Flow explorer" in widget.summary.text() and widget.job is None
+
+    explorer = dock("Flow explorer")
+    explorer.path.setCurrentIndex(explorer.path.findData("stationary"))
+    explorer.count.setValue(3)
+    layer = explorer.show_flow()
+    qtbot.waitUntil(lambda: explorer.job is None, timeout=60_000)
+    viewer.dims.set_current_step(viewer.dims.ndim - layer.ndim, 1)
+    _compute(widget, qtbot)
+    expected = jacobian_stats(layer.data.displacement(1))
+    np.testing.assert_allclose(widget.stats.det, expected.det)
+    assert "φ(t = 0.5)" in widget.summary.text()

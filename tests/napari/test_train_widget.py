@@ -1,0 +1,135 @@
+"""Train widget: start/stop a tiny run, checkpoint kept and handed to Run model, live plot,
+responsive viewer, bad input explained without touching the user's layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_difftt.widgets._plot import LossPlot
+from napari_difftt.widgets._state import ViewerState
+
+
+def _tiny_settings(widget, folder, iterations=40) -> None:
+    widget.iterations.setValue(iterations)
+    widget.patch.setText("16, 16, 16")
+    widget.width.setValue(4)
+    widget.pieces.setValue(2)
+    widget.val_every.setValue(2)
+    widget.device.setCurrentIndex(widget.device.findData("cpu"))
+    widget.checkpoint_dir.setText(str(folder))
+
+
+def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom, tmp_path, qtbot):
+    from napari_difftt.core.io import load_checkpoint
+
+    image, labels = tiny_phantom
+    originals = [np.array(layer.data, copy=True) for layer in (image, labels)]
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(labels)
+    _tiny_settings(widget, tmp_path)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(widget.progress.value()))
+    timer.start(20)
+
+    assert widget.start() is not None
+    assert widget.start_button.text() == "Stop training"
+    qtbot.waitUntil(lambda: len(widget.plot.dice) >= 1, timeout=120_000)  # step 2: validation
+    widget.toggle()  # the Start button is now Stop
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    timer.stop()
+
+    event = widget.last_event
+    assert event.stopped and event.step < 40
+    assert widget.checkpoint.is_file()
+    checkpoint = load_checkpoint(widget.checkpoint)
+    assert checkpoint["model"]["kind"] == "bch" and checkpoint["model"]["width"] == 4
+    assert checkpoint["training"]["step"] == event.step
+    assert ViewerState.of(viewer).trained_checkpoint == widget.checkpoint  # Run model sees it
+    assert len(widget.plot.losses) == event.step and len(widget.plot.dice) >= 1
+    assert "stopped at step" in widget.status.text()
+    assert widget.start_button.text() == "Start training"
+    # the GUI kept running while the worker trained: timer ticks saw the progress move
+    assert len(ticks) > 10 and len(set(ticks)) >= 2
+    # the validation preview is an Image layer in the image's geometry, refreshed in place
+    preview = viewer.layers[f"{image.name} training preview"]
+    assert preview.data.shape == image.data.shape
+    np.testing.assert_allclose(preview.scale, image.scale)
+    for layer, original in zip((image, labels), originals, strict=True):
+        np.testing.assert_array_equal(layer.data, original)
+
+
+@pytest.mark.parametrize(
+    ("make_image", "make_labels", "message"),
+    [
+        (lambda: np.zeros((2, 8, 8, 8), np.float32), lambda: np.zeros((2, 8, 8, 8), np.uint8),
+         "4D"),
+        (lambda: np.zeros((8, 8, 3), np.uint8), lambda: np.zeros((8, 8, 3), np.uint8), "RGB"),
+        (lambda: np.zeros((8, 8, 8), np.float32), lambda: np.zeros((8, 8, 9), np.uint8),
+         "differ in shape"),
+        (lambda: np.zeros((8, 8, 8), np.float32), lambda: np.full((8, 8, 8), 3, np.uint8),
+         "one structure"),
+    ],
+)
+def test_bad_training_data_is_explained(viewer, dock, tmp_path, make_image, make_labels, message):
+    image = viewer.add_image(make_image(), name="img", rgb=message == "RGB")
+    labels = viewer.add_labels(make_labels(), name="lab")
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(labels)
+    _tiny_settings(widget, tmp_path)
+    assert widget.start() is None
+    assert message in widget.status.text() and not widget.running
+    assert [layer.name for layer in viewer.layers] == ["img", "lab"]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_folder_and_bad_patch_are_explained(viewer, dock, tiny_phantom, tmp_path):
+    widget = dock("Train")
+    _tiny_settings(widget, tmp_path)
+    widget.patch.setText("16, 16")
+    assert widget.start() is None and "2 numbers but the images are 3D" in widget.status.text()
+    widget.source_tabs.setCurrentIndex(1)
+    widget.folder.setText(str(tmp_path / "nowhere"))
+    assert widget.start() is None and "imagesTr" in widget.status.text()
+
+
+def test_closing_the_viewer_stops_training_and_saves(make_napari_viewer, tmp_path, qtbot):
+    from napari.layers import Layer
+
+    from napari_difftt._sample_data import phantom_layers
+    from napari_difftt.core.io import load_checkpoint
+
+    own = make_napari_viewer()
+    for item in phantom_layers((16, 24, 20), 5, (2.0, 1.0, 1.5), "p"):
+        own.add_layer(Layer.create(*item))
+    _, widget = own.window.add_plugin_dock_widget("napari-difftt", "Train")
+    _tiny_settings(widget, tmp_path, iterations=500)
+    widget.val_every.setValue(1000)  # no periodic checkpoint: only the one written on stopping
+    widget.start()
+    job = widget.job
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=120_000)
+    own.close()
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=120_000)
+    qtbot.wait(100)  # a queued signal reaching a deleted widget would fail the test here
+    saved = list(tmp_path.glob("*.pt"))
+    assert job.cancel_requested and len(saved) == 1
+    assert 1 <= load_checkpoint(saved[0])["training"]["step"] < 500
+
+
+def test_loss_plot_keeps_points_and_skips_non_finite(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.reset(10)
+    plot.add(1, 0.7)
+    plot.add(2, float("nan"), 0.5)
+    plot.add(3, 0.4, float("inf"))
+    assert plot.losses == [(1, 0.7), (3, 0.4)] and plot.dice == [(2, 0.5)]
+    plot.resize(300, 160)
+    image = plot.grab().toImage()  # paints without error, in the theme's background colour
+    assert image.width() == 300
+    plot.reset(5)
+    assert plot.losses == [] and plot.total == 5
