@@ -14,7 +14,14 @@ from collections.abc import Sequence
 
 from . import __version__
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "train": "napari_difftt.commands.train",
+    "predict": "napari_difftt.commands.predict",
+    "evaluate": "napari_difftt.commands.evaluate",
+    "stn-bench": "napari_difftt.commands.stn_bench",
+    "bench": "napari_difftt.commands.bench",
+    "demo": "napari_difftt.commands.demo",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

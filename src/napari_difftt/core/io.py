@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import uuid
 import zlib
 from collections.abc import Callable
@@ -211,7 +212,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} refers to {refused.group(1)}, which is not plain data: refused for safety "
             "(checkpoints load with weights_only=True)"
         ) from error
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
+    except (RuntimeError, OSError, EOFError, ValueError, struct.error) as error:
         raise CheckpointError(f"{path} is corrupt or truncated: {error}") from error
     if not isinstance(payload, dict):
         raise CheckpointError(

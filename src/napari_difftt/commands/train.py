@@ -1,0 +1,277 @@
+"""``napari-difftt train``: train a template transformer on NIfTI folders.
+
+Also works under ``torchrun --nproc_per_node N -m napari_difftt.cli train ...`` (one process per
+GPU, DistributedDataParallel); only rank 0 prints and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "train a segmentation model (bch | svf | stt | unet) on NIfTI image/label folders"
+
+_PRIORS = ("fixed", "mean", "sigma", "diag", "full")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        type=Path,
+        metavar="ROOT",
+        help="data set root with imagesTr/ and labelsTr/ (and optionally imagesVal/, "
+        "labelsVal/); instead of --images/--labels",
+    )
+    data.add_argument(
+        "--images", type=Path, metavar="DIR", help="folder of training images (.nii/.nii.gz)"
+    )
+    data.add_argument(
+        "--labels",
+        type=Path,
+        metavar="DIR",
+        help="folder of label volumes with the same file names (0/1, 255 = unlabelled)",
+    )
+    data.add_argument("--val-images", type=Path, metavar="DIR", help="validation images")
+    data.add_argument("--val-labels", type=Path, metavar="DIR", help="validation labels")
+    data.add_argument(
+        "--spacing",
+        type=float,
+        metavar="MM",
+        help="resample every volume to this isotropic spacing in mm (default: as stored)",
+    )
+    data.add_argument(
+        "--ignore-value",
+        type=int,
+        default=255,
+        metavar="V",
+        help="label value of unlabelled voxels, left out of the loss (default 255)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        dest="kind",
+        choices=("bch", "svf", "stt", "unet"),
+        default="bch",
+        help="bch: time-dependent flow (BCH); svf: stationary field; stt: displacement "
+        "without integration; unet: direct estimation (default bch)",
+    )
+    model.add_argument(
+        "--width", type=int, default=8, help="U-Net channels at full resolution (default 8)"
+    )
+    model.add_argument(
+        "--pieces", type=int, default=4, help="velocity fields T for bch (default 4)"
+    )
+    model.add_argument("--bch-order", type=int, default=2, choices=(1, 2, 3, 4), help="default 2")
+    model.add_argument(
+        "--alpha",
+        type=float,
+        default=256.0,
+        help="largest velocity in voxels (α of α·tanh, default 256)",
+    )
+    model.add_argument(
+        "--prior",
+        choices=_PRIORS,
+        default="fixed",
+        help="what the shape prior learns: fixed, mean (μ), sigma (μ, σ²), diag "
+        "(μ, diagonal Σ), full (μ, full Σ) (default fixed)",
+    )
+    model.add_argument("--train-beta", action="store_true", help="also learn the prior's shape β")
+    model.add_argument(
+        "--prior-beta", type=float, default=1.0, help="initial β (default 1: Gaussian)"
+    )
+    model.add_argument(
+        "--prior-init",
+        choices=("labels", "centre"),
+        default="labels",
+        help="labels: fit μ, Σ to the training masks; centre: centred, radii 0.5",
+    )
+    model.add_argument(
+        "--smoothness",
+        type=float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="weight of the λ‖∇u‖² penalty (default 0)",
+    )
+    run = parser.add_argument_group("optimisation")
+    run.add_argument("--iterations", type=int, default=1000, help="optimiser steps (default 1000)")
+    run.add_argument(
+        "--patch-size",
+        type=int,
+        nargs="+",
+        default=[64, 64, 64],
+        metavar="N",
+        help="patch size D H W (3D) or H W (2D) in voxels (default 64 64 64)",
+    )
+    run.add_argument("--batch-size", type=int, default=1, help="patches per step (default 1)")
+    run.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)"
+    )
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--out", type=Path, required=True, metavar="CKPT", help="checkpoint file to write"
+    )
+    out.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    out.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CKPT",
+        help="continue a run from its checkpoint (model settings come from it)",
+    )
+    out.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also save every N steps (default: only at the end)",
+    )
+    out.add_argument(
+        "--val-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validate every N steps (default: only at the end)",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..core.data import load_nifti_folder
+    from ..core.io import load_checkpoint
+    from ..core.progress import ProgressBar
+    from ..core.train import TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, labels, val_images, val_labels = _data_folders(args)
+    out = args.out
+    resuming_in_place = args.resume is not None and args.resume.resolve() == out.resolve()
+    if out.exists() and not (args.overwrite or resuming_in_place):
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out.suffix != ".pt":
+        raise ValueError(f"--out {out}: checkpoint files end in .pt")
+
+    settings = dict(
+        kind=args.kind,
+        iterations=args.iterations,
+        patch_size=tuple(args.patch_size),
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        spacing=args.spacing,
+        prior=args.prior,
+        train_beta=args.train_beta,
+        prior_beta=args.prior_beta,
+        prior_init=args.prior_init,
+        width=args.width,
+        pieces=args.pieces,
+        bch_order=args.bch_order,
+        alpha=args.alpha,
+        smoothness=args.smoothness,
+        checkpoint=str(out),
+        checkpoint_every=args.checkpoint_every,
+        val_every=args.val_every,
+        ignore_value=args.ignore_value,
+    )
+    if args.resume is not None:
+        previous = load_checkpoint(args.resume).get("training", {}).get("config")
+        if previous is None:
+            raise ValueError(f"--resume {args.resume} holds no training configuration")
+        keep = ("iterations", "device", "checkpoint", "checkpoint_every", "val_every")
+        config = TrainConfig.from_dict(previous, **{k: settings[k] for k in keep})
+        if args.kind != config.kind:
+            raise ValueError(
+                f"--resume {args.resume} holds a {config.kind!r} model but --model {args.kind} was "
+                f"given; resume with --model {config.kind}"
+            )
+    else:
+        config = TrainConfig(**settings)
+
+    rank = int(os.environ.get("RANK", "0"))
+    say = print if rank == 0 else (lambda *a, **k: None)
+    train = load_nifti_folder(
+        images, labels, spacing=config.spacing, ignore_value=config.ignore_value
+    )
+    val = (
+        load_nifti_folder(
+            val_images, val_labels, spacing=config.spacing, ignore_value=config.ignore_value
+        )
+        if val_images
+        else []
+    )
+    say(
+        f"training {config.kind} on {len(train)} volume(s)"
+        + (f", validating on {len(val)}" if val else "")
+        + f"; checkpoint → {out}"
+    )
+    trainer = Trainer(
+        config,
+        train,
+        val,
+        resume=args.resume,
+        log=(lambda m: say(m, file=sys.stderr)) if not args.quiet else None,
+    )
+    bar = ProgressBar("train") if rank == 0 and not args.quiet else None
+
+    def report(event) -> None:
+        if bar is not None:
+            extra = f"loss {event.loss:.4f}"
+            if event.val_dice is not None:
+                extra += f" val Dice {event.val_dice:.4f}"
+            bar(event.step, event.total, extra)
+
+    try:
+        result = trainer.run(callback=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    val_text = f", validation Dice {result.val_dice:.4f}" if result.val_dice is not None else ""
+    state = "stopped" if result.stopped else "finished"
+    say(
+        f"{state} at step {result.step}/{result.total} in {result.seconds:.1f} s: "
+        f"loss {result.loss:.4f}{val_text}; saved {result.checkpoint}"
+    )
+    return 0
+
+
+def _data_folders(args: argparse.Namespace) -> tuple[Path, Path, Path | None, Path | None]:
+    """(images, labels, val_images, val_labels) from --data or the explicit folders."""
+    if args.data is not None:
+        if args.images or args.labels:
+            raise ValueError("give either --data ROOT or --images/--labels, not both")
+        root = args.data
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data {root}: folder not found")
+        images, labels = root / "imagesTr", root / "labelsTr"
+        val_images = args.val_images or (
+            root / "imagesVal" if (root / "imagesVal").is_dir() else None
+        )
+        val_labels = args.val_labels or (
+            root / "labelsVal" if (root / "labelsVal").is_dir() else None
+        )
+    else:
+        if args.images is None or args.labels is None:
+            raise ValueError(
+                "give --images DIR and --labels DIR (or --data ROOT with imagesTr/labelsTr)"
+            )
+        images, labels = args.images, args.labels
+        val_images, val_labels = args.val_images, args.val_labels
+    for name, folder in (
+        ("images", images),
+        ("labels", labels),
+        ("val-images", val_images),
+        ("val-labels", val_labels),
+    ):
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"--{name} {folder}: folder not found")
+    if (val_images is None) != (val_labels is None):
+        raise ValueError("give both --val-images and --val-labels, or neither")
+    return images, labels, val_images, val_labels

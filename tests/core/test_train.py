@@ -1,0 +1,164 @@
+"""Trainer: masked loss, checkpoints (content, atomic stop), exact resume, sparse labels, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
+from napari_difftt.core.io import load_checkpoint
+from napari_difftt.core.prior import GeneralisedGaussianPrior
+from napari_difftt.core.train import TrainConfig, Trainer, slim_checkpoint
+
+SHAPE = (16, 32, 32)  # volumes
+PATCH = (16, 16, 16)
+
+
+def _samples(count: int, seed: int = 0, sparse: bool = False) -> list[Sample]:
+    samples = []
+    for index in range(count):
+        phantom = make_phantom(SHAPE, seed=seed + index)
+        labels = phantom.labels.copy()
+        if sparse:  # one labelled axial slice through the organ, the rest unlabelled
+            z = int(np.argmax(labels.sum((1, 2))))
+            labels[:z] = 255
+            labels[z + 1 :] = 255
+        samples.append(
+            Sample(
+                normalise_intensity(phantom.image), labels, phantom.spacing, f"case{seed + index}"
+            )
+        )
+    return samples
+
+
+def _config(tmp_path, **changes) -> TrainConfig:
+    settings = dict(
+        kind="bch",
+        iterations=4,
+        patch_size=PATCH,
+        width=4,
+        pieces=2,
+        device="cpu",
+        seed=3,
+        lr=1e-3,
+        prior="diag",
+        checkpoint=str(tmp_path / "model.pt"),
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="kind"):
+        TrainConfig(kind="vnet")
+    with pytest.raises(ValueError, match="patch_size"):
+        TrainConfig(patch_size=(32,))
+    with pytest.raises(ValueError, match="iterations"):
+        TrainConfig(iterations=0)
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"kind": "bch", "colour": 1})
+    config = TrainConfig(kind="svf", patch_size=(16, 32))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_training_writes_a_safe_complete_checkpoint_and_validates(tmp_path):
+    config = _config(tmp_path, iterations=2)
+    events = list(Trainer(config, _samples(2), _samples(1, seed=10)).events())
+    assert [e.step for e in events] == [1, 2] and events[-1].total == 2
+    assert events[0].checkpoint is None and events[-1].checkpoint == tmp_path / "model.pt"
+    assert 0.0 <= events[-1].val_dice <= 1.0
+    assert events[-1].preview.shape == SHAPE and events[-1].preview.dtype == np.float32
+    assert all(np.isfinite(e.loss) for e in events)
+
+    checkpoint = load_checkpoint(tmp_path / "model.pt")  # weights_only=True inside
+    assert checkpoint["model"]["kind"] == "bch"
+    assert checkpoint["spacing"] == list(_samples(1)[0].spacing)
+    training = checkpoint["training"]
+    assert training["step"] == 2 and training["seed"] == 3
+    assert training["config"]["patch_size"] == list(PATCH)
+    assert training["metrics"]["val_dice"] == pytest.approx(events[-1].val_dice)
+    assert [h["step"] for h in training["metrics"]["history"]] == [1, 2]
+    assert set(checkpoint["versions"]) >= {"torch", "numpy", "napari_difftt"}
+    assert checkpoint["prior"]["parameterisation"] == "diag"
+    slim = slim_checkpoint(checkpoint)
+    assert "optimizer" not in slim["training"] and "optimizer" in checkpoint["training"]
+
+
+def test_resume_continues_the_step_count_and_reproduces_the_uninterrupted_run(tmp_path):
+    train = _samples(2)
+    straight = Trainer(_config(tmp_path / "a"), train)
+    straight.run()
+
+    first = Trainer(_config(tmp_path / "b"), train)
+    assert first.run(should_stop=lambda: first.step == 2).step == 2
+    path = tmp_path / "b" / "model.pt"
+    resumed = Trainer(_config(tmp_path / "b"), train, resume=path)
+    steps = [event.step for event in resumed.events()]
+    assert steps == [3, 4]
+    assert load_checkpoint(path)["training"]["step"] == 4
+    for name, value in straight.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[name], atol=1e-6), name
+
+
+def test_stop_saves_a_checkpoint_before_returning(tmp_path):
+    config = _config(tmp_path, iterations=50)
+    trainer = Trainer(config, _samples(1))
+    seen = []
+
+    def callback(event):
+        seen.append(event.step)
+        if event.step == 2:
+            trainer.stop()
+
+    result = trainer.run(callback=callback)
+    assert result.stopped and result.step == 2 and seen == [1, 2, 2]
+    assert result.checkpoint == tmp_path / "model.pt"
+    assert load_checkpoint(result.checkpoint)["training"]["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary files left
+
+    # should_stop works the same, and closing the event stream early also keeps the work
+    calls = iter([False, True])
+    result = Trainer(_config(tmp_path / "s", iterations=50), _samples(1)).run(
+        should_stop=lambda: next(calls)
+    )
+    assert result.stopped and result.step == 1
+    stream = Trainer(_config(tmp_path / "c", iterations=50), _samples(1)).events()
+    next(stream)
+    stream.close()
+    assert load_checkpoint(tmp_path / "c" / "model.pt")["training"]["step"] == 1
+
+
+def test_sparse_annotations_train_without_nan_and_the_loss_sees_only_the_labelled_slice(tmp_path):
+    samples = _samples(1, sparse=True)
+    trainer = Trainer(_config(tmp_path, iterations=3, patch_size=SHAPE), samples)
+    result = trainer.run()
+    assert np.isfinite([h["loss"] for h in result.history]).all()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    # step 1: an untrained flow model returns its prior exactly (zero last layer); masks with
+    # unlabelled voxels are not used to fit it, so it is the default centred prior
+    prior = GeneralisedGaussianPrior(3).on_grid(SHAPE)[0, 0].double()
+    labels = torch.from_numpy(samples[0].labels)
+    known = labels != 255
+    expected = F.binary_cross_entropy(prior[known], labels[known].double())
+    everywhere = F.binary_cross_entropy(prior, (labels == 1).double())
+    assert result.history[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(everywhere) - float(expected)) > 1e-2
+
+
+def test_errors_name_the_problem(tmp_path):
+    train = _samples(1)
+    Trainer(_config(tmp_path, iterations=1), train).run()
+    with pytest.raises(ValueError, match="holds a 'bch' model but kind='svf'"):
+        Trainer(_config(tmp_path, kind="svf"), train, resume=tmp_path / "model.pt").run()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        Trainer(_config(tmp_path, device="cuda"), train)
+    bad = Sample(train[0].image, train[0].labels[:-1], train[0].spacing, "bad")
+    with pytest.raises(ValueError, match=r"'bad'.*differ in shape"):
+        Trainer(_config(tmp_path), [bad])
+    with pytest.raises(ValueError, match="2D but patch_size is 3D"):
+        Trainer(
+            _config(tmp_path), [Sample(train[0].image[0], train[0].labels[0], (1.0, 1.0), "flat")]
+        )
