@@ -14,8 +14,10 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.linalg import expm, logm
 
+from napari_difftt.core import grid as grid_module
 from napari_difftt.core.flow import (
     bch,
     choose_squarings,
@@ -416,6 +418,95 @@ def test_cuda_matches_cpu():
         result.displacement.cpu(),
         integrate(torch.stack([v, w], 1), method="compose", squarings=6).displacement,
     )
+
+
+# --- the memory-lean backward of exp -----------------------------------------------------------
+
+
+def plain_autograd_exp(velocity, squarings):
+    """Scaling and squaring written naively: autograd records every step (the reference)."""
+    shape = velocity.shape[2:]
+    scale = torch.tensor([2.0 / (s - 1) for s in reversed(shape)], dtype=velocity.dtype)
+    axes = [torch.linspace(-1, 1, s, dtype=velocity.dtype) for s in shape]
+    base = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+    u = velocity.flip(1).movedim(1, -1) * scale / 2**squarings  # (B, *S, n) normalised, (x, y, z)
+    for _ in range(squarings):
+        sampled = F.grid_sample(
+            u.movedim(-1, 1), base + u, padding_mode="border", align_corners=True
+        )
+        u = u + sampled.movedim(1, -1)
+    return (u / scale).movedim(-1, 1).flip(1)
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (8, 6, 10)])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("count", [1, 2])
+def test_exp_and_its_gradient_equal_plain_autograd(
+    shape, dtype, tolerance, count, threads, monkeypatch
+):
+    monkeypatch.setattr(grid_module, "_MIN_POINTS_PER_CHUNK", 1)  # split even tiny grids
+    threads(count)
+    v = smooth_field(shape, 3.0, seed=3).to(dtype).requires_grad_()
+    weights = torch.randn(v.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+    for squarings in (0, 1, 3, 7):
+        got = exp(v, squarings)
+        assert type(got.grad_fn).__name__ == "ScalingAndSquaringBackward"
+        expected = plain_autograd_exp(v, squarings)
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+        with torch.no_grad():
+            torch.testing.assert_close(exp(v, squarings), got, rtol=0, atol=0)
+        (grad,) = torch.autograd.grad(got, v, weights)
+        (expected_grad,) = torch.autograd.grad(expected, v, weights)
+        torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (4, 5, 6)])
+@pytest.mark.parametrize("squarings", [0, 1, 3])
+def test_gradcheck_exp_memory_lean_backward(shape, squarings):
+    v = off_grid(1, len(shape), *shape, seed=5, scale=0.4)
+    assert torch.autograd.gradcheck(lambda x: exp(x, squarings), (v,))
+
+
+def test_exp_stores_one_field_per_squaring_for_backward():
+    v = torch.randn(1, 3, 4, 5, 6, requires_grad=True)
+    for squarings in (0, 1, 5):
+        saved = exp(v, squarings).grad_fn.saved_tensors
+        assert len(saved) == squarings
+        assert all(t.shape == v.shape for t in saved)
+
+
+def test_exp_backward_accepts_a_broadcast_output_gradient(threads, monkeypatch):
+    monkeypatch.setattr(grid_module, "_MIN_POINTS_PER_CHUNK", 1)
+    threads(2)
+    v = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    (from_sum,) = torch.autograd.grad(exp(v, 3).sum(), v)  # gradient (1, 3, 4, 5, 6) of stride 0
+    (from_ones,) = torch.autograd.grad(exp(v, 3), v, torch.ones_like(v))
+    torch.testing.assert_close(from_sum, from_ones, rtol=0, atol=0)
+
+
+def test_exp_refuses_second_derivatives_clearly():
+    v = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        torch.autograd.grad(exp(v, 2).square().sum(), v, create_graph=True)
+    (grad,) = torch.autograd.grad(exp(v, 2).square().sum(), v)  # first order still works
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.cuda
+def test_cuda_exp_gradient_equals_plain_autograd():
+    v = smooth_field((8, 6, 10), 3.0, seed=3).cuda().requires_grad_()
+    weights = torch.randn(v.shape, dtype=v.dtype, device="cuda")
+    for squarings in (0, 1, 3):
+        got = exp(v, squarings)
+        assert got.device.type == "cuda"
+        with torch.device("cuda"):
+            expected = plain_autograd_exp(v, squarings)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        (grad,) = torch.autograd.grad(got, v, weights)
+        (expected_grad,) = torch.autograd.grad(expected, v, weights)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    v = off_grid(1, 3, 4, 5, 6, seed=5, scale=0.4).detach().cuda().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: exp(x, 2), (v,))
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from napari_difftt.core.grid import (
     identity,
     normalised_identity,
     sample,
+    sample_backward,
     to_normalised,
     to_voxel,
     warp,
@@ -184,6 +185,38 @@ def test_threaded_sample_equals_plain_grid_sample(
     assert torch.equal(split, one)
     for a, b in zip(one_grads, split_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "threads_used"),
+    [((1, 2, 6, 7), 1), ((1, 2, 6, 7), 2), ((1, 3, 6, 5, 7), 2), ((1, 3, 9, 4, 5), 3)],
+)
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_sample_backward_equals_autograd_of_grid_sample(
+    image_shape, threads_used, padding, threads, monkeypatch
+):
+    monkeypatch.setattr(grid_module, "_MIN_POINTS_PER_CHUNK", 1)  # split even tiny grids
+    threads(threads_used)
+    torch.manual_seed(0)
+    spatial = image_shape[2:]
+    image = torch.randn(*image_shape, dtype=torch.float64, requires_grad=True)
+    offsets = 0.7 * torch.randn(1, *spatial, len(spatial), dtype=torch.float64)
+    grid = (normalised_identity(spatial, dtype=torch.float64) + offsets).requires_grad_()
+    weights = torch.randn(*image_shape, dtype=torch.float64)
+    out = F.grid_sample(image, grid, padding_mode=padding, align_corners=True)
+    expected = torch.autograd.grad(out, (image, grid), weights)
+    got = sample_backward(weights, image.detach(), grid.detach(), padding=padding)
+    assert [g.shape for g in got] == [image.shape, grid.shape]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_sample_backward_rejects_unknown_mode_and_padding():
+    image, grid = torch.rand(1, 1, 4, 5), normalised_identity((4, 5))
+    with pytest.raises(ValueError, match="mode"):
+        sample_backward(image, image, grid, mode="cubic")
+    with pytest.raises(ValueError, match="padding"):
+        sample_backward(image, image, grid, padding="wrap")
 
 
 def test_small_grids_are_sampled_whole_and_large_ones_split(threads):

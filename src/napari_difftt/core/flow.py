@@ -2,7 +2,8 @@
 
 All fields are ``(B, n, *S)`` in voxels, component k along array axis k (see :mod:`.grid`).
 Derivatives are central differences in voxel units (one-sided on the outermost voxels).
-Every function is differentiable with respect to its tensor inputs.
+Every function is differentiable with respect to its tensor inputs (exp, and what uses it, to
+first order).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import NamedTuple
 
 import torch
 
+from ._squaring import scaling_and_squaring
 from .checks import check_field, check_same_field, check_squarings
-from .grid import compose, identity, normalised_identity, sample, to_normalised, to_voxel
+from .grid import compose, identity, normalised_identity, sample, to_normalised
 
 __all__ = [
     "Integrated",
@@ -47,7 +49,8 @@ def exp(
 
     ``velocity`` ``(B, n, *S)`` voxels → displacement ``(B, n, *S)`` voxels. ``squarings=None``
     picks the smallest N with max‖v‖ / 2^N ≤ ``max_step`` voxels (capped at 20); a fixed N
-    avoids the device synchronisation that choice needs.
+    avoids the device synchronisation that choice needs. Under autograd the backward pass stores
+    one field per squaring and is first-order only (``create_graph=True`` raises RuntimeError).
     """
     check_field("velocity", velocity)
     steps = (
@@ -181,13 +184,9 @@ def folding_fraction(displacement: torch.Tensor, scheme: str = "central") -> tor
 
 
 def _exp(velocity: torch.Tensor, squarings: int) -> torch.Tensor:
-    """Scaling and squaring in normalised units so each squaring is one add and one sample."""
-    offsets = to_normalised(velocity / (2**squarings)).movedim(-1, 1).contiguous()  # (B, n, *S)
-    base = normalised_identity(velocity.shape[2:], device=velocity.device, dtype=velocity.dtype)
-    for _ in range(squarings):
-        # the grid is passed as a temporary so that sample can free it before its addition
-        offsets = sample(offsets, base + offsets.movedim(1, -1), padding="border", add_to=offsets)
-    return to_voxel(offsets.movedim(1, -1))
+    """Scaling and squaring in normalised units (each squaring is one add and one sample); under
+    autograd a custom function that stores one field per squaring (see :mod:`._squaring`)."""
+    return scaling_and_squaring(velocity, squarings)
 
 
 def _compose_unchecked(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:

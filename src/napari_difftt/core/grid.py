@@ -29,6 +29,7 @@ __all__ = [
     "identity",
     "normalised_identity",
     "sample",
+    "sample_backward",
     "to_normalised",
     "to_voxel",
     "warp",
@@ -36,6 +37,9 @@ __all__ = [
 
 _MODES = {"linear": "bilinear", "nearest": "nearest"}
 _PADDINGS = ("zeros", "border", "reflection")
+# ATen's integer codes for grid_sampler_{2,3}d_backward (GridSamplerInterpolation/Padding enums)
+_MODE_CODES = {"linear": 0, "nearest": 1}
+_PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
 # Below this many sampled points per chunk, waking threads costs more than it saves (on a busy
 # 2-core machine a 4×5×6 gradcheck ran 25× slower split than whole).
 _MIN_POINTS_PER_CHUNK = 16384
@@ -126,6 +130,49 @@ def sample(
         return out.reshape(1, channels, first, *rest)
     total = add_to.reshape(channels, chunks, first // chunks, *rest) + out
     return total.reshape(1, channels, first, *rest)
+
+
+def sample_backward(
+    grad_output: torch.Tensor,
+    image: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    mode: str = "linear",
+    padding: str = "zeros",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`sample` (without ``add_to``) with respect to ``image`` and ``grid``.
+
+    ``grad_output`` ``(B, C, *S_out)`` → ``(grad_image (B, C, *S_in), grad_grid (B, *S_out, n))``,
+    ``grad_grid`` in normalised units, (x, y, z) order like ``grid``. Calls ATen's backward
+    kernels directly, split across threads like :func:`sample` on the CPU; the per-chunk image
+    gradients are summed into the first chunk's buffer, so no extra copy is made. For custom
+    autograd functions that must not record a graph.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    kernel = (
+        torch.ops.aten.grid_sampler_3d_backward
+        if grid.shape[-1] == 3
+        else torch.ops.aten.grid_sampler_2d_backward
+    )
+    codes = (_MODE_CODES[mode], _PADDING_CODES[padding], True, [True, True])
+    chunks = _cpu_chunks(image, grid)
+    if chunks == 1:
+        return kernel(grad_output, image, grid, *codes)
+    channels, first, rest = image.shape[1], grid.shape[1], grid.shape[2:-1]
+    grad_chunks = grad_output.reshape(channels, chunks, first // chunks, *rest).transpose(0, 1)
+    grad_images, grad_grid = kernel(
+        grad_chunks,
+        image.expand(chunks, *image.shape[1:]),
+        grid.reshape(chunks, first // chunks, *rest, grid.shape[-1]),
+        *codes,
+    )
+    grad_image = grad_images[:1]
+    for index in range(1, chunks):
+        grad_image.add_(grad_images[index : index + 1])
+    return grad_image, grad_grid.view(1, first, *rest, grid.shape[-1])
 
 
 def warp(
