@@ -42,7 +42,36 @@ _LN2 = math.log(2.0)
 _MIN_D2 = 1e-12
 
 
-class GeneralisedGaussianPrior(nn.Module):
+class _Prior(nn.Module):
+    """A probability map defined in normalised full-volume coordinates (array order)."""
+
+    ndim: int
+
+    def _reference(self) -> torch.Tensor:
+        """A tensor whose device and dtype are the prior's defaults."""
+        raise NotImplementedError
+
+    def on_grid(
+        self,
+        shape: Sequence[int],
+        offset: Sequence[int] | None = None,
+        full_shape: Sequence[int] | None = None,
+        displacement: torch.Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """p(Φ(x)) on a grid of ``shape`` → ``(B, 1, *shape)`` (B = 1 without a displacement).
+
+        See :func:`grid_coordinates` for ``offset``, ``full_shape`` and ``displacement``.
+        """
+        like = self._reference()
+        coords = grid_coordinates(shape, offset, full_shape, displacement,
+                                  device=device or like.device, dtype=dtype or like.dtype)
+        return self(coords)
+
+
+class GeneralisedGaussianPrior(_Prior):
     """Generalised Gaussian p(x; μ, Σ, β) = exp(−(d²)^β · ln 2) in normalised coordinates.
 
     Arguments (normalised units, array order):
@@ -155,24 +184,8 @@ class GeneralisedGaussianPrior(nn.Module):
         d2 = white.pow(2).sum(1, keepdim=True).clamp_min(_MIN_D2)
         return torch.exp(-d2.pow(self.beta.to(coords.dtype)) * _LN2)
 
-    def on_grid(
-        self,
-        shape: Sequence[int],
-        offset: Sequence[int] | None = None,
-        full_shape: Sequence[int] | None = None,
-        displacement: torch.Tensor | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """p(Φ(x)) on a grid of ``shape`` → ``(B, 1, *shape)`` (B = 1 without a displacement).
-
-        See :func:`grid_coordinates` for ``offset``, ``full_shape`` and ``displacement``.
-        """
-        like = self.log_beta
-        coords = grid_coordinates(shape, offset, full_shape, displacement,
-                                  device=device or like.device, dtype=dtype or like.dtype)
-        return self(coords)
+    def _reference(self) -> torch.Tensor:
+        return self.log_beta
 
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
@@ -213,7 +226,7 @@ class GeneralisedGaussianPrior(nn.Module):
             self.register_buffer(name, value)
 
 
-class ImagePrior(nn.Module):
+class ImagePrior(_Prior):
     """A probability map ``(*S_p)`` in [0, 1] over the full volume, resampled linearly.
 
     The map covers the normalised cube [−1, 1]ⁿ whatever its resolution (an atlas may be coarser
@@ -242,21 +255,8 @@ class ImagePrior(nn.Module):
         image = self.image.to(coords.dtype).expand(coords.shape[0], *self.image.shape[1:])
         return sample(image, grid, padding="zeros")
 
-    def on_grid(
-        self,
-        shape: Sequence[int],
-        offset: Sequence[int] | None = None,
-        full_shape: Sequence[int] | None = None,
-        displacement: torch.Tensor | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """p(Φ(x)) on a grid of ``shape`` → ``(B, 1, *shape)``; see :func:`grid_coordinates`."""
-        like = self.image
-        coords = grid_coordinates(shape, offset, full_shape, displacement,
-                                  device=device or like.device, dtype=dtype or like.dtype)
-        return self(coords)
+    def _reference(self) -> torch.Tensor:
+        return self.image
 
     def to_dict(self) -> dict:
         return {"type": "image", "ndim": self.ndim, "shape": list(self.image.shape[2:])}
