@@ -3,7 +3,7 @@
     python scripts/experiments/segmentation.py table2 --out results/   # unet, stt, svf, bch
     python scripts/experiments/segmentation.py table3 --out results/   # 7 prior rows on bch
     python scripts/experiments/segmentation.py table4 --out results/   # inference times
-    python scripts/experiments/report.py results/ > segmentation-tables.md  (then pasted into docs/RESULTS.md)
+    python scripts/experiments/report.py results/ > tables.md   # pasted into docs/RESULTS.md
 
 Every run trains on the same seeded phantoms (``--train`` volumes, seeds ``--seed``…) and is
 tested on held-out phantoms (the following seeds) with whole-volume prediction, no model

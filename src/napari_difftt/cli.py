@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
     parser = argparse.ArgumentParser(
         prog="napari-difftt",
-        description="Diffeomorphic Template Transformers: train, predict, evaluate, benchmark, demo.",
+        description="Diffeomorphic Template Transformers: train, predict, evaluate, bench, demo.",
     )
     parser.add_argument("--version", action="version", version=f"napari-difftt {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
