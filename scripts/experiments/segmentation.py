@@ -102,23 +102,7 @@ def run(name, settings, train, test, args, result_path: Path) -> None:
         checkpoint=str(args.out / f"{tag(args)}_{name}.pt"),
         **settings,
     )
-    started = time.perf_counter()
-    trainer = Trainer(config, train)
-    result = trainer.run(
-        callback=lambda e: (
-            e.step % 25 == 0
-            and print(f"{name}: step {e.step}/{e.total} loss {e.loss:.4f}", flush=True)
-        )
-    )
-    train_seconds = time.perf_counter() - started
-    trainer.model.eval()
-    cases = []
-    for sample in test:
-        prediction = predict_volume(trainer.model, sample.image, normalise=False)
-        metrics = case_metrics(
-            prediction.segmentation, sample.labels, sample.spacing, prediction.displacement
-        )
-        cases.append({"name": sample.name, **metrics})
+    trainer, result, train_seconds, cases = train_and_test(name, config, train, test, every=25)
     prior = getattr(trainer.model, "prior", None)
     record = {
         "row": name,
@@ -139,6 +123,29 @@ def run(name, settings, train, test, args, result_path: Path) -> None:
     print(
         f"{name}: Dice {dice['mean']:.4f} ± {dice['std']:.4f} in {train_seconds:.0f} s", flush=True
     )
+
+
+def train_and_test(name: str, config: TrainConfig, train, test, every: int):
+    """Train ``config`` on ``train`` (loss printed every ``every`` steps), then predict every
+    case of ``test`` whole; returns (trainer, TrainResult, training seconds, per-case metrics)."""
+    started = time.perf_counter()
+    trainer = Trainer(config, train)
+    result = trainer.run(
+        callback=lambda e: (
+            e.step % every == 0
+            and print(f"{name}: step {e.step}/{e.total} loss {e.loss:.4f}", flush=True)
+        )
+    )
+    seconds = time.perf_counter() - started
+    trainer.model.eval()
+    cases = []
+    for sample in test:
+        prediction = predict_volume(trainer.model, sample.image, normalise=False)
+        metrics = case_metrics(
+            prediction.segmentation, sample.labels, sample.spacing, prediction.displacement
+        )
+        cases.append({"name": sample.name, **metrics})
+    return trainer, result, seconds, cases
 
 
 def prior_only(args, data: Path) -> None:

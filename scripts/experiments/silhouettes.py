@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from report import _table  # same folder
 from scipy import ndimage
-from segmentation import TABLE2, machine  # same folder
+from segmentation import TABLE2, machine, train_and_test  # same folder
 
 from napari_difftt.commands.evaluate import case_metrics, summarise
 from napari_difftt.core.data import Sample
 from napari_difftt.core.digits import load_digits
-from napari_difftt.core.inference import predict_volume
-from napari_difftt.core.train import TrainConfig, Trainer, _prior_masks, build_model
+from napari_difftt.core.train import TrainConfig, _prior_masks, build_model
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 CLASSES = (
@@ -138,23 +136,7 @@ def run(name: str, train: list[Sample], test: list[Sample], args) -> dict:
         checkpoint=None,
         **TABLE2[name],
     )
-    started = time.perf_counter()
-    trainer = Trainer(config, train)
-    result = trainer.run(
-        callback=lambda e: (
-            e.step % 100 == 0
-            and print(f"{name}: step {e.step}/{e.total} loss {e.loss:.4f}", flush=True)
-        )
-    )
-    seconds = time.perf_counter() - started
-    trainer.model.eval()
-    cases = []
-    for sample in test:
-        prediction = predict_volume(trainer.model, sample.image, normalise=False)
-        metrics = case_metrics(
-            prediction.segmentation, sample.labels, sample.spacing, prediction.displacement
-        )
-        cases.append({"name": sample.name, **metrics})
+    trainer, result, seconds, cases = train_and_test(name, config, train, test, every=100)
     prior = getattr(trainer.model, "prior", None)
     return {
         "row": name,
