@@ -24,6 +24,7 @@ from pathlib import Path
 
 from napari_difftt.benchmarking import (
     CASES,
+    case_spec,
     format_bytes,
     format_table,
     parse_sizes,
@@ -190,15 +191,10 @@ def _time(size, backward, peers, args, device):
     command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     results = {}
     for name in [OURS, *peers]:
-        spec = {
-            "case": name,
-            "shape": list(size),
-            "squarings": args.squarings,
-            "backward": backward,
-            "device": device,
-            "threads": args.threads,
-            "repeats": args.repeats,
-        }
+        spec = case_spec(
+            name, size, squarings=args.squarings, backward=backward, device=device,
+            threads=args.threads, repeats=args.repeats,
+        )
         results[name] = run_isolated(command, spec)
     fastest = min((results[name].median for name in peers), default=float("nan"))
     leanest = min((results[name].peak_bytes for name in peers), default=float("nan"))

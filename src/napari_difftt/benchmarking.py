@@ -35,6 +35,7 @@ from pathlib import Path
 __all__ = [
     "CASES",
     "Measurement",
+    "case_spec",
     "format_table",
     "measure",
     "parse_sizes",
@@ -160,6 +161,28 @@ CASES: dict[str, Callable[..., Callable[[], object]]] = {
     "ours integrate bch T=4": integrate_case("bch"),
     "ours integrate compose T=4": integrate_case("compose"),
 }
+
+
+def case_spec(
+    case: str,
+    shape: Sequence[int],
+    *,
+    squarings: int,
+    backward: bool,
+    device: str,
+    threads: int,
+    repeats: int,
+) -> dict:
+    """The JSON-able description of one case that :func:`worker_main` reads."""
+    return {
+        "case": case,
+        "shape": list(shape),
+        "squarings": squarings,
+        "backward": backward,
+        "device": device,
+        "threads": threads,
+        "repeats": repeats,
+    }
 
 
 def run_isolated(command: Sequence[str], spec: dict, *, timeout: float = 1800) -> Measurement:

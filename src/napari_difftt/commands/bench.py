@@ -53,7 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarking import CASES, format_bytes, format_table, parse_sizes, run_isolated
+    from ..benchmarking import (
+        CASES,
+        case_spec,
+        format_bytes,
+        format_table,
+        parse_sizes,
+        run_isolated,
+    )
     from ..core.checks import check_squarings
     from ..core.device import resolve_device
 
@@ -75,15 +82,10 @@ def run(args: argparse.Namespace) -> int:
     for size in sizes:
         for backward in passes:
             for case in CASES:
-                spec = {
-                    "case": case,
-                    "shape": list(size),
-                    "squarings": args.squarings,
-                    "backward": backward,
-                    "device": device,
-                    "threads": args.threads,
-                    "repeats": args.repeats,
-                }
+                spec = case_spec(
+                    case, size, squarings=args.squarings, backward=backward, device=device,
+                    threads=args.threads, repeats=args.repeats,
+                )
                 measured = run_isolated(command, spec)
                 rows.append(
                     [
