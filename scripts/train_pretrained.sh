@@ -1,40 +1,52 @@
 #!/usr/bin/env bash
-# Make the bundled default model resources/difftt_phantom_bch.pt (see resources/MODEL_CARD.md).
+# Make the bundled models (see resources/MODEL_CARD.md) with the library's default model flags:
+#   resources/difftt_phantom_bch.pt    3D: 16 training + 4 validation phantoms of 64³ (seeds 0-19)
+#   resources/difftt_phantom2d_bch.pt  2D: 32 training + 8 validation phantoms of 128² (seeds 0-39)
+# bch template transformer (T = 4, BCH order 2, U-Net width 4 in 3D and 8 in 2D, the default
+# velocity space and prior β, no penalty), prior μ + diagonal Σ fitted to the training masks, whole-volume patches, Adam lr 1e-3
+# with cosine annealing, seed 0, on the CPU. Each final checkpoint is exported without optimizer
+# state and with float16 weights, then evaluated on its validation phantoms (MODEL_CARD.md).
 #
-# Seeded 64³ phantoms (16 training volumes, seeds 0-15; 4 validation volumes, seeds 16-19), a bch
-# template transformer (T = 4, BCH order 2, width 8, prior μ + diagonal Σ fitted to the training
-# masks, smoothness penalty λ‖∇u‖² with λ = 0.01), 32³ patches, Adam lr 1e-3 with cosine
-# annealing, seed 0, on the CPU. The final checkpoint is exported without optimizer state and
-# with float16 weights (< 5 MB), then evaluated on the validation phantoms (MODEL_CARD.md).
-#
-# Usage: scripts/train_pretrained.sh [WORKDIR]   (default: a new temporary folder)
-# Environment: PYTHON (default .venv/bin/python), ITERATIONS (default 150), THREADS (default 2).
+# Usage: scripts/train_pretrained.sh [WORKDIR] [3d|2d|both]   (default: a new folder, both)
+# Environment: PYTHON (default .venv/bin/python), ITERATIONS_3D (default 250), ITERATIONS_2D
+# (default 400), WIDTH_3D (default 4), WIDTH_2D (default 8), THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-ITERATIONS=${ITERATIONS:-150}
 THREADS=${THREADS:-2}
 WORK=${1:-$(mktemp -d)}
+WHICH=${2:-both}
 mkdir -p "$WORK"
 
-"$PYTHON" -c "
+train() {  # NAME SHAPE(e.g. 64,64,64) N_TRAIN N_VAL ITERATIONS WIDTH OUT
+    local name=$1 shape=$2 n_train=$3 n_val=$4 iterations=$5 width=$6 out=$7
+    local data="$WORK/$name/data"
+    [ -d "$data/labelsTs" ] || "$PYTHON" -c "
 from napari_difftt.core.data import write_phantom_dataset
-write_phantom_dataset('$WORK/data', n_train=16, n_test=4, shape=(64, 64, 64), seed=0)
+write_phantom_dataset('$data', n_train=$n_train, n_test=$n_val, shape=($shape), seed=0)
 "
-nice "$PYTHON" -m napari_difftt.cli train \
-    --images "$WORK/data/imagesTr" --labels "$WORK/data/labelsTr" \
-    --val-images "$WORK/data/imagesTs" --val-labels "$WORK/data/labelsTs" \
-    --model bch --width 8 --pieces 4 --bch-order 2 --prior diag --smoothness 0.01 \
-    --iterations "$ITERATIONS" --patch-size 32 32 32 --lr 1e-3 --seed 0 --device cpu \
-    --threads "$THREADS" --val-every 50 --checkpoint-every 25 \
-    --out "$WORK/bch_full.pt" --overwrite
-"$PYTHON" -c "
+    nice "$PYTHON" -m napari_difftt.cli train \
+        --images "$data/imagesTr" --labels "$data/labelsTr" \
+        --val-images "$data/imagesTs" --val-labels "$data/labelsTs" \
+        --model bch --width "$width" --prior diag \
+        --iterations "$iterations" --patch-size ${shape//,/ } --lr 1e-3 --seed 0 --device cpu \
+        --threads "$THREADS" --val-every 100 --checkpoint-every 50 \
+        --out "$WORK/$name/full.pt" --overwrite
+    "$PYTHON" -c "
 from napari_difftt.core.train import export_checkpoint
-export_checkpoint('$WORK/bch_full.pt', 'resources/difftt_phantom_bch.pt', half=True, overwrite=True)
+export_checkpoint('$WORK/$name/full.pt', '$out', half=True, overwrite=True)
 "
-# measured on the exported file: the figures of the model card
-nice "$PYTHON" -m napari_difftt.cli predict --checkpoint resources/difftt_phantom_bch.pt \
-    "$WORK/data/imagesTs" --out "$WORK/pred" --jacobian --device cpu --overwrite --quiet
-"$PYTHON" -m napari_difftt.cli evaluate --pred "$WORK/pred" --labels "$WORK/data/labelsTs" \
-    --json "$WORK/validation.json" --overwrite
-ls -l resources/difftt_phantom_bch.pt
+    # measured on the exported file: the figures of the model card
+    nice "$PYTHON" -m napari_difftt.cli predict --checkpoint "$out" \
+        "$data/imagesTs" --out "$WORK/$name/pred" --jacobian --device cpu --overwrite --quiet
+    "$PYTHON" -m napari_difftt.cli evaluate --pred "$WORK/$name/pred" --labels "$data/labelsTs" \
+        --json "$WORK/$name/validation.json" --overwrite
+    ls -l "$out"
+}
+
+if [ "$WHICH" != 2d ]; then
+    train 3d 64,64,64 16 4 "${ITERATIONS_3D:-250}" "${WIDTH_3D:-4}" resources/difftt_phantom_bch.pt
+fi
+if [ "$WHICH" != 3d ]; then
+    train 2d 128,128 32 8 "${ITERATIONS_2D:-400}" "${WIDTH_2D:-8}" resources/difftt_phantom2d_bch.pt
+fi

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -270,7 +273,7 @@ def test_predict_defaults_to_the_bundled_model(dataset, tmp_path, capsys):
     image = dataset / "imagesTs" / "phantom_002.nii.gz"
     assert main(["predict", str(image), "--out", str(tmp_path), "--device", "cpu", "--quiet"]) == 0
     assert read_nifti(tmp_path / "phantom_002_seg.nii.gz").array.shape == SHAPE
-    assert "was trained on (1.0, 1.0, 1.0) mm" in capsys.readouterr().err  # 2 mm slices here
+    assert "was trained on 1 × 1 × 1 mm" in capsys.readouterr().err  # 2 mm slices here
 
 
 @pytest.mark.parametrize(
@@ -281,3 +284,154 @@ def test_help_renders(argv, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert "usage: napari-difftt" in capsys.readouterr().out
+
+
+def test_resume_refuses_options_that_contradict_the_checkpoint(dataset, trained, tmp_path, capsys):
+    """--resume used to ignore --width 16 --lr 5 --patch-size 8 8 8 --pieces 2 --seed 9."""
+    out = tmp_path / "more.pt"
+    argv = ["train", "--data", str(dataset), "--iterations", "4", "--resume", str(trained),
+            "--out", str(out), "--width", "16", "--lr", "5", "--patch-size", "8", "8", "8",
+            "--pieces", "3", "--seed", "9", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    for listed in ("--width 16 (checkpoint: 4)", "--lr 5.0 (checkpoint: 0.0002)",
+                   "--patch-size 8 8 8 (checkpoint: 16 16 16)", "--pieces 3 (checkpoint: 2)",
+                   "--seed 9 (checkpoint: 1)"):  # fmt: skip
+        assert listed in message, listed
+    assert str(trained) in message and not out.exists()
+
+
+def test_out_that_is_a_folder_fails_before_any_work(dataset, tmp_path, capsys, monkeypatch):
+    """`--out EXISTING_FOLDER --overwrite` trained to the end, then raised IsADirectoryError."""
+    import napari_difftt.core.data as data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data were loaded before --out was checked")
+
+    monkeypatch.setattr(data, "load_nifti_folder", no_loading)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    argv = ["train", "--data", str(dataset), "--iterations", "1", "--out", str(folder),
+            "--overwrite", *TINY]  # fmt: skip
+    assert main(argv) == 2
+    assert f"--out {folder} is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv[argv.index(str(folder))] = str(blocker / "model.pt")
+    assert main(argv) == 2
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("number", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_train_saves_the_last_step_and_exits(dataset, tmp_path, number, status):
+    """Ctrl-C without --checkpoint-every exited 130 and wrote nothing: the run was lost."""
+    out = tmp_path / "run.pt"
+    argv = [sys.executable, "-m", "napari_difftt.cli", "train", "--data", str(dataset),
+            "--iterations", "100000", "--out", str(out), *TINY[:-1]]  # fmt: skip
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:  # the progress bar logs step 1 as soon as it is done
+            if " 1/100000 " in line:
+                break
+        process.send_signal(number)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == status, err
+    step = load_checkpoint(out)["training"]["step"]
+    assert step >= 1 and f"checkpoint of step {step} is {out}" in err
+    assert signal.Signals(number).name in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]  # atomic: no temporary left
+
+
+def _predict(trained, inputs, out, *extra) -> int:
+    return main(["predict", "--checkpoint", str(trained), str(inputs), "--out", str(out),
+                 "--device", "cpu", "--quiet", *extra])  # fmt: skip
+
+
+def test_predict_reports_topology_and_warns_naming_the_file(
+    dataset, trained, tmp_path, capsys, monkeypatch
+):
+    """Issue 10, item 4: every prediction states its components and folds; more than one
+    component or any digital fold is a warning naming the file."""
+    from napari_difftt.core import inference
+    from napari_difftt.core.metrics import topology_report
+
+    image = dataset / "imagesTs" / "phantom_002.nii.gz"
+    assert _predict(trained, image, tmp_path / "a") == 0
+    captured = capsys.readouterr()
+    assert "(6-connectivity)" in captured.out and "(26-connectivity)" in captured.out
+    assert "% (digital)" in captured.out
+    real = inference.predict_volume
+
+    def two_specks(*args, **kwargs):
+        prediction = real(*args, **kwargs)
+        segmentation = np.zeros_like(prediction.segmentation)
+        segmentation[2, 2, 2] = segmentation[3, 3, 3] = 1
+        return prediction._replace(
+            segmentation=segmentation,
+            topology=topology_report(segmentation, prediction.displacement),
+        )
+
+    monkeypatch.setattr(inference, "predict_volume", two_specks)
+    assert _predict(trained, image, tmp_path / "b") == 0
+    err = capsys.readouterr().err
+    assert f"warning: {image}: the segmentation's topology differs" in err
+    assert "2 components (6-connectivity), not 1" in err
+
+
+def test_predict_warns_of_a_spacing_far_from_training_and_resamples(
+    dataset, trained, tmp_path, capsys
+):
+    """A 1 mm model on 0.8 × 0.8 × 3 mm voxels ran without a word; --spacing resamples."""
+    source = read_nifti(dataset / "imagesTs" / "phantom_002.nii.gz")
+    assert _predict(trained, dataset / "imagesTs" / "phantom_002.nii.gz", tmp_path / "a") == 0
+    assert "trained on" not in capsys.readouterr().err  # 2 × 1 × 1 mm, as trained
+    odd = tmp_path / "odd.nii.gz"
+    affine = source.affine.copy()
+    affine[:3, :3] = np.diag([3.0, 0.8, 0.8])
+    write_nifti(odd, source.array, affine=affine)
+    assert _predict(trained, odd, tmp_path / "b") == 0
+    assert "3 × 0.8 × 0.8 mm voxels but the model was trained on 2 × 1 × 1 mm" in (
+        capsys.readouterr().err
+    )
+    assert _predict(trained, odd, tmp_path / "c", "--spacing", "1") == 0
+    written = read_nifti(tmp_path / "c" / "odd_seg.nii.gz")
+    assert written.array.shape == source.array.shape  # back on the input's grid
+    assert np.array_equal(written.affine, read_nifti(odd).affine)
+    assert _predict(trained, odd, tmp_path / "d", "--spacing", "model") == 2
+    assert "isotropic training spacing" in capsys.readouterr().err
+    assert _predict(trained, odd, tmp_path / "e", "--spacing", "1", "--jacobian") == 2
+
+
+def test_evaluate_refuses_references_that_cannot_be_trusted(tmp_path, capsys):
+    """evaluate reported Dice 1.0 against all-ignore labels, accepted intensity images as
+    labels and did not notice a 3 mm vs 1 mm affine mismatch."""
+    pred, labels = tmp_path / "pred", tmp_path / "labels"
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1
+    write_nifti(pred / "a_seg.nii.gz", mask, labels=True)
+    argv = ["evaluate", "--pred", str(pred), "--labels", str(labels), "--quiet"]
+
+    def evaluate_against(reference, affine=None, *extra) -> str:
+        write_nifti(labels / "a.nii.gz", reference, labels=True, affine=affine, overwrite=True)
+        assert main([*argv, *extra]) == 2
+        return capsys.readouterr().err
+
+    intensities = np.arange(512).reshape(8, 8, 8) % 200
+    message = evaluate_against(intensities)
+    assert "a.nii.gz holds values other than 0, 1 and 255 (ignore): 2, 3, 4" in message
+    message = evaluate_against(np.full((8, 8, 8), 255))
+    assert "a.nii.gz has no labelled voxel" in message
+    coarse = read_nifti(pred / "a_seg.nii.gz").affine.copy()
+    coarse[:3, 0] *= 3.0  # 3 mm slices instead of 1 mm
+    message = evaluate_against(mask, coarse)
+    assert "a_seg.nii.gz and" in message and "have different affines" in message
+    assert " [3. 0. 0. 0.]" in message and " [1. 0. 0. 0.]" in message  # both printed
+    report = tmp_path / "m.json"
+    assert main([*argv, "--ignore-affine", "--json", str(report)]) == 0
+    case = json.loads(report.read_text())["cases"][0]
+    assert case["dice"] == 1.0 and case["components"] == case["components_full"] == 1
+    assert case["topology"] == {"folding_central": None, "folding_digital": None,
+                                "components": 1, "components_full": 1,
+                                "connectivity": [6, 26], "holds": True}  # fmt: skip

@@ -78,3 +78,21 @@ def test_table_shows_spread_only_with_repeats():
     assert lines[2] == "| CNN | 27,100 | 65.16 | — | 54 |"
     assert lines[3] == ("| Diffeomorphic STN | 56,240 (+29,140) | 65.16 ± 0.40 | 0.000 ± 0.000 "
                         "| 54 |")
+
+
+def test_labels_outside_0_to_9_are_refused_with_the_values_found(digits_folder, capsys):
+    """Label values of 200 used to build a 201-class model without a word."""
+    labels = (np.arange(48) % 10).astype(np.uint8)
+    labels[[3, 7]] = 200
+    labels[5] = 10
+    write_idx(digits_folder / "train-labels-idx1-ubyte", labels)
+    assert cli.main(["stn-bench", "--data", str(digits_folder), "--models", "cnn"]) == 2
+    message = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte holds label values outside 0..9: 10, 200 (3 of 48" in message
+
+
+def test_json_that_is_a_folder_is_refused_before_training(digits_folder, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert cli.main(["stn-bench", "--data", str(digits_folder), "--json", str(folder)]) == 2
+    assert f"--json {folder} is a folder" in capsys.readouterr().err

@@ -1,9 +1,12 @@
 """napari writers: Labels and Image layers to NIfTI with the source file's affine and header.
 
 A layer read by :mod:`napari_difftt._reader` (or derived from one) carries its original affine
-and header in ``metadata["napari_difftt"]``; they are written back exactly (oblique included).
-Other layers get an affine from their scale/translate. napari's save dialog has already asked
-before replacing a file, so these writers overwrite.
+and header in ``metadata["napari_difftt"]``; they are written back exactly (oblique included)
+while the layer's scale and translate are those the affine gives. A layer moved or rescaled in
+napari is written with its current scale/translate (the header kept, its affine replaced);
+plain layers get an affine from their scale/translate, a header in mm and sform code 2
+(aligned). napari's save dialog has already asked before replacing a file, so these writers
+overwrite.
 """
 
 from __future__ import annotations
@@ -37,12 +40,31 @@ def _write(path: str, data: Any, attributes: dict, labels: bool) -> str:
     if not str(path).lower().endswith((".nii", ".nii.gz")):
         path = f"{path}.nii.gz"
     entry = (attributes.get("metadata") or {}).get(META_KEY)
-    known = isinstance(entry, dict) and entry.get("version") == META_VERSION
-    if known and entry.get("affine") is not None:
-        like = Volume(array, np.asarray(entry["affine"], dtype=float), entry.get("header"))
-        return str(write_nifti(path, array, like, labels=labels, overwrite=True))
+    entry = entry if isinstance(entry, dict) and entry.get("version") == META_VERSION else {}
     ndim = array.ndim
-    scale = attributes.get("scale", (1.0,) * ndim)
-    translate = attributes.get("translate", (0.0,) * ndim)
-    affine = display_affine(scale, translate)
-    return str(write_nifti(path, array, affine=affine, labels=labels, overwrite=True))
+    scale = tuple(attributes.get("scale", (1.0,) * ndim))
+    translate = tuple(attributes.get("translate", (0.0,) * ndim))
+    stored, header = entry.get("affine"), entry.get("header")
+    if stored is not None and _same_geometry(np.asarray(stored, float), scale, translate):
+        affine = np.asarray(stored, dtype=float)
+    else:
+        affine = display_affine(scale, translate)
+    like = Volume(array, affine, _mm_header() if header is None else header)
+    return str(write_nifti(path, array, like, labels=labels, overwrite=True))
+
+
+def _same_geometry(affine: np.ndarray, scale: tuple, translate: tuple) -> bool:
+    """Whether napari's scale/translate are still those the stored affine displays as."""
+    from .core.io import Volume, display_transform
+
+    shown = display_transform(Volume(np.empty((1,) * len(scale)), affine))
+    return bool(np.allclose(shown[0], scale) and np.allclose(shown[1], translate))
+
+
+def _mm_header():
+    """A NIfTI-1 header whose spatial unit is the millimetre (napari-difftt's world unit)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_xyzt_units("mm")
+    return header

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from napari_difftt.core.flow import (
     lie_bracket,
 )
 from napari_difftt.core.grid import compose, identity
+from napari_difftt.errors import SquaringCapWarning
 
 SHAPE2 = (23, 31)
 SHAPE3 = (14, 17, 20)
@@ -578,3 +580,63 @@ def test_other_bad_arguments_are_named():
         folding_fraction(v, scheme="simplex")
     with pytest.raises(ValueError, match=r"displacement must have 2 components"):
         folding_fraction(torch.zeros(1, 3, 4, 5))
+
+
+# every public field function, called on one bad field (argument name, call)
+FIELD_FUNCTIONS = [
+    ("velocity", lambda f: exp(f)),
+    ("velocity", lambda f: choose_squarings(f)),
+    ("velocity", lambda f: flow_at(f, 0.5)),
+    ("velocity", lambda f: flow_frames(f, 2)),
+    ("field", lambda f: jacobian(f)),
+    ("v", lambda f: lie_bracket(f, f)),
+    ("v", lambda f: bch(f, f)),
+    (r"velocities\[0\]", lambda f: integrate([f, f])),
+    ("displacement", lambda f: jacobian_det(f)),
+    ("displacement", lambda f: folding_fraction(f, "digital")),
+]
+_NAN = torch.zeros(1, 2, 4, 5).index_put_((torch.tensor([0]),) * 4, torch.tensor(math.nan))
+BAD_FIELDS = [
+    ("wrong rank", torch.zeros(1, 2, 5), ValueError, r"must have shape \(B, C, H, W\)"),
+    ("a 2D array", torch.zeros(4, 5), ValueError, r"must have shape \(B, C, H, W\)"),
+    ("int", torch.zeros(1, 2, 4, 5, dtype=torch.int64), TypeError, "floating dtype"),
+    ("bool", torch.zeros(1, 2, 4, 5, dtype=torch.bool), TypeError, "floating dtype"),
+    ("NaN", _NAN, ValueError, "contains NaN or Inf"),
+    ("B = 0", torch.zeros(0, 2, 4, 5), ValueError, r"empty batch \(B = 0\)"),
+    ("channels", torch.zeros(1, 3, 4, 5), ValueError, "must have 2 components"),
+    ("numpy", np.zeros((1, 2, 4, 5)), TypeError, "must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize(("name", "call"), FIELD_FUNCTIONS)
+@pytest.mark.parametrize(("case", "field", "error", "message"), BAD_FIELDS,
+                         ids=[b[0] for b in BAD_FIELDS])
+def test_every_field_function_checks_its_input_the_same_way(
+    name, call, case, field, error, message
+):
+    """jacobian() used to check nothing (wrong rank, int and NaN passed; bool raised from
+    torch); B = 0 gave a raw torch error. Every function now names its argument."""
+    with pytest.raises(error, match=rf"{name} .*{message}|{name} {message}"):
+        call(field)
+
+
+@pytest.mark.parametrize("magnitude", [1e19, 3e38])
+def test_huge_velocities_do_not_overflow_and_warn_of_the_cap(magnitude):
+    """max‖v‖ ≥ 1e19 overflowed float32's norm (OverflowError from ceil(inf)); 1e6 and more
+    silently capped the squarings at 20 with steps of several voxels."""
+    v = torch.full((1, 2, 4, 5), magnitude)
+    with pytest.warns(SquaringCapWarning, match=r"capped at 20, the first step is \S+ voxels"):
+        assert choose_squarings(v) == 20
+    with pytest.warns(SquaringCapWarning):
+        assert torch.isfinite(exp(v)).all()
+
+
+def test_squaring_cap_warning_gives_the_step_reached():
+    v = torch.zeros(1, 2, 4, 5)
+    v[:, 0] = 1e7  # 1e7 / 2^20 ≈ 9.54 voxels
+    with pytest.warns(SquaringCapWarning, match=r"the first step is 9\.54 voxels"):
+        exp(v)
+    v[:, 0] = 2**19  # exactly 20 squarings reach 0.5 voxel: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SquaringCapWarning)
+        assert choose_squarings(v) == 20

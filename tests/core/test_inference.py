@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -15,10 +17,13 @@ from napari_difftt.core.inference import (
     estimate_bytes,
     load_model,
     predict_volume,
+    spacing_mismatch,
 )
 from napari_difftt.core.io import CheckpointError, save_checkpoint
+from napari_difftt.core.metrics import topology_report
 from napari_difftt.core.models import TemplateTransformer
 from napari_difftt.core.prior import GeneralisedGaussianPrior
+from napari_difftt.errors import SpacingWarning
 
 
 def _save(path, model, **extra):
@@ -105,7 +110,7 @@ def test_checkpoint_errors_name_the_file(tmp_path, bch_checkpoint):
     payload = torch.load(bch_checkpoint, weights_only=True)
     payload["model"]["kind"] = "transformer"
     unknown = tmp_path / "unknown.pt"
-    torch.save(payload, unknown)
+    save_checkpoint(unknown, payload)  # a valid checksum: the content is what is wrong
     with pytest.raises(CheckpointError, match=r"unknown\.pt holds a model of unknown kind"):
         load_model(unknown)
     newer = tmp_path / "newer.pt"
@@ -115,7 +120,7 @@ def test_checkpoint_errors_name_the_file(tmp_path, bch_checkpoint):
     mismatch = tmp_path / "mismatch.pt"
     payload = torch.load(bch_checkpoint, weights_only=True)
     payload["model"]["width"] = 4
-    torch.save(payload, mismatch)
+    save_checkpoint(mismatch, payload)
     with pytest.raises(CheckpointError, match=r"mismatch\.pt does not fit"):
         load_model(mismatch)
     with pytest.raises(FileNotFoundError, match=r"absent\.pt"):
@@ -137,3 +142,32 @@ def test_cuda_prediction_matches_cpu(bch_checkpoint):
     gpu = predict_volume(loaded.model, image)
     cpu = predict_volume(loaded.model, image, device="cpu")
     np.testing.assert_allclose(gpu.probability, cpu.probability, atol=1e-3)
+
+
+def test_every_prediction_carries_its_topology_report(bch_checkpoint, tmp_path):
+    """An untrained flow model is the identity: its segmentation is the prior's one ellipsoid."""
+    loaded = load_model(bch_checkpoint, device="cpu")
+    image = np.random.default_rng(0).random((20, 23, 17)).astype(np.float32)
+    report = predict_volume(loaded.model, image).topology
+    assert report == topology_report(predict_volume(loaded.model, image).segmentation,
+                                     np.zeros((3, 20, 23, 17), np.float32))
+    assert report["components"] == report["components_full"] == 1
+    assert report["folding_digital"] == report["folding_central"] == 0.0 and report["holds"]
+    assert predict_volume(loaded.model, image, topology=False).topology is None
+    unet = load_model(_save(tmp_path / "u.pt", TemplateTransformer("unet", ndim=2, width=2)))
+    flat = predict_volume(unet.model, image[0]).topology
+    assert flat["folding_digital"] is None and flat["connectivity"] == [4, 8]
+
+
+def test_spacing_far_from_the_training_spacing_warns(bch_checkpoint):
+    """A 1 mm model on 0.8 × 0.8 × 3 mm voxels ran without a word."""
+    loaded = load_model(bch_checkpoint, device="cpu")
+    image = np.zeros((16, 16, 16), np.float32)
+    with pytest.warns(SpacingWarning, match=r"0\.8 × 0\.8 × 3 mm voxels but the model was "
+                                            r"trained on 1 × 1 × 1 mm"):
+        predict_volume(loaded.model, image, spacing=(0.8, 0.8, 3.0), model_spacing=(1, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpacingWarning)
+        predict_volume(loaded.model, image, spacing=(1.15, 0.85, 1.0), model_spacing=(1, 1, 1))
+    assert spacing_mismatch((1.0, 1.0), (1.0, 1.0, 1.0)) is None  # unknown: nothing to compare
+    assert spacing_mismatch((1.21, 1.0), (1.0, 1.0)) is not None

@@ -18,6 +18,7 @@ from napari_difftt.core.metrics import (
     folding_percent,
     hausdorff,
     hd95,
+    topology_report,
 )
 
 SPACING = (2.0, 0.5, 0.7)  # mm per array axis (z, y, x)
@@ -174,3 +175,24 @@ def test_evaluate_case():
     with_flow = evaluate_case(a | _cube(start=(12, 12, 12), size=2), b, SPACING,
                               displacement=np.zeros((3, 16, 16, 16)))  # fmt: skip
     assert with_flow["folds_percent"] == 0.0 and with_flow["components"] == 2
+
+
+def test_topology_report_counts_both_connectivities_and_both_fold_tests():
+    mask = np.zeros((6, 6, 6), bool)
+    mask[1, 1, 1] = mask[2, 2, 2] = True  # touching at a corner only: 2 faces apart, 1 in 26
+    fold = np.zeros((3, 6, 6, 6))
+    fold[2, :, :, 3:] = -3.0  # x folds back onto itself between columns 2 and 3
+    report = topology_report(mask, fold)
+    assert report["components"] == 2 and report["components_full"] == 1
+    assert report["connectivity"] == [6, 26] and not report["holds"]
+    for scheme in ("central", "digital"):
+        assert report[f"folding_{scheme}"] == pytest.approx(folding_percent(fold, scheme))
+        assert report[f"folding_{scheme}"] > 0
+    one = topology_report(np.pad(np.ones((2, 2), bool), 1), np.zeros((2, 4, 4)))
+    assert one == {"folding_central": 0.0, "folding_digital": 0.0, "components": 1,
+                   "components_full": 1, "connectivity": [4, 8], "holds": True}
+    assert topology_report(mask)["folding_digital"] is None  # no flow (a U-Net)
+    with pytest.raises(ValueError, match=r"displacement must have shape \(3, 6, 6, 6\)"):
+        topology_report(mask, np.zeros((2, 6, 6)))
+    with pytest.raises(ValueError, match="segmentation must be a binary mask"):
+        topology_report(mask * 0.5)

@@ -11,6 +11,7 @@ from napari_difftt.core.flow import folding_fraction
 from napari_difftt.core.metrics import components
 from napari_difftt.core.models import KINDS, TemplateTransformer, segmentation_loss
 from napari_difftt.core.prior import GeneralisedGaussianPrior, ImagePrior
+from napari_difftt.core.velocity import VelocitySpace
 
 
 class _FixedOutput(torch.nn.Module):
@@ -38,16 +39,24 @@ def test_flow_models_return_the_prior_exactly_at_initialisation(kind):
     assert torch.equal(result.displacement, torch.zeros(2, 2, 32, 32))
 
 
+def bch_factor() -> int:
+    from napari_difftt.core.velocity import DEFAULT_SPACE
+
+    return DEFAULT_SPACE.factor
+
+
 def test_result_shapes_per_kind():
     image = torch.rand(2, 1, 16, 16, 16)
     bch = TemplateTransformer("bch", ndim=3, width=2, pieces=4)(image)
-    assert bch.velocities.shape == (2, 4, 3, 16, 16, 16)
-    assert bch.velocity.shape == bch.displacement.shape == (2, 3, 16, 16, 16)
+    coarse = (16 // bch_factor(),) * 3  # velocities live on the coarse grid
+    assert bch.velocities.shape == (2, 4, 3, *coarse)
+    assert bch.velocity.shape == (2, 3, *coarse)
+    assert bch.displacement.shape == (2, 3, 16, 16, 16)
     composed = TemplateTransformer("bch", ndim=3, width=2, method="compose")(image)
-    assert composed.velocity is None and composed.velocities.shape == (2, 4, 3, 16, 16, 16)
+    assert composed.velocity is None and composed.velocities.shape == (2, 4, 3, *coarse)
     svf = TemplateTransformer("svf", ndim=3, width=2)(image)
-    assert svf.velocities.shape == (2, 1, 3, 16, 16, 16)
-    assert svf.velocity.shape == (2, 3, 16, 16, 16)
+    assert svf.velocities.shape == (2, 1, 3, *coarse)
+    assert svf.velocity.shape == (2, 3, *coarse)
     stt = TemplateTransformer("stt", ndim=3, width=2)(image)
     assert stt.velocities is None and stt.velocity is None
     unet = TemplateTransformer("unet", ndim=3, width=2)(image)
@@ -98,7 +107,8 @@ def test_diffeomorphic_kinds_keep_one_component_where_stt_breaks_it():
     stt_components, stt_folds = [], []
     for seed in range(4):
         for kind in ("svf", "bch", "stt"):
-            model = TemplateTransformer(kind, ndim=2, width=2, alpha=64.0)
+            model = TemplateTransformer(kind, ndim=2, width=2,
+                                        velocity=VelocitySpace(factor=1, bound=64.0))
             model.net = _FixedOutput(_smooth_random_output(kind, seed, 20.0, 64.0))
             with torch.no_grad():
                 result = model(torch.rand(1, 1, 48, 48))
@@ -122,7 +132,8 @@ def test_unet_kind_ignores_the_flow_and_has_no_topology_guarantee():
 
 
 def test_regularisation_is_lambda_times_mean_squared_gradient():
-    model = TemplateTransformer("stt", ndim=2, width=2, alpha=10.0, smoothness=0.5)
+    model = TemplateTransformer("stt", ndim=2, width=2, smoothness=0.5,
+                                velocity=VelocitySpace(factor=1, bound=10.0))
     # displacement u = (0.3·x1, 0) everywhere: ‖∇u‖² = 0.09 at every voxel
     x1 = torch.arange(32.0).view(1, 1, 32).expand(1, 32, 32)
     field = torch.cat([0.3 * x1, torch.zeros_like(x1)]).unsqueeze(0) / 10.0
@@ -135,7 +146,8 @@ def test_regularisation_is_lambda_times_mean_squared_gradient():
 
 def test_config_round_trip_restores_the_same_function():
     prior = GeneralisedGaussianPrior(2, radii=[0.3, 0.4], parameterisation="diag", beta=1.5)
-    model = TemplateTransformer("bch", ndim=2, prior=prior, pieces=2, bch_order=3, alpha=32.0,
+    model = TemplateTransformer("bch", ndim=2, prior=prior, pieces=2, bch_order=3,
+                                velocity=VelocitySpace("bspline", lattice=4, sigma=0.5),
                                 width=2, smoothness=0.1, method="compose", squarings=6)
     with torch.no_grad():
         model.net.head.weight.normal_(std=0.1)
@@ -189,3 +201,9 @@ def test_image_prior_model_starts_at_the_map_and_round_trips():
     rebuilt = TemplateTransformer.from_config(model.config())
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt(image).probability, model(image).probability)
+
+
+def test_an_input_on_another_device_is_refused_naming_both():
+    model = TemplateTransformer("bch", ndim=2, width=2)
+    with pytest.raises(ValueError, match=r"image is on meta but the model .* is on cpu"):
+        model(torch.empty(1, 1, 16, 16, device="meta"))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from napari_difftt.core.checks import check_device
 from napari_difftt.core.flow import exp, folding_fraction
 from napari_difftt.core.stn import (
     MODEL_NAMES,
@@ -180,3 +181,17 @@ def test_tps_stn_gradcheck_wrt_head_and_3d_field_stn_gradients():
     for name, parameter in stn3.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     assert float(stn3.head.weight.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("name", ["cnn", "tps3", "diffeo"])
+def test_an_input_on_another_device_is_refused_naming_both(name):
+    """A CPU model given an input elsewhere gave torch's raw device error."""
+    model = build_classifier(name)
+    with pytest.raises(ValueError, match=r"image is on meta but the model \w+ is on cpu"):
+        model(torch.zeros(2, 1, 28, 28, device="meta"))
+
+
+def test_check_device_names_both_devices():
+    with pytest.raises(ValueError, match=r"weights is on meta but the model Linear is on cpu"):
+        check_device("weights", torch.zeros(1, device="meta"), torch.nn.Linear(1, 1))
+    check_device("weights", torch.zeros(1), torch.nn.Linear(1, 1))  # same device: accepted

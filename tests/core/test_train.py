@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
 from napari_difftt.core.io import load_checkpoint
-from napari_difftt.core.prior import GeneralisedGaussianPrior
+from napari_difftt.core.prior import DEFAULT_BETA, GeneralisedGaussianPrior
 from napari_difftt.core.train import TrainConfig, Trainer, slim_checkpoint
+from napari_difftt.errors import OutputPathError
 
 SHAPE = (16, 32, 32)  # volumes
 PATCH = (16, 16, 16)
@@ -137,7 +138,7 @@ def test_sparse_annotations_train_without_nan_and_the_loss_sees_only_the_labelle
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     # step 1: an untrained flow model returns its prior exactly (zero last layer); masks with
     # unlabelled voxels are not used to fit it, so it is the default centred prior
-    prior = GeneralisedGaussianPrior(3).on_grid(SHAPE)[0, 0].double()
+    prior = GeneralisedGaussianPrior(3, beta=DEFAULT_BETA).on_grid(SHAPE)[0, 0].double()
     labels = torch.from_numpy(samples[0].labels)
     known = labels != 255
     expected = F.binary_cross_entropy(prior[known], labels[known].double())
@@ -162,3 +163,44 @@ def test_errors_name_the_problem(tmp_path):
         Trainer(
             _config(tmp_path), [Sample(train[0].image[0], train[0].labels[0], (1.0, 1.0), "flat")]
         )
+
+
+def test_resuming_a_finished_run_with_more_iterations_restarts_the_cosine(tmp_path):
+    """The old schedule ended at lr 0 and kept its length: an extension trained at lr 0 and the
+    weights equalled the checkpoint's. Now the cosine restarts at ``lr`` over the new steps."""
+    train = _samples(1)
+    first = Trainer(_config(tmp_path, iterations=2), train)
+    first.run()
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    logged: list[str] = []
+    resumed = Trainer(
+        _config(tmp_path, iterations=6), train, resume=tmp_path / "model.pt", log=logged.append
+    )
+    rates = []
+    for _ in resumed.events():
+        rates.append(resumed.optimizer.param_groups[0]["lr"])
+    assert resumed.step == 6 and any("restarts at lr 0.001" in m for m in logged)
+    # lr after each of the 4 new steps: a cosine from 1e-3 to 0 over those 4 steps
+    expected = [1e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(1, 5)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+    changed = [k for k, v in resumed.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("net" in name for name in changed)
+    # the extended run's own checkpoint resumes its restarted schedule exactly
+    assert load_checkpoint(tmp_path / "model.pt")["training"]["config"]["iterations"] == 6
+
+
+def test_all_ignore_training_labels_are_refused_naming_the_sample(tmp_path):
+    """Such labels trained with loss 0.0000 and wrote a checkpoint without a word."""
+    good = _samples(1)[0]
+    empty = Sample(good.image, np.full_like(good.labels, 255), good.spacing, "case_unlabelled")
+    with pytest.raises(ValueError, match=r"train sample 'case_unlabelled' has no labelled voxel"):
+        Trainer(_config(tmp_path), [good, empty])
+    with pytest.raises(ValueError, match=r"val sample 'case_unlabelled' has no labelled voxel"):
+        Trainer(_config(tmp_path), [good], [empty])
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path):
+    (tmp_path / "model.pt").mkdir()
+    with pytest.raises(OutputPathError, match=r"checkpoint .*model\.pt is a folder"):
+        Trainer(_config(tmp_path), _samples(1))

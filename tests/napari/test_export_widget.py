@@ -112,12 +112,26 @@ def test_never_overwrites_silently(viewer, dock, tmp_path, monkeypatch, notes):
 
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
     assert widget.export() == []
-    assert len(asked) == 2 and (tmp_path / "case_surface.obj").read_text() == "keep me"
+    # asked once for both files, naming each
+    assert len(asked) == 1
+    assert "case_segmentation.nii.gz" in asked[0] and "case_surface.obj" in asked[0]
+    assert (tmp_path / "case_surface.obj").read_text() == "keep me"
     assert "kept 2 existing file(s)" in widget.message.text()
 
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
-    assert len(widget.export()) == 2
+    assert len(widget.export()) == 2 and len(asked) == 2
     assert (tmp_path / "case_surface.obj").read_text().startswith("# napari-difftt")
+
+
+def test_folder_follows_the_source_file_and_2d_has_no_mesh(viewer, dock, tmp_path):
+    _setup(viewer, tmp_path)
+    widget = dock("Export")
+    assert widget.folder.text() == str(tmp_path)  # the scan's folder, not the working directory
+    assert widget.want_mesh.isEnabled() and widget.want_mesh.isChecked()
+    viewer.add_labels(np.zeros((8, 9), np.uint8), name="flat")
+    widget.segmentation.set_layer("flat")
+    assert not widget.want_mesh.isEnabled() and not widget.want_mesh.isChecked()
+    assert "3D" in widget.want_mesh.toolTip()
 
 
 def test_missing_inputs_notify(viewer, dock, tmp_path, notes):

@@ -140,7 +140,22 @@ def test_arrows_subsample_in_plane_and_keep_every_slice():
     data = arrows(displacement)
     assert data.shape == (5 * 24 * 15, 2, 3)
     assert set(np.unique(data[:, 0, 0])) == set(range(5))
-    np.testing.assert_allclose(data[:, 1], [[0, 0, 1.5]] * len(data))
+    inside = data[:, 0, 2] <= 29 - 1.5
+    np.testing.assert_allclose(data[inside, 1], [[0, 0, 1.5]] * int(inside.sum()))
+    np.testing.assert_allclose(data[~inside, 0, 2] + data[~inside, 1, 2], 29.0)  # on the border
+
+
+def test_arrows_never_widen_the_dims_range(viewer):
+    rng = np.random.default_rng(3)
+    displacement = rng.normal(0.0, 4.0, (3, 12, 20, 16)).astype(np.float32)
+    viewer.add_image(np.zeros((12, 20, 16), np.float32))
+    before = viewer.dims.range
+    data = arrows(displacement)
+    ends = data[:, 0] + data[:, 1]
+    assert ends.min() >= 0 and np.all(ends.max(0) <= np.array([11, 19, 15]) + 1e-5)
+    assert np.abs(data[:, 1]).max() > 1  # still arrows, not dots
+    viewer.add_vectors(data)
+    assert viewer.dims.range == before
 
 
 def test_a_model_without_velocity_is_explained(viewer, dock, tiny_phantom):
@@ -180,3 +195,40 @@ def test_closing_the_viewer_while_precomputing_is_quiet(make_napari_viewer, tiny
     qtbot.waitUntil(lambda: not job.worker.is_running, timeout=30_000)
     qtbot.wait(100)  # a queued signal reaching a deleted widget would fail the test here
     assert frames.computed < 101
+
+
+def test_stop_acts_inside_a_frame(viewer, dock, predicted, qtbot, monkeypatch):
+    """Stop pressed while a frame renders in the worker ends that render part-way."""
+    import threading
+
+    from napari_difftt.core import frames as core_frames
+
+    entered, hold, finished = threading.Event(), threading.Event(), []
+    evaluate = core_frames.evaluate_prior
+
+    def held_evaluate(prior, shape):
+        render = evaluate(prior, shape)
+
+        def held(displacement):
+            if threading.current_thread() is threading.main_thread():
+                return render(displacement)
+            entered.set()
+            hold.wait(timeout=30)
+            result = render(displacement)
+            finished.append(True)
+            return result
+
+        return held
+
+    monkeypatch.setattr(core_frames, "evaluate_prior", held_evaluate)
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 9)
+    layer = widget.show_flow()
+    job = widget.job
+    qtbot.waitUntil(entered.is_set, timeout=60_000)
+    widget.cancel()
+    hold.set()
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=60_000)
+    assert finished == []  # the frame being rendered when Stop came was abandoned
+    assert layer in viewer.layers and layer.data.computed < len(layer.data)
+    np.testing.assert_allclose(layer.data[8], predicted.prediction.probability, atol=1e-5)

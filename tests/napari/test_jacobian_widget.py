@@ -86,6 +86,14 @@ def test_a_fold_in_half_of_the_volume(viewer, dock, qtbot):
     assert low == pytest.approx(-high)
     np.testing.assert_allclose(log_det[:, :5], low)  # folds drawn at the compressed end
     np.testing.assert_allclose(log_det[:, 5:], 0.0, atol=1e-6)  # det 1: the neutral colour
+    assert widget.image_layer.colorbar.visible  # the heatmap has its colour bar
+    # the folds are listed: one face-connected region, and Next fold moves the view onto it
+    assert len(stats.folds) == 1 and "1 folded region(s)" in widget.summary.text()
+    np.testing.assert_allclose(stats.folds[0], (3.5, 2.0, 5.5))
+    world = widget.next_fold()
+    np.testing.assert_allclose(world, (5.0 + 2.0 * 3.5, 2.0, -3.0 + 0.5 * 5.5))
+    assert viewer.dims.point[0] == pytest.approx(world[0], abs=1.0)  # its z slice is shown
+    assert "showing fold 1 of 1" in widget.summary.text()
 
 
 def test_recomputing_updates_the_same_layers(viewer, dock, qtbot):
@@ -133,3 +141,18 @@ def test_phi_at_the_flow_explorers_t(viewer, dock, tiny_phantom, tiny_checkpoint
     expected = jacobian_stats(layer.data.displacement(1))
     np.testing.assert_allclose(widget.stats.det, expected.det)
     assert "φ(t = 0.5)" in widget.summary.text()
+
+
+def test_deformed_grid_is_pulled_back(viewer, dock, qtbot):
+    from napari_difftt.widgets.jacobian import GRID_EVERY, grid_lines
+
+    displacement = np.zeros((3, *SHAPE), np.float32)
+    displacement[2] = 2.0  # u = +2 voxels along x: the output at x shows the grid at x + 2
+    _predict(viewer, displacement)
+    widget = dock("Jacobian")
+    _compute(widget, qtbot)
+    grid = widget.grid_layer.data
+    assert widget.grid_layer.metadata[META_KEY]["role"] == "deformed_grid"
+    lines = grid_lines(SHAPE)
+    np.testing.assert_allclose(grid[:, :, : SHAPE[2] - 2], lines[:, :, 2:], atol=1e-5)  # to −x
+    assert grid[0, 1, GRID_EVERY - 2] == pytest.approx(1.0) and grid[0, 1, GRID_EVERY] < 1e-5

@@ -27,6 +27,7 @@ def manifest() -> PluginManifest:
 def test_manifest_is_the_installed_one_and_validates(manifest):
     installed = PluginManifest.from_distribution("napari-difftt")
     assert installed.name == manifest.name == "napari-difftt"
+    assert manifest.display_name == "napari-difftt"  # the menus say the README's one name
     assert installed.contributions.commands == manifest.contributions.commands
     # from_file already validated the schema; validate_imports checks every python_name
     manifest.validate_imports()
@@ -68,3 +69,34 @@ def test_importing_the_manifest_modules_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+DOCKS = ("Run model", "Shape prior", "Train", "Export", "Flow explorer", "Jacobian")
+
+
+@pytest.mark.parametrize("name", DOCKS)
+def test_every_dock_fits_a_laptop_screen_and_explains_its_controls(make_napari_viewer, name):
+    from napari.layers import Layer
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSpinBox,
+        QComboBox,
+        QLineEdit,
+        QListWidget,
+        QTabBar,
+    )
+
+    from napari_difftt._sample_data import phantom_3d
+
+    viewer = make_napari_viewer()
+    for data in phantom_3d():
+        viewer.add_layer(Layer.create(*data))
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-difftt", name)
+    size = dock.minimumSizeHint().expandedTo(dock.minimumSize())
+    assert size.width() <= 1280 and size.height() <= 800
+    kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit, QListWidget)
+    silent = [type(control).__name__ + " " + (getattr(control, "text", str)() or "")
+              for control in widget.findChildren(kinds)
+              if not control.toolTip()
+              and not isinstance(control.parent(), QTabBar | QAbstractSpinBox)]  # their parts
+    assert silent == []

@@ -26,7 +26,8 @@ def test_preview_follows_parameters_in_mm(viewer, dock, tiny_phantom, qtbot):
 
     # centre on voxel (8, 12, 10) → world (16, 12, 15) mm; x semi-axis 6 mm = 4 voxels
     widget.set_parameters((16.0, 12.0, 15.0), (8.0, 5.0, 6.0), None, 2.0)
-    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior_source == "tiny", timeout=3000)
+    assert ViewerState.of(viewer).prior_source == "tiny"  # stored at once, no debounce
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     p = probability.data
     assert p.shape == TINY_SHAPE
     assert p[8, 12, 10] == pytest.approx(1.0, abs=1e-6)
@@ -43,7 +44,6 @@ def test_rotation_gives_a_full_covariance_and_state_holds_it(viewer, dock, tiny_
     covariance = widget.prior().covariance.detach().numpy()
     assert abs(covariance[0, 1]) > 1e-3  # z–y coupling: the rotation is about array axis x
     assert abs(covariance[1, 2]) < 1e-8 and abs(covariance[0, 2]) < 1e-8
-    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior is not None, timeout=3000)
     stored = np.asarray(ViewerState.of(viewer).prior["covariance"])
     np.testing.assert_allclose(stored, covariance, rtol=1e-5)
 
@@ -58,7 +58,9 @@ def test_fit_to_labels_and_reset(viewer, dock, tiny_phantom, tiny_checkpoint, qt
     mean, radii, _, _ = widget.parameters()
     np.testing.assert_allclose(mean, (14.0, 11.0, 13.5), atol=0.3)  # centre (7, 11, 9) in mm
     np.testing.assert_allclose(radii, (8.0, 6.0, 7.5), rtol=0.12)
-    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior is not None, timeout=3000)
+    assert ViewerState.of(viewer).prior is not None
+    assert "Fitted to 'organ'" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     _, contour = _preview(viewer)
     overlap = 2 * np.sum(contour.data * mask) / (contour.data.sum() + mask.sum())
     assert overlap > 0.9
@@ -67,6 +69,8 @@ def test_fit_to_labels_and_reset(viewer, dock, tiny_phantom, tiny_checkpoint, qt
     widget.reset()
     assert ViewerState.of(viewer).prior is None
     assert "tiny3d.pt" in widget.status.text()
+    qtbot.wait(200)  # nothing stores the prior again behind the status's back
+    assert ViewerState.of(viewer).prior is None
     mean, radii, _, _ = widget.parameters()
     np.testing.assert_allclose(mean, (15.0, 11.5, 14.25), atol=1e-3)  # its prior is centred
     np.testing.assert_allclose(radii, (7.5, 5.75, 7.125), atol=1e-2)  # 0.5 normalised
@@ -78,7 +82,7 @@ def test_flipped_axis_keeps_world_coordinates(viewer, dock, qtbot):
     widget = dock("Shape prior")
     widget.image.set_layer(layer)
     widget.set_parameters((5.0, 10.0, 6.0), (3.0, 4.0, 3.0), None, 1.0)  # world y 10 → index 21
-    qtbot.waitUntil(lambda: ViewerState.of(viewer).prior_source == "flip", timeout=3000)
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     p = viewer.layers["flip prior"].data
     assert np.unravel_index(np.argmax(p), p.shape) == (5, 21, 6)
 
@@ -94,3 +98,47 @@ def test_large_volumes_preview_at_reduced_resolution(viewer, dock, qtbot):
     # same world extent: (N − 1) · scale is preserved per axis
     extent = (np.asarray(preview.data.shape) - 1) * preview.scale
     np.testing.assert_allclose(extent, (126.0, 159.0, 159.0), rtol=1e-9)
+
+
+def test_one_preview_per_image_reused_and_removed(viewer, dock, tiny_phantom, qtbot):
+    image, _ = tiny_phantom
+    other = viewer.add_image(np.zeros((10, 12, 14), np.float32), name="other")
+    widget = dock("Shape prior")
+    widget.image.set_layer(image)
+    probability, contour = widget.preview_layers()
+    for step in range(3):  # edits update the same layers in place
+        widget.radii[0].setValue(6.0 + step)
+        assert widget.preview_layers() == (probability, contour)
+    data = probability.data
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
+    assert probability.data is data and [p.name for p in _previews(viewer)] == [
+        "tiny prior", "tiny prior ½"]
+
+    widget.image.set_layer(other)  # the previous image's preview goes, the new one comes
+    assert [p.metadata[META_KEY]["source"] for p in _previews(viewer)] == ["other", "other"]
+    widget.image.set_layer(image)
+    widget.image.set_layer(other)
+    assert len(_previews(viewer)) == 2
+
+    viewer.layers.remove(other)  # removed with its image
+    assert all(p.metadata[META_KEY]["source"] != "other" for p in _previews(viewer))
+    widget.close()
+    widget.deleteLater()
+    qtbot.waitUntil(lambda: not _previews(viewer), timeout=3000)  # and with the widget
+
+
+def test_the_displayed_slice_is_rendered_first(viewer, dock, tiny_phantom, qtbot):
+    widget = dock("Shape prior")
+    probability, _ = widget.preview_layers()
+    viewer.dims.set_current_step(0, 3)  # z slice 3 of the (2 mm) preview is on screen
+    widget.set_parameters((6.0, 12.0, 15.0), (4.0, 5.0, 6.0), None, 1.0)  # centred on z = 3
+    assert not widget.preview_complete
+    assert probability.data[3, 12, 10] == pytest.approx(1.0, abs=1e-6)
+    assert probability.data[10].max() < 0.5  # the old prior there until the volume follows
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
+    assert probability.data[10].max() < 0.01 < probability.data[5].max()
+
+
+def _previews(viewer):
+    return [layer for layer in viewer.layers
+            if layer.metadata.get(META_KEY, {}).get("role") in ("prior", "prior_contour")]

@@ -113,6 +113,26 @@ def test_writer_without_file_metadata_uses_scale_and_translate(tmp_path):
     assert back.shape == (6, 5, 4)
     np.testing.assert_allclose(back.affine[:3, :3], np.diag([0.25, 0.5, 2.0]))
     np.testing.assert_allclose(back.affine[:3, 3], [1.0, -3.0, 10.0])
+    assert back.header.get_xyzt_units()[0] == "mm"
+    assert back.header["sform_code"] > 0  # a valid, coded sform: other tools use the affine
+
+
+@pytest.mark.parametrize("kind", ["ras", "oblique"])
+def test_writer_follows_a_layer_moved_in_napari(tmp_path, kind):
+    from napari_difftt._reader import read_layers
+
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(6, 5, 4)
+    _save(tmp_path / "in.nii.gz", data, AFFINES[kind])
+    [(array, kwargs, _)] = read_layers(str(tmp_path / "in.nii.gz"))
+    [same] = write_image(str(tmp_path / "same.nii.gz"), array, kwargs)
+    np.testing.assert_allclose(nib.load(same).affine, AFFINES[kind], atol=1e-6)  # unchanged
+
+    moved = dict(kwargs, translate=tuple(t + 5.0 for t in kwargs["translate"]),
+                 scale=tuple(2.0 * s for s in kwargs["scale"]))
+    [written] = write_image(str(tmp_path / "moved.nii.gz"), array, moved)
+    [(_, back, _)] = read_layers(written)
+    np.testing.assert_allclose(back["scale"], moved["scale"], atol=1e-6)
+    np.testing.assert_allclose(back["translate"], moved["translate"], atol=1e-6)
 
 
 def test_writer_rejects_rgb_and_4d(tmp_path):

@@ -67,6 +67,10 @@ def test_prediction_layers_state_and_metrics(viewer, dock, tiny_phantom, tiny_ch
     assert widget.last_result.metrics == expected
     assert f"Dice: {expected['dice']:.3f}" in widget.metrics.text()
     assert "components: " in widget.metrics.text()
+    report = record.prediction.topology  # core.metrics.topology_report, shown as it stands
+    assert f"components: {report['components']} (6-connectivity), " \
+           f"{report['components_full']} (26-connectivity)" in widget.topology.text()
+    assert "% digital" in widget.topology.text()
     assert any(kind == "info" and "done" in text for kind, text in notes)
 
     # a second run refreshes our own layers instead of piling up new ones
@@ -183,6 +187,8 @@ def test_2d_images_need_a_2d_model(viewer, dock, tiny_checkpoint, tiny_checkpoin
     np.testing.assert_allclose(segmentation.scale, (0.5, 0.75))
     assert ViewerState.of(viewer).prediction.prediction.displacement.shape == (2, 40, 36)
     assert "HD95 (mm)" in widget.metrics.text()
+    assert "(4-connectivity)" in widget.topology.text()
+    assert "(8-connectivity)" in widget.topology.text()
 
 
 def test_closing_the_viewer_during_a_run_is_quiet(make_napari_viewer, tiny_checkpoint, qtbot):
@@ -195,3 +201,171 @@ def test_closing_the_viewer_during_a_run_is_quiet(make_napari_viewer, tiny_check
     qtbot.waitUntil(lambda: not job.worker.is_running, timeout=TIMEOUT_MS)
     qtbot.wait(100)  # a queued signal reaching a deleted widget would raise here
     assert job.cancel_requested and widget.lifetime.closed
+
+
+def _hold_in_network(monkeypatch):
+    """Patch load_model so the network's first block waits until Cancel is requested.
+
+    Returns ``(entered, hold, ran)``: an Event set when the network started, the Event that
+    releases it, and a list that records the network's last layer running (worker thread).
+    """
+    import threading
+
+    from napari_difftt.core import inference
+
+    entered, ran, load = threading.Event(), [], inference.load_model
+
+    def load_model(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        net = loaded.model.net
+
+        def wait(*_):
+            entered.set()
+            hold.wait(timeout=30)
+
+        net.down[0].register_forward_pre_hook(wait)
+        net.head.register_forward_hook(lambda *_: ran.append("head"))
+        return loaded
+
+    hold = threading.Event()
+    monkeypatch.setattr(inference, "load_model", load_model)
+    return entered, hold, ran
+
+
+def test_cancel_stops_inside_the_network_pass(viewer, dock, tiny_phantom, tiny_checkpoint, qtbot,
+                                              notes, monkeypatch):
+    entered, hold, ran = _hold_in_network(monkeypatch)
+    before = _snapshot(viewer)
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.run()
+    qtbot.waitUntil(entered.is_set, timeout=TIMEOUT_MS)
+    widget.cancel()
+    hold.set()  # the network goes on; the next torch operation must see the cancel
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert ran == []  # the network's last layer never ran: the pass stopped part-way
+    assert "cancelled" in widget.message.text()
+    assert len(viewer.layers) == len(before)
+    _unchanged(viewer, before)
+    assert ViewerState.of(viewer).prediction is None
+
+
+def test_progress_moves_during_the_network_pass(viewer, dock, tiny_phantom, tiny_checkpoint,
+                                                qtbot):
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    seen = []
+    job = widget.run()
+    job.worker.yielded.connect(lambda item: seen.append(item))
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    network = [done for done, _, message in seen if message.startswith("network")]
+    assert len(network) > 10 and network == sorted(network)
+    assert seen[-1][0] == seen[-1][1]  # ends at 100 %
+
+
+@pytest.mark.parametrize("ending", ["error", "cancel"])
+def test_failed_or_cancelled_run_clears_old_results(viewer, dock, tiny_phantom, tiny_checkpoint,
+                                                    tmp_path, qtbot, ending):
+    _, labels = tiny_phantom
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.truth.set_layer(labels)
+    _run(widget, qtbot)
+    assert "Dice" in widget.metrics.text() and widget.device_used.text() == "cpu"
+    assert "components" in widget.topology.text()
+    if ending == "error":
+        corrupt = tmp_path / "corrupt.pt"
+        corrupt.write_bytes(b"not a checkpoint")
+        widget.set_checkpoint(corrupt)
+        _run(widget, qtbot)
+    else:
+        widget.run()
+        widget.cancel()
+        qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert widget.metrics.text() == "" and widget.device_used.text() == "—"
+    assert widget.topology.text() == ""
+    assert widget.last_result is None
+
+
+def test_spacing_far_from_the_training_spacing_warns(viewer, dock, tiny_checkpoint, qtbot, notes):
+    from napari_difftt.widgets._layers import spacing_kwargs
+
+    viewer.add_image(np.random.default_rng(1).random((16, 16, 16), np.float32),
+                     **spacing_kwargs((3.0, 0.8, 0.8), "coarse"))
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)  # trained on 1 mm voxels
+    _run(widget, qtbot)
+    warnings = [text for kind, text in notes if kind == "warning"]
+    assert len(warnings) == 1
+    assert "3 × 0.8 × 0.8 mm" in warnings[0] and "1 × 1 × 1 mm" in warnings[0]
+    assert "Warning" in widget.message.text()
+
+    viewer.add_image(np.zeros((16, 16, 16), np.float32), **spacing_kwargs((1.1, 0.9, 1.0), "ok"))
+    widget.image.set_layer("ok")
+    _run(widget, qtbot)
+    assert len([kind for kind, _ in notes if kind == "warning"]) == 1  # within 20 %: no warning
+
+
+def test_a_folder_is_segmented_with_the_cli_names(viewer, dock, tiny_checkpoint, tmp_path, qtbot,
+                                                  notes):
+    import nibabel as nib
+
+    from napari_difftt.commands.predict import PROBABILITY_SUFFIX, SEGMENTATION_SUFFIX
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    affine = np.diag([0.9, 1.1, 2.0, 1.0])
+    for name in ("a.nii.gz", "b.nii"):
+        data = np.random.default_rng(len(name)).random((16, 12, 10), np.float32)
+        nib.save(nib.Nifti1Image(data, affine), folder / name)
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    seen = []
+    job = widget.run_folder(folder, out)
+    job.worker.yielded.connect(lambda item: seen.append(item[2]))
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    expected = {f"{stem}{suffix}.nii.gz" for stem in ("a", "b")
+                for suffix in (SEGMENTATION_SUFFIX, PROBABILITY_SUFFIX)}
+    assert {p.name for p in out.iterdir()} == expected
+    np.testing.assert_allclose(nib.load(out / f"a{SEGMENTATION_SUFFIX}.nii.gz").affine, affine)
+    assert any(m.startswith("[1/2] a.nii.gz") for m in seen)  # progress per file
+    assert any(m.startswith("[2/2] b.nii") for m in seen)
+    assert "segmented 2 volume(s)" in widget.message.text()
+
+    assert widget.run_folder(folder, out) is None  # never overwrites
+    assert notes[-1][0] == "error" and "exists" in notes[-1][1]
+
+
+def test_cancelling_a_folder_run_keeps_the_viewer_and_says_so(viewer, dock, tiny_checkpoint,
+                                                              tmp_path, qtbot):
+    import nibabel as nib
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.eye(4)), folder / "a.nii")
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.run_folder(folder, out)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert "folder run cancelled" in widget.message.text()
+    assert list(out.iterdir()) == [] and len(viewer.layers) == 0
+
+
+def test_the_bundled_model_follows_the_image_dimensionality(viewer, dock, qtbot):
+    from napari.layers import Layer
+
+    from napari_difftt._sample_data import phantom_2d
+    from napari_difftt.core.inference import default_checkpoint
+
+    for data in phantom_2d():
+        viewer.add_layer(Layer.create(*data))
+    viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="3D labels")
+    widget = dock("Run model")
+    widget.set_device("cpu")
+    assert widget.checkpoint() == default_checkpoint(2)
+    assert widget.checkpoint_label.text() == f"{default_checkpoint(2).name} (bundled)"
+    offered = [widget.truth.itemText(i) for i in range(widget.truth.count())]
+    assert "3D labels" not in offered and "phantom 2D labels" in offered  # same dimensionality
+    _run(widget, qtbot)
+    assert viewer.layers["phantom 2D segmentation"].data.shape == (128, 128)

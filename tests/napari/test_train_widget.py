@@ -38,6 +38,8 @@ def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom
     assert widget.start() is not None
     assert widget.start_button.text() == "Stop training"
     qtbot.waitUntil(lambda: len(widget.plot.dice) >= 1, timeout=120_000)  # step 2: validation
+    # one pair: the Dice is the training image's, and the plot says so
+    assert widget.plot.dice_label == "Dice on the training image"
     widget.toggle()  # the Start button is now Stop
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     timer.stop()

@@ -5,7 +5,14 @@ Predictions ``NAME_seg.nii.gz`` (or ``NAME.nii.gz``) in ``--pred`` are matched w
 reference file's spacing), connected components of the prediction (face connectivity), and —
 when ``predict --jacobian`` left ``NAME_displacement.npy`` (or only ``NAME_jacdet.nii.gz``)
 beside it — the percentage of voxels with det ∇Φ ≤ 0 (central differences; digital too when the
-displacement is there). Prints a table with mean ± std; ``--json`` writes everything.
+displacement is there), as the topology report of :func:`core.metrics.topology_report`
+(components with face and full connectivity too). Prints a table with mean ± std; ``--json``
+writes everything, each case's report under ``"topology"``.
+
+Refused before any metric is computed, naming the files: reference labels with values other
+than 0, 1 and the ignore value (an intensity image given as labels), references without a
+labelled voxel (whose Dice would be a meaningless 1.0), and a prediction whose affine (voxel
+geometry) differs from its reference's — both printed; ``--ignore-affine`` compares them anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ COLUMNS = (
     ("hd95", "HD95 mm", "{:.2f}"),
     ("folding_central", "%detJ<=0 central", "{:.4f}"),
     ("folding_digital", "%detJ<=0 digital", "{:.4f}"),
-    ("components", "components", "{:.0f}"),
+    ("components", "components (face)", "{:.0f}"),
+    ("components_full", "components (full)", "{:.0f}"),
 )
 
 
@@ -55,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="V",
         help="label value of unlabelled voxels (default 255)",
     )
+    parser.add_argument(
+        "--ignore-affine",
+        action="store_true",
+        help="compare predictions with references whose affines (voxel size, orientation, "
+        "origin) differ; by default that is refused, since the voxels do not correspond",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -62,14 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..core.io import read_nifti
+    from ..core.io import check_output_file, read_nifti
     from ..core.progress import ProgressBar
 
     for name, folder in (("pred", args.pred), ("labels", args.labels)):
         if not folder.is_dir():
             raise FileNotFoundError(f"--{name} {folder}: folder not found")
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
+    if args.json is not None:
+        check_output_file(args.json, overwrite=args.overwrite, what="--json")
     pairs = match_cases(args.pred, args.labels)
     cases = []
     bar = None if args.quiet else ProgressBar("evaluate")
@@ -82,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{pred_path} has shape {pred.array.shape} but {label_path} has "
                 f"{reference.array.shape}"
             )
+        check_reference(label_path, reference.array, args.ignore_value)
+        if not args.ignore_affine:
+            check_same_geometry(pred_path, pred.affine, label_path, reference.affine)
         displacement_path = args.pred / f"{name}{DISPLACEMENT_SUFFIX}.npy"
         jacdet_path = args.pred / f"{name}{JACOBIAN_SUFFIX}.nii.gz"
         displacement = np.load(displacement_path) if displacement_path.is_file() else None
@@ -140,13 +157,47 @@ def match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
     return pairs
 
 
+def check_reference(path: Path, labels, ignore_value: int) -> None:
+    """Refuse reference labels outside {0, 1, ``ignore_value``} or without a labelled voxel."""
+    import numpy as np
+
+    values = np.unique(labels)
+    bad = values[~np.isin(values, (0, 1, ignore_value))]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:8]) + (" …" if bad.size > 8 else "")
+        raise ValueError(
+            f"reference {path} holds values other than 0, 1 and {ignore_value} (ignore): {shown} "
+            f"({bad.size} in all) — is it an image rather than labels? (--ignore-value sets the "
+            "unlabelled value)"
+        )
+    if not np.isin(values, (0, 1)).any():
+        raise ValueError(
+            f"reference {path} has no labelled voxel (every voxel is {ignore_value}, ignore): "
+            "there is nothing to compare with"
+        )
+
+
+def check_same_geometry(pred_path: Path, pred_affine, label_path: Path, label_affine) -> None:
+    """Refuse a prediction whose affine differs from its reference's (1e-3 mm tolerance)."""
+    import numpy as np
+
+    if not np.allclose(pred_affine, label_affine, rtol=1e-5, atol=1e-3):
+        with np.printoptions(precision=4, suppress=True):
+            raise ValueError(
+                f"{pred_path} and {label_path} have different affines (voxel geometry), so "
+                f"their voxels do not correspond:\n{pred_path.name}:\n{np.asarray(pred_affine)}"
+                f"\n{label_path.name}:\n{np.asarray(label_affine)}\npass --ignore-affine to "
+                "compare them voxel by voxel anyway"
+            )
+
+
 def case_metrics(
     pred, reference, spacing, displacement=None, jacdet=None, ignore_value: int = 255
 ) -> dict:
     """Metrics of one case; unlabelled voxels (``ignore_value``) are left out of Dice."""
     import numpy as np
 
-    from ..core.metrics import components, dice, folding_percent, hausdorff, hd95
+    from ..core.metrics import dice, hausdorff, hd95, topology_report
 
     pred = np.asarray(pred) > 0
     known = reference != ignore_value
@@ -155,13 +206,14 @@ def case_metrics(
     if known.all():
         result["hausdorff"] = hausdorff(pred, target, spacing)
         result["hd95"] = hd95(pred, target, spacing)
-    result["components"] = components(pred)
-    if displacement is not None:
-        result["folding_central"] = folding_percent(displacement, "central")
-        result["folding_digital"] = folding_percent(displacement, "digital")
-    elif jacdet is not None:
-        result["folding_central"] = 100 * float(np.mean(jacdet <= 0))
-    return {k: float(v) for k, v in result.items()}
+    topology = topology_report(pred, displacement)
+    if topology["folding_central"] is None and jacdet is not None:
+        topology["folding_central"] = 100 * float(np.mean(jacdet <= 0))
+    result.update(
+        {k: topology[k] for k in ("components", "components_full", "folding_central",
+                                  "folding_digital") if topology[k] is not None}
+    )
+    return {**{k: float(v) for k, v in result.items()}, "topology": topology}
 
 
 def summarise(cases: list[dict]) -> dict:

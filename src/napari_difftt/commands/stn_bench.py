@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise FileNotFoundError(
             f"cannot write {args.json}: folder {args.json.parent} does not exist")
+    if args.json is not None:
+        from ..core.io import check_output_file
+
+        check_output_file(args.json, overwrite=True, what="--json")
     device = resolve_device(args.device)
 
     started = time.perf_counter()

@@ -2,13 +2,19 @@
 
 Also works under ``torchrun --nproc_per_node N -m napari_difftt.cli train ...`` (one process per
 GPU, DistributedDataParallel); only rank 0 prints and writes the checkpoint.
+
+Ctrl-C (SIGINT) or SIGTERM during training finishes the step under way, writes the checkpoint
+of that step atomically, says where, and exits 130 or 143; a second signal aborts at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 HELP = "train a segmentation model (bch | svf | stt | unet) on NIfTI image/label folders"
@@ -17,6 +23,8 @@ _PRIORS = ("fixed", "mean", "sigma", "diag", "full")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..core.prior import DEFAULT_BETA
+
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -65,12 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pieces", type=int, default=4, help="velocity fields T for bch (default 4)"
     )
     model.add_argument("--bch-order", type=int, default=2, choices=(1, 2, 3, 4), help="default 2")
-    model.add_argument(
-        "--alpha",
-        type=float,
-        default=256.0,
-        help="largest velocity in voxels (α of α·tanh, default 256)",
-    )
+    add_velocity_arguments(model)
     model.add_argument(
         "--prior",
         choices=_PRIORS,
@@ -80,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--train-beta", action="store_true", help="also learn the prior's shape β")
     model.add_argument(
-        "--prior-beta", type=float, default=1.0, help="initial β (default 1: Gaussian)"
+        "--prior-beta", type=float, default=DEFAULT_BETA,
+        help=f"initial β: 1 is Gaussian, larger is flatter inside with a sharper edge "
+        f"(default {DEFAULT_BETA:g})"
     )
     model.add_argument(
         "--prior-init",
@@ -121,7 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         type=Path,
         metavar="CKPT",
-        help="continue a run from its checkpoint (model settings come from it)",
+        help="continue a run from its checkpoint: model and optimisation settings come from it "
+        "(options given with other values are refused, each listed). With more --iterations "
+        "than the first run, the cosine schedule restarts at the run's lr and anneals to 0 over "
+        "the new steps; with the same --iterations an interrupted run continues exactly",
     )
     out.add_argument(
         "--checkpoint-every",
@@ -140,11 +148,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
+    """Options of :class:`core.velocity.VelocitySpace`, defaults from :class:`TrainConfig`."""
+    from ..core.train import TrainConfig
+    from ..core.velocity import FACTORS, PARAMETERISATIONS
+
+    default = TrainConfig()
+    group.add_argument(
+        "--velocity", choices=PARAMETERISATIONS, default=default.velocity,
+        help="dense: velocities on a grid `--velocity-factor` times coarser than the image; "
+        "bspline: a cubic B-spline with control points every `--velocity-lattice` voxels, "
+        f"evaluated on that grid (default {default.velocity})",
+    )
+    group.add_argument(
+        "--velocity-factor", type=int, choices=FACTORS, default=default.velocity_factor,
+        metavar="K", help="integrate the flow on a grid K times coarser than the image, then "
+        f"upsample the displacement (1, 2 or 4; default {default.velocity_factor})",
+    )
+    group.add_argument(
+        "--velocity-lattice", type=int, default=default.velocity_lattice, metavar="S",
+        help="B-spline control-point spacing in image voxels (bspline only; default 4)",
+    )
+    group.add_argument(
+        "--velocity-sigma", type=float, default=default.velocity_sigma, metavar="SIGMA",
+        help="Gaussian smoothing of each velocity, in coarse voxels "
+        f"(0: none; default {default.velocity_sigma:g})",
+    )
+    group.add_argument(
+        "--alpha", type=float, default=default.alpha, metavar="VOXELS",
+        help=f"largest velocity of one piece in image voxels (default {default.alpha:g})",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..core.data import load_nifti_folder
-    from ..core.io import load_checkpoint
+    from ..core.io import check_output_file, load_checkpoint
     from ..core.progress import ProgressBar
     from ..core.train import TrainConfig, Trainer
 
@@ -153,8 +193,7 @@ def run(args: argparse.Namespace) -> int:
     images, labels, val_images, val_labels = _data_folders(args)
     out = args.out
     resuming_in_place = args.resume is not None and args.resume.resolve() == out.resolve()
-    if out.exists() and not (args.overwrite or resuming_in_place):
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_output_file(out, overwrite=args.overwrite or resuming_in_place, what="--out")
     if out.suffix != ".pt":
         raise ValueError(f"--out {out}: checkpoint files end in .pt")
 
@@ -174,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         pieces=args.pieces,
         bch_order=args.bch_order,
+        velocity=args.velocity,
+        velocity_factor=args.velocity_factor,
+        velocity_lattice=args.velocity_lattice,
+        velocity_sigma=args.velocity_sigma,
         alpha=args.alpha,
         smoothness=args.smoothness,
         checkpoint=str(out),
@@ -185,13 +228,13 @@ def run(args: argparse.Namespace) -> int:
         previous = load_checkpoint(args.resume).get("training", {}).get("config")
         if previous is None:
             raise ValueError(f"--resume {args.resume} holds no training configuration")
-        keep = ("iterations", "device", "checkpoint", "checkpoint_every", "val_every")
-        config = TrainConfig.from_dict(previous, **{k: settings[k] for k in keep})
-        if args.kind != config.kind:
+        if args.kind != previous.get("kind"):
             raise ValueError(
-                f"--resume {args.resume} holds a {config.kind!r} model but --model {args.kind} was "
-                f"given; resume with --model {config.kind}"
+                f"--resume {args.resume} holds a {previous.get('kind')!r} model but --model "
+                f"{args.kind} was given; resume with --model {previous.get('kind')}"
             )
+        _refuse_conflicts(args.resume, previous, TrainConfig(**settings).to_dict())
+        config = TrainConfig.from_dict(previous, **{k: settings[k] for k in _RUNTIME})
     else:
         config = TrainConfig(**settings)
 
@@ -228,18 +271,85 @@ def run(args: argparse.Namespace) -> int:
                 extra += f" val Dice {event.val_dice:.4f}"
             bar(event.step, event.total, extra)
 
-    try:
-        result = trainer.run(callback=report)
-    finally:
-        if bar is not None:
-            bar.close()
+    with _stop_on_signals(trainer, say) as received:
+        try:
+            result = trainer.run(callback=report)
+        finally:
+            if bar is not None:
+                bar.close()
     val_text = f", validation Dice {result.val_dice:.4f}" if result.val_dice is not None else ""
     state = "stopped" if result.stopped else "finished"
     say(
         f"{state} at step {result.step}/{result.total} in {result.seconds:.1f} s: "
         f"loss {result.loss:.4f}{val_text}; saved {result.checkpoint}"
     )
+    if received:
+        name = signal.Signals(received[0]).name
+        say(
+            f"interrupted by {name}: the checkpoint of step {result.step} is {result.checkpoint}; "
+            f"continue with --resume {result.checkpoint}",
+            file=sys.stderr,
+        )
+        return 128 + received[0]
     return 0
+
+
+# settings a resumed run takes from the command line; every other one comes from the checkpoint
+_RUNTIME = ("iterations", "device", "checkpoint", "checkpoint_every", "val_every")
+_FLAGS = {"kind": "--model", "checkpoint": "--out"}
+
+
+def _refuse_conflicts(resume: Path, previous: dict, requested: dict) -> None:
+    """Refuse options given (not left at their defaults) with values other than the checkpoint's,
+    listing each one; options left at their defaults silently take the checkpoint's values."""
+    from ..core.train import TrainConfig
+    from ..errors import ConfigConflict
+
+    defaults = TrainConfig().to_dict()
+    conflicts = [
+        f"{_FLAGS.get(key, '--' + key.replace('_', '-'))} {_show(value)} "
+        f"(checkpoint: {_show(previous.get(key))})"
+        for key, value in requested.items()
+        if key not in _RUNTIME and value != defaults.get(key) and value != previous.get(key)
+    ]
+    if conflicts:
+        raise ConfigConflict(
+            f"--resume {resume}: these options contradict the checkpoint, whose settings a "
+            f"resumed run keeps: {'; '.join(conflicts)}. Drop them, or start a new run without "
+            "--resume"
+        )
+
+
+def _show(value: object) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer, say) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM ask ``trainer`` to stop after its current step (which saves); a second
+    signal raises KeyboardInterrupt. Yields the list of signals received."""
+    received: list[int] = []
+
+    def handle(number: int, frame) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(number)
+        trainer.stop()
+        say(
+            f"{signal.Signals(number).name}: saving the checkpoint after the current step "
+            "(signal again to abort without saving)",
+            file=sys.stderr,
+        )
+
+    previous = {number: signal.signal(number, handle) for number in _SIGNALS}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _data_folders(args: argparse.Namespace) -> tuple[Path, Path, Path | None, Path | None]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_field", "check_image", "check_same_field", "check_squarings"]
+__all__ = ["check_device", "check_field", "check_image", "check_same_field", "check_squarings"]
 
 
 def check_image(name: str, image: object, *, finite: bool = True) -> torch.Tensor:
-    """Check ``image`` is a floating tensor ``(B, C, *S)`` with 2 or 3 spatial axes of size >= 2."""
+    """Check ``image`` is a floating tensor ``(B, C, *S)``, B >= 1, with 2 or 3 spatial axes of
+    size >= 2 (and finite values unless ``finite=False``)."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor of shape (B, C, *S), got {type(image).__name__}"
@@ -19,6 +20,11 @@ def check_image(name: str, image: object, *, finite: bool = True) -> torch.Tenso
         raise ValueError(
             f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {tuple(image.shape)} "
             f"({image.ndim} dimensions)"
+        )
+    if image.shape[0] < 1:
+        raise ValueError(
+            f"{name} has an empty batch (B = 0) in shape {tuple(image.shape)}; "
+            "pass at least one item"
         )
     if min(image.shape[2:]) < 2:
         raise ValueError(
@@ -53,6 +59,16 @@ def check_same_field(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
     if a.dtype != b.dtype:
         raise TypeError(f"{name_a} is {a.dtype} but {name_b} is {b.dtype}")
+
+
+def check_device(name: str, tensor: torch.Tensor, module: torch.nn.Module) -> None:
+    """Require ``tensor`` on the device of ``module``'s parameters, naming both devices."""
+    parameter = next(module.parameters(), None)
+    if parameter is not None and tensor.device != parameter.device:
+        raise ValueError(
+            f"{name} is on {tensor.device} but the model {type(module).__name__} is on "
+            f"{parameter.device}: move one of them (e.g. {name}.to('{parameter.device}'))"
+        )
 
 
 def check_squarings(squarings: object) -> int:

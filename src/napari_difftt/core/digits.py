@@ -47,6 +47,7 @@ _DTYPES = {
 }
 _CODES = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
 _PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
+CLASSES = 10  # MNIST and Fashion-MNIST label values are 0..9
 _ROTATION_CHUNK = 4096  # images rotated per grid_sample call (bounds memory)
 
 
@@ -168,7 +169,8 @@ def find_idx_files(folder: str | Path, split: str) -> tuple[Path, Path]:
 def load_digits(folder: str | Path, split: str) -> Digits:
     """Load one split of an MNIST-format data set from ``folder`` (see :func:`find_idx_files`).
 
-    Checks that images are ``(N, H, W)`` uint8, labels ``(N,)`` uint8 and that both count N.
+    Checks that images are ``(N, H, W)`` uint8, labels ``(N,)`` uint8 class indices in
+    0..9 (:data:`CLASSES`) and that both count N.
     """
     images_path, labels_path = find_idx_files(folder, split)
     images = read_idx(images_path, ndim=3)
@@ -182,6 +184,14 @@ def load_digits(folder: str | Path, split: str) -> Digits:
         )
     if len(images) == 0:
         raise IDXError(f"{images_path} holds no images")
+    bad = np.unique(labels[labels >= CLASSES])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" …" if bad.size > 10 else "")
+        raise IDXError(
+            f"{labels_path} holds label values outside 0..{CLASSES - 1}: {shown} "
+            f"({int(np.isin(labels, bad).sum())} of {len(labels)} labels); MNIST-format "
+            "digit sets have 10 classes"
+        )
     return Digits(images, labels.astype(np.int64))
 
 

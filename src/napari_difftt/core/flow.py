@@ -3,17 +3,20 @@
 All fields are ``(B, n, *S)`` in voxels, component k along array axis k (see :mod:`.grid`).
 Derivatives are central differences in voxel units (one-sided on the outermost voxels).
 Every function is differentiable with respect to its tensor inputs (exp, and what uses it, to
-first order).
+first order). Every public function checks its fields the same way (:func:`.checks.check_field`:
+a floating ``(B, n, *S)`` tensor, B >= 1, n = 2 or 3 matching the spatial axes, finite values).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
+from ..errors import SquaringCapWarning
 from ._squaring import scaling_and_squaring
 from .checks import check_field, check_same_field, check_squarings
 from .grid import compose, identity, normalised_identity, sample, to_normalised
@@ -54,23 +57,25 @@ def exp(
     """
     check_field("velocity", velocity)
     steps = (
-        choose_squarings(velocity, max_step) if squarings is None else check_squarings(squarings)
+        _choose_squarings(velocity, max_step) if squarings is None else check_squarings(squarings)
     )
     return _exp(velocity, steps)
 
 
 def choose_squarings(velocity: torch.Tensor, max_step: float = 0.5) -> int:
-    """Smallest N in 0..20 with max‖v‖ / 2^N ≤ ``max_step`` voxels, ``velocity`` ``(B, n, *S)``."""
-    if not max_step > 0:
-        raise ValueError(f"max_step must be a positive number of voxels, got {max_step!r}")
-    largest = float(velocity.detach().norm(dim=1).max())
-    if largest <= max_step:
-        return 0
-    return min(MAX_SQUARINGS, math.ceil(math.log2(largest / max_step)))
+    """Smallest N in 0..20 with max‖v‖ / 2^N ≤ ``max_step`` voxels, ``velocity`` ``(B, n, *S)``.
+
+    When even 20 squarings leave a first step above ``max_step`` (max‖v‖ > 2^20 · max_step,
+    e.g. an untrained or diverged network) the result is 20 and a :class:`SquaringCapWarning`
+    gives the step reached in voxels.
+    """
+    check_field("velocity", velocity)
+    return _choose_squarings(velocity, max_step)
 
 
 def flow_at(velocity: torch.Tensor, t: float, squarings: int | None = None) -> torch.Tensor:
     """Displacement of φ(t) = exp(t·v), ``(B, n, *S)`` voxels, for a time t (usually in [0, 1])."""
+    check_field("velocity", velocity)
     if not math.isfinite(t):
         raise ValueError(f"t must be a finite number, got {t!r}")
     return exp(velocity * t, squarings)
@@ -97,6 +102,12 @@ def jacobian(field: torch.Tensor) -> torch.Tensor:
 
     Central differences inside, one-sided differences on the first and last voxel of each axis.
     """
+    check_field("field", field)
+    return _jacobian(field)
+
+
+def _jacobian(field: torch.Tensor) -> torch.Tensor:
+    """:func:`jacobian` without the argument checks."""
     return torch.stack([_derivative(field, axis) for axis in range(field.ndim - 2)], dim=2)
 
 
@@ -141,12 +152,12 @@ def integrate(
     if method == "bch":
         _check_order(order)
         velocity = _tree(pieces, lambda later, earlier: _bch(later, earlier, order))
-        steps = choose_squarings(velocity) if squarings is None else check_squarings(squarings)
+        steps = _choose_squarings(velocity) if squarings is None else check_squarings(squarings)
         return Integrated(_exp(velocity, steps), velocity)
     if method == "compose":
         if squarings is not None:
             check_squarings(squarings)
-        exps = [_exp(v, choose_squarings(v) if squarings is None else squarings) for v in pieces]
+        exps = [_exp(v, _choose_squarings(v) if squarings is None else squarings) for v in pieces]
         return Integrated(_tree(exps, _compose_unchecked), None)
     raise ValueError(f"method must be 'bch' or 'compose', got {method!r}")
 
@@ -159,7 +170,7 @@ def jacobian_det(displacement: torch.Tensor, scheme: str = "central") -> torch.T
     check_field("displacement", displacement)
     if scheme != "central":
         raise ValueError(f"jacobian_det supports scheme='central', got {scheme!r}")
-    return _det(_identity_plus(jacobian(displacement)))
+    return _det(_identity_plus(_jacobian(displacement)))
 
 
 def folding_fraction(displacement: torch.Tensor, scheme: str = "central") -> torch.Tensor:
@@ -189,6 +200,29 @@ def _exp(velocity: torch.Tensor, squarings: int) -> torch.Tensor:
     return scaling_and_squaring(velocity, squarings)
 
 
+def _choose_squarings(velocity: torch.Tensor, max_step: float = 0.5) -> int:
+    """:func:`choose_squarings` without the field check."""
+    if not max_step > 0:
+        raise ValueError(f"max_step must be a positive number of voxels, got {max_step!r}")
+    largest = float(velocity.detach().norm(dim=1).max())
+    if math.isinf(largest):  # float32 components >= ~1e19 overflow the norm: redo in float64
+        largest = float(velocity.detach().double().norm(dim=1).max())
+    if largest <= max_step:
+        return 0
+    needed = math.ceil(math.log2(largest / max_step))
+    if needed > MAX_SQUARINGS:
+        warnings.warn(
+            f"exp: max‖v‖ = {largest:.3g} voxels needs {needed} squarings for steps of "
+            f"{max_step:g} voxel; capped at {MAX_SQUARINGS}, the first step is "
+            f"{largest / 2**MAX_SQUARINGS:.3g} voxels, so the result is inaccurate (bound the "
+            "velocity, e.g. a tanh, or pass a fixed number of squarings)",
+            SquaringCapWarning,
+            stacklevel=3,
+        )
+        return MAX_SQUARINGS
+    return needed
+
+
 def _compose_unchecked(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
     base = normalised_identity(u_inner.shape[2:], device=u_inner.device, dtype=u_inner.dtype)
     return sample(u_outer, base + to_normalised(u_inner), padding="border", add_to=u_inner)
@@ -207,7 +241,7 @@ def _derivative(field: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def _lie_bracket(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return _apply(jacobian(v), w) - _apply(jacobian(w), v)
+    return _apply(_jacobian(v), w) - _apply(_jacobian(w), v)
 
 
 def _apply(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

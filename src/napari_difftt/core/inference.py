@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -17,11 +18,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..errors import SpacingWarning
 from .models import KINDS, TemplateTransformer
 from .nets import DIVISOR
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
+    "DEFAULT_CHECKPOINT_2D",
     "Cancelled",
     "LoadedModel",
     "OutOfMemory",
@@ -30,9 +33,12 @@ __all__ = [
     "estimate_bytes",
     "load_model",
     "predict_volume",
+    "spacing_mismatch",
 ]
 
 DEFAULT_CHECKPOINT = "difftt_phantom_bch.pt"
+SPACING_TOLERANCE = 0.2  # relative spacing difference per axis above which predict warns
+DEFAULT_CHECKPOINT_2D = "difftt_phantom2d_bch.pt"
 Progress = Callable[[int, int, str], None]
 
 
@@ -54,17 +60,24 @@ class Prediction(NamedTuple):
     probability: np.ndarray  # (*S) float32 in [0, 1]
     segmentation: np.ndarray  # (*S) uint8, probability > 0.5
     displacement: np.ndarray | None  # (n, *S) float32 voxels, Φ = id + u (None for unet)
+    # velocities are integrated on the model's coarse grid; here they are upsampled to the image
+    # grid (VelocitySpace.to_fine) for display and analysis
     velocity: np.ndarray | None  # (n, *S) float32 voxels (svf; bch with BCH combination)
     velocities: np.ndarray | None  # (T, n, *S) float32 voxels (svf, bch)
     prior: np.ndarray  # (*S) float32, the unwarped prior
+    topology: dict | None = None  # core.metrics.topology_report of segmentation and displacement
 
 
-def default_checkpoint() -> Path:
-    """Path of the bundled pretrained model ``resources/difftt_phantom_bch.pt``."""
-    path = Path(str(resources.files("napari_difftt.resources") / DEFAULT_CHECKPOINT))
+def default_checkpoint(ndim: int = 3) -> Path:
+    """Path of the bundled pretrained model for ``ndim``-D images (3: ``DEFAULT_CHECKPOINT``,
+    3D phantoms; 2: ``DEFAULT_CHECKPOINT_2D``, 2D phantoms); see resources/MODEL_CARD.md."""
+    if ndim not in (2, 3):
+        raise ValueError(f"bundled models exist for 2D and 3D images, got ndim={ndim!r}")
+    name = DEFAULT_CHECKPOINT if ndim == 3 else DEFAULT_CHECKPOINT_2D
+    path = Path(str(resources.files("napari_difftt.resources") / name))
     if not path.is_file():
         raise FileNotFoundError(
-            f"the bundled checkpoint {DEFAULT_CHECKPOINT} is missing (looked for {path}); "
+            f"the bundled checkpoint {name} is missing (looked for {path}); "
             "reinstall napari-difftt or train a model with `napari-difftt train`"
         )
     return path
@@ -109,6 +122,9 @@ def predict_volume(
     should_stop: Callable[[], bool] | None = None,
     normalise: bool = True,
     memory_limit: int | None = None,
+    spacing: Sequence[float] | None = None,
+    model_spacing: Sequence[float] | None = None,
+    topology: bool = True,
 ) -> Prediction:
     """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``).
 
@@ -117,6 +133,11 @@ def predict_volume(
     and True raises :class:`Cancelled`. ``normalise=False`` skips the percentile normalisation
     (for images already normalised). ``memory_limit`` (bytes) overrides the memory available on
     the device; an estimated need above it raises :class:`OutOfMemory` naming both sizes.
+    The image goes to the model's device (a model and an input on different devices never
+    meet). ``spacing`` (mm per axis of ``image``) and ``model_spacing`` (the checkpoint's
+    ``spacing``), when both given and more than 20 % apart on an axis, give a
+    :class:`~napari_difftt.errors.SpacingWarning` (:func:`spacing_mismatch`). ``topology``
+    fills ``Prediction.topology`` (:func:`core.metrics.topology_report`).
     """
     image = np.asarray(image)
     if image.ndim != model.ndim or min(image.shape) < 2:
@@ -124,6 +145,9 @@ def predict_volume(
             f"image must be a {model.ndim}D array (the model is {model.ndim}D) with >= 2 voxels "
             f"per axis, got shape {image.shape}"
         )
+    message = spacing_mismatch(spacing, model_spacing)
+    if message is not None:
+        warnings.warn(message, SpacingWarning, stacklevel=2)
     if device is not None:
         from .device import resolve_device
 
@@ -154,6 +178,7 @@ def predict_volume(
             result = model(tensor, offset=tuple(-b for b in before), full_shape=image.shape)
             step(2, "copying the results")
             crop = tuple(slice(b, b + s) for b, s in zip(before, image.shape, strict=True))
+            result = _velocities_on_image_grid(model, result)
             arrays = [_crop(t, crop) for t in result]
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
@@ -173,9 +198,34 @@ def predict_volume(
         None if velocities is None else velocities[0],
         prior,
     )
+    if topology:
+        from .metrics import topology_report
+
+        prediction = prediction._replace(
+            topology=topology_report(prediction.segmentation, prediction.displacement)
+        )
     if progress is not None:
         progress(total, total, "done")
     return prediction
+
+
+def spacing_mismatch(
+    spacing: Sequence[float] | None, model_spacing: Sequence[float] | None, name: str = "the image"
+) -> str | None:
+    """A warning text when ``spacing`` differs from ``model_spacing`` (mm per axis) by more than
+    :data:`SPACING_TOLERANCE` (20 %) on some axis; None when they agree or one is unknown."""
+    if spacing is None or not model_spacing or len(spacing) != len(model_spacing):
+        return None
+    pairs = list(zip(spacing, model_spacing, strict=True))
+    if all(t > 0 and abs(s - t) <= SPACING_TOLERANCE * t for s, t in pairs):
+        return None
+    shown = " × ".join(f"{s:g}" for s in spacing)
+    trained = " × ".join(f"{t:g}" for t in model_spacing)
+    return (
+        f"{name} has {shown} mm voxels but the model was trained on {trained} mm (more than "
+        f"{SPACING_TOLERANCE:.0%} apart): predictions may suffer; resample it (predict --spacing) "
+        "or train on data of this spacing"
+    )
 
 
 def estimate_bytes(model: TemplateTransformer, shape: tuple[int, ...]) -> int:
@@ -229,6 +279,17 @@ def _available_bytes(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def _velocities_on_image_grid(model: TemplateTransformer, result):
+    """``result`` with its coarse velocities upsampled to the image grid, in image voxels."""
+    space, shape = model.velocity_space, tuple(result.probability.shape[2:])
+    velocity = None if result.velocity is None else space.to_fine(result.velocity, shape)
+    velocities = result.velocities
+    if velocities is not None:
+        fine = space.to_fine(velocities.flatten(0, 1), shape)
+        velocities = fine.view(*velocities.shape[:3], *shape)
+    return result._replace(velocity=velocity, velocities=velocities)
 
 
 def _crop(tensor: torch.Tensor | None, crop: tuple[slice, ...]) -> np.ndarray | None:

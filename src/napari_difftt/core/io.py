@@ -11,11 +11,12 @@ Every write goes to a temporary file in the target folder and is renamed into pl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
-import struct
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +27,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, OutputPathError, UnverifiedCheckpointWarning, VolumeError
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
     "Volume",
     "VolumeError",
+    "check_output_file",
+    "check_output_folder",
     "display_transform",
     "load_checkpoint",
     "read_nifti",
@@ -46,14 +51,7 @@ CHECKPOINT_VERSION = 1  # newest version this code reads and the one it writes
 _REVERSE = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
 _PLAIN = (str, int, float, bool, type(None))  # exact types: subclasses pickle as globals
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
-
-
-class VolumeError(ValueError):
-    """A file that is not a usable 2D/3D scalar volume; the message names the file."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is corrupt, of another format or too new; the message names the file."""
+CHECKSUM_KEY = "sha256"  # SHA-256 of everything else in the payload (see _digest)
 
 
 @dataclass(frozen=True)
@@ -158,6 +156,37 @@ def write_nifti(
     return _atomic_write(path, lambda tmp: nib.save(image, tmp), overwrite)
 
 
+def check_output_file(
+    path: str | os.PathLike, *, overwrite: bool = False, what: str = "output"
+) -> Path:
+    """Check, before any work, that a file can be written at ``path``; returns it.
+
+    Refused, naming the path: an existing file without ``overwrite`` (FileExistsError); an
+    existing folder there, a file where a parent folder should be, or a nearest existing parent
+    folder that is not writable (:class:`~napari_difftt.errors.OutputPathError`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path} is a folder; give a file name inside it instead")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{what} {path} exists; pass --overwrite to replace it")
+    check_output_folder(path.parent, what=f"{what} {path}: folder")
+    return path
+
+
+def check_output_folder(folder: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """Check that ``folder`` is, or can be created as, a writable folder; returns it."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{what} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {folder}: {existing} is not writable")
+    return folder
+
+
 def display_transform(volume: Volume) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """napari ``(scale, translate)`` per array axis, with world axes taken in (z, y, x) order.
 
@@ -176,8 +205,10 @@ def display_transform(volume: Volume) -> tuple[tuple[float, ...], tuple[float, .
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Atomically save a checkpoint dict (tensors, str, int, float, bool, None, list, tuple, dict).
 
-    ``format`` and ``version`` are filled in when missing. Anything ``torch.load(weights_only=
-    True)`` would refuse (numpy arrays, arbitrary objects) is rejected here, naming its key.
+    ``format`` and ``version`` are filled in when missing; ``sha256`` is (re)computed over the
+    rest (tensor bytes, dtypes, shapes and the plain values) and verified on load. Anything
+    ``torch.load(weights_only=True)`` would refuse (numpy arrays, arbitrary objects) is rejected
+    here, naming its key.
     """
     path = Path(path)
     if not isinstance(payload, dict):
@@ -189,15 +220,20 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
         raise ValueError(
             f"checkpoint format must be {CHECKPOINT_FORMAT!r}, got {payload['format']!r}"
         )
+    payload.pop(CHECKSUM_KEY, None)
     _check_plain("payload", payload)
+    payload[CHECKSUM_KEY] = _digest(payload)
     return _atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``: no code runs) and check format/version.
+    """Load a checkpoint safely (``weights_only=True``: no code runs) and check it.
 
-    Raises FileNotFoundError for a missing file, :class:`CheckpointError` naming the file for a
-    corrupt or truncated file, one holding pickled objects, another format or a newer version.
+    Raises FileNotFoundError for a missing file and, for anything else that is not a valid
+    checkpoint, :class:`~napari_difftt.errors.CheckpointError` naming the file: corrupt,
+    truncated or damaged (SHA-256 mismatch) files, pickled objects, another format, a newer
+    version. A checkpoint written before checksums existed loads with an
+    :class:`~napari_difftt.errors.UnverifiedCheckpointWarning` ("no checksum").
     """
     path = Path(path)
     if not path.is_file():
@@ -212,8 +248,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} refers to {refused.group(1)}, which is not plain data: refused for safety "
             "(checkpoints load with weights_only=True)"
         ) from error
-    except (RuntimeError, OSError, EOFError, ValueError, struct.error) as error:
-        raise CheckpointError(f"{path} is corrupt or truncated: {error}") from error
+    except Exception as error:  # a damaged zip or pickle raises almost any type
+        raise CheckpointError(
+            f"{path} is corrupt or truncated: {type(error).__name__}: {error}"
+        ) from error
     if not isinstance(payload, dict):
         raise CheckpointError(
             f"{path} is not a napari-difftt checkpoint (holds a {type(payload).__name__})"
@@ -230,6 +268,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is checkpoint version {version}, newer than this napari-difftt supports "
             f"({CHECKPOINT_VERSION}); upgrade napari-difftt"
         )
+    _verify(path, payload)
     return payload
 
 
@@ -296,6 +335,57 @@ def _atomic_write(path: Path, write: Callable[[Path], object], overwrite: bool) 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _verify(path: Path, payload: dict) -> None:
+    """Check the payload against its stored SHA-256 (a missing one only warns: old files)."""
+    stored = payload.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        warnings.warn(
+            f"{path}: no checksum (written before checkpoints carried a SHA-256); loaded without "
+            "an integrity check — save it again to add one",
+            UnverifiedCheckpointWarning,
+            stacklevel=3,
+        )
+        return
+    try:
+        actual = _digest(payload)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path} holds values a checkpoint cannot hold: {error}") from error
+    if stored != actual:
+        raise CheckpointError(
+            f"{path} is damaged: its SHA-256 is {actual[:16]}… but {str(stored)[:16]}… was "
+            "stored when it was written (bit rot or an incomplete copy); restore it from a backup"
+        )
+
+
+def _digest(payload: dict) -> str:
+    """SHA-256 (hex) of a plain payload: keys, types, plain values, tensor dtypes, shapes, bytes."""
+    digest = hashlib.sha256()
+
+    def feed(value: object) -> None:
+        if isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode() + b":")
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, list | tuple):
+            digest.update(b"[" if isinstance(value, list) else b"(")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        elif isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{tensor.dtype}{tuple(value.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        elif type(value) in _PLAIN:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+        else:
+            raise TypeError(f"a {type(value).__name__} is not plain checkpoint data")
+
+    feed(payload)
+    return digest.hexdigest()
 
 
 def _check_plain(key: str, value: object) -> None:

@@ -26,7 +26,15 @@ from scipy import ndimage
 
 from .flow import folding_fraction
 
-__all__ = ["components", "dice", "evaluate_case", "folding_percent", "hausdorff", "hd95"]
+__all__ = [
+    "components",
+    "dice",
+    "evaluate_case",
+    "folding_percent",
+    "hausdorff",
+    "hd95",
+    "topology_report",
+]
 
 
 def dice(pred, target) -> float:
@@ -96,6 +104,40 @@ def evaluate_case(
         "hd95": hd95(pred, target, spacing),
         "folds_percent": None if displacement is None else folding_percent(displacement, scheme),
         "components": components(pred, connectivity),
+    }
+
+
+def topology_report(segmentation, displacement=None) -> dict:
+    """The topology of one prediction: what the diffeomorphic model promises, checked.
+
+    ``segmentation`` ``(*S)`` binary (2D or 3D); ``displacement`` ``(n, *S)`` voxels or None
+    (a U-Net has none). Returns ``{"folding_central", "folding_digital"}`` (% of voxels with
+    det ∇Φ ≤ 0 by central differences / by the digital test; None without a displacement),
+    ``"components"`` (face connectivity: 6 in 3D, 4 in 2D), ``"components_full"`` (26 in 3D,
+    8 in 2D), ``"connectivity"`` (those two numbers, e.g. ``[6, 26]``) and ``"holds"``: True
+    for exactly one face-connected component and no digital fold.
+    """
+    mask = _mask("segmentation", segmentation)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"segmentation must be 2D or 3D, got shape {mask.shape}")
+    central = digital = None
+    if displacement is not None:
+        field = displacement if torch.is_tensor(displacement) else np.asarray(displacement)
+        if tuple(field.shape) != (mask.ndim, *mask.shape):
+            raise ValueError(
+                f"displacement must have shape {(mask.ndim, *mask.shape)} for a segmentation "
+                f"of shape {mask.shape}, got {tuple(field.shape)}"
+            )
+        central = folding_percent(field, "central")
+        digital = folding_percent(field, "digital")
+    face, full = components(mask, 1), components(mask, mask.ndim)
+    return {
+        "folding_central": central,
+        "folding_digital": digital,
+        "components": face,
+        "components_full": full,
+        "connectivity": [2 * mask.ndim, 3**mask.ndim - 1],
+        "holds": face == 1 and not digital,
     }
 
 

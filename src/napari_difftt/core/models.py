@@ -10,9 +10,11 @@
 * ``"unet"`` — direct estimation baseline: sigmoid of one output channel, no prior warp.
 
 For the flows the output probability is the analytic prior at the warped coordinates, p(Φ(x)).
-Fields are ``(B, n, *S)`` in voxels of the input grid (DESIGN.md §2); the network output goes
-through α·tanh (α in voxels) and its last convolution starts at zero, so an untrained flow model
-returns the prior exactly.
+The network output becomes velocities (or, for stt, a displacement) on the coarse grid of a
+:class:`~.velocity.VelocitySpace` — pooled, bounded by ``bound·tanh``, optionally a cubic
+B-spline and smoothed — where all flow maths runs in coarse voxels; the displacement is then
+upsampled once to the input grid (``(B, n, *S)`` voxels, DESIGN.md §2). The last convolution
+starts at zero, so an untrained flow model returns the prior exactly.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_image, check_squarings
+from .checks import check_device, check_image, check_squarings
 from .flow import exp, integrate, jacobian
 from .nets import UNet
-from .prior import GeneralisedGaussianPrior, ImagePrior, prior_from_dict
+from .prior import DEFAULT_BETA, GeneralisedGaussianPrior, ImagePrior, prior_from_dict
+from .velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 
 __all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "segmentation_loss"]
 
@@ -40,16 +43,19 @@ class TemplateResult(NamedTuple):
 
     probability: torch.Tensor  # (B, 1, *S) in [0, 1]
     prior: torch.Tensor  # (B, 1, *S) the unwarped prior on the same grid
-    velocities: torch.Tensor | None  # (B, T, n, *S) voxels (svf: T = 1; stt/unet: None)
-    velocity: torch.Tensor | None  # (B, n, *S) voxels, exp(velocity) = Φ (svf, bch+"bch")
+    # on the coarse grid S / factor, in coarse voxels (VelocitySpace.to_fine brings them back)
+    velocities: torch.Tensor | None  # (B, T, n, *S/k) (svf: T = 1; stt/unet: None)
+    velocity: torch.Tensor | None  # (B, n, *S/k), exp(velocity) = Φ (svf, bch+"bch")
     displacement: torch.Tensor | None  # (B, n, *S) voxels, Φ = id + displacement (not unet)
 
 
 class TemplateTransformer(nn.Module):
     """Image → segmentation as a deformed prior; see the module docstring for ``kind``.
 
-    ``prior`` defaults to the centred :class:`GeneralisedGaussianPrior`; ``pieces`` = T (bch
-    only; svf uses 1); ``alpha`` bounds each network output in voxels (256 in the paper);
+    ``prior`` defaults to the centred :class:`GeneralisedGaussianPrior` with β = ``DEFAULT_BETA``;
+    ``pieces`` = T (bch
+    only; svf uses 1); ``velocity`` is where velocities live and their bound (default
+    :data:`~.velocity.DEFAULT_SPACE`, chosen by the ablation in docs/RESULTS.md);
     ``width`` is the U-Net base width; ``smoothness`` λ ≥ 0 weights the λ‖∇u‖² penalty of
     :meth:`regularisation`; ``squarings`` fixes the number of squarings (None: chosen per field).
     ``image_channels`` is the number of image channels (the prior adds one more network input).
@@ -62,7 +68,7 @@ class TemplateTransformer(nn.Module):
         prior: GeneralisedGaussianPrior | ImagePrior | None = None,
         pieces: int = 4,
         bch_order: int = 2,
-        alpha: float = 256.0,
+        velocity: VelocitySpace | None = None,
         width: int = 8,
         smoothness: float = 0.0,
         *,
@@ -81,18 +87,19 @@ class TemplateTransformer(nn.Module):
             raise ValueError(f"pieces must be a positive int, got {pieces!r}")
         if isinstance(bch_order, bool) or not isinstance(bch_order, int) or not 1 <= bch_order <= 4:
             raise ValueError(f"bch_order must be an int in 1..4, got {bch_order!r}")
-        if not alpha > 0:
-            raise ValueError(f"alpha must be a positive number of voxels, got {alpha!r}")
+        velocity = DEFAULT_SPACE if velocity is None else velocity
+        if not isinstance(velocity, VelocitySpace):
+            raise TypeError(f"velocity must be a VelocitySpace, got {type(velocity).__name__}")
         if not smoothness >= 0:
             raise ValueError(f"smoothness must be >= 0, got {smoothness!r}")
         if squarings is not None:
             check_squarings(squarings)
-        prior = GeneralisedGaussianPrior(ndim) if prior is None else prior
+        prior = GeneralisedGaussianPrior(ndim, beta=DEFAULT_BETA) if prior is None else prior
         if getattr(prior, "ndim", None) != ndim:
             raise ValueError(f"prior is {getattr(prior, 'ndim', '?')}D but ndim={ndim}")
         self.kind, self.ndim, self.method, self.squarings = kind, ndim, method, squarings
         self.pieces = pieces if kind == "bch" else 1
-        self.bch_order, self.alpha, self.width = bch_order, float(alpha), width
+        self.bch_order, self.velocity_space, self.width = bch_order, velocity, width
         self.smoothness, self.image_channels = float(smoothness), image_channels
         self.prior = prior
         out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
@@ -107,6 +114,7 @@ class TemplateTransformer(nn.Module):
         """Segment ``image`` ``(B, C, *S)`` (S multiples of 16), a patch at voxel ``offset`` of a
         volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there."""
         check_image("image", image)
+        check_device("image", image, self)
         if image.ndim - 2 != self.ndim or image.shape[1] != self.image_channels:
             raise ValueError(
                 f"image must have shape (B, {self.image_channels}, *S) with {self.ndim} spatial "
@@ -119,18 +127,18 @@ class TemplateTransformer(nn.Module):
         out = self.net(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
             return TemplateResult(torch.sigmoid(out), prior, None, None, None)
-        field = self.alpha * torch.tanh(out)
+        fields = self.velocity_space.velocities(out, self.pieces)  # (B, T, n, *S/k) coarse
         velocities = velocity = None
         if self.kind == "stt":
-            displacement = field
+            coarse = fields[:, 0]
         elif self.kind == "svf":
-            velocity = field
-            velocities = field.unsqueeze(1)
-            displacement = exp(velocity, self.squarings)
+            velocities, velocity = fields, fields[:, 0]
+            coarse = exp(velocity, self.squarings)
         else:
-            velocities = field.view(batch, self.pieces, self.ndim, *shape)
+            velocities = fields
             flow = integrate(velocities, self.method, self.bch_order, self.squarings)
-            displacement, velocity = flow.displacement, flow.velocity
+            coarse, velocity = flow.displacement, flow.velocity
+        displacement = self.velocity_space.to_fine(coarse, shape)
         probability = self.prior.on_grid(shape, offset, full_shape, displacement)
         return TemplateResult(probability, prior, velocities, velocity, displacement)
 
@@ -146,22 +154,40 @@ class TemplateTransformer(nn.Module):
         """Plain-dict description (checkpoint-safe); :meth:`from_config` rebuilds the module."""
         return {
             "kind": self.kind, "ndim": self.ndim, "prior": self.prior.to_dict(),
-            "pieces": self.pieces, "bch_order": self.bch_order, "alpha": self.alpha,
-            "width": self.width, "smoothness": self.smoothness, "method": self.method,
+            "pieces": self.pieces, "bch_order": self.bch_order,
+            "velocity": self.velocity_space.to_dict(), "width": self.width,
+            "smoothness": self.smoothness, "method": self.method,
             "squarings": self.squarings, "image_channels": self.image_channels,
         }
 
     @classmethod
     def from_config(cls, config: dict) -> TemplateTransformer:
-        """A fresh module from :meth:`config` output (load the state_dict for the weights)."""
+        """A fresh module from :meth:`config` output (load the state_dict for the weights).
+
+        A config written before velocity spaces existed (an ``alpha`` entry, no ``velocity``)
+        rebuilds the model it described: full-resolution velocities bounded by α voxels.
+        """
         if not isinstance(config, dict) or "kind" not in config:
             raise ValueError("model config must be a dict with a 'kind' entry")
         if config["kind"] not in KINDS:
             raise ValueError(f"unknown model kind {config['kind']!r}; this version knows {KINDS}")
         options = dict(config)
         prior = options.pop("prior", None)
-        known = {"kind", "ndim", "pieces", "bch_order", "alpha", "width", "smoothness", "method",
-                 "squarings", "image_channels"}
+        if "velocity" in options:
+            if "alpha" in options:
+                raise ValueError("model config has both 'alpha' (old) and 'velocity' entries")
+            space = options.pop("velocity")
+            if not isinstance(space, dict):
+                raise ValueError(f"model config 'velocity' must be a dict, got {space!r}")
+            unknown = sorted(set(space) - set(DEFAULT_SPACE.to_dict()))
+            if unknown:
+                raise ValueError(f"model config 'velocity' has unknown entries {unknown}")
+            options["velocity"] = VelocitySpace(**space)
+        else:
+            alpha = float(options.pop("alpha", LEGACY_SPACE.bound))
+            options["velocity"] = VelocitySpace(factor=1, bound=alpha)
+        known = {"kind", "ndim", "pieces", "bch_order", "velocity", "width", "smoothness",
+                 "method", "squarings", "image_channels"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"model config has unknown entries {unknown}")

@@ -26,6 +26,7 @@ from .checks import check_field
 from .grid import identity, sample
 
 __all__ = [
+    "DEFAULT_BETA",
     "PARAMETERISATIONS",
     "GeneralisedGaussianPrior",
     "ImagePrior",
@@ -40,6 +41,11 @@ PARAMETERISATIONS = ("fixed", "mean", "sigma", "diag", "full")
 _LN2 = math.log(2.0)
 # d² is clamped to this before the power: (d²)^β has an infinite derivative at 0 for β < 1.
 _MIN_D2 = 1e-12
+
+# β of the priors the template transformers start from (library, CLI, Train widget): a flat
+# top and a sharp edge, so fitting a sharp organ boundary needs no extreme compression of the
+# map there; chosen by measurement (docs/RESULTS.md, "the prior's shape").
+DEFAULT_BETA = 4.0
 
 
 class _Prior(nn.Module):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_image, check_squarings
+from .checks import check_device, check_image, check_squarings
 from .flow import exp, jacobian
 from .grid import warp
 from .tps import ThinPlateSpline
@@ -103,7 +103,7 @@ class ConvFeatures(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _check_input(image, self.ndim)
+        _check_input(image, self.ndim, self)
         return self.layers(image)
 
 
@@ -136,7 +136,7 @@ class TPSTransformer(nn.Module):
         self.control = control
 
     def forward(self, image: torch.Tensor) -> STNOutput:
-        _check_input(image, len(self.shape))
+        _check_input(image, len(self.shape), self)
         if tuple(image.shape[2:]) != self.shape:
             raise ValueError(f"image must have spatial shape {self.shape} (the TPS grid), got "
                              f"{tuple(image.shape[2:])}")
@@ -177,7 +177,7 @@ class DiffeomorphicSTN(nn.Module):
         self.ndim, self.grid, self.integrate, self.squarings = ndim, grid, integrate, squarings
 
     def forward(self, image: torch.Tensor) -> STNOutput:
-        _check_input(image, self.ndim)
+        _check_input(image, self.ndim, self)
         shape = tuple(image.shape[2:])
         coarse = self.head(self.localisation(image))
         coarse = coarse.view(image.shape[0], self.ndim, *[self.grid] * self.ndim)
@@ -243,8 +243,9 @@ def build_classifier(name: str, shape: Sequence[int] = (28, 28), channels: int =
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
-def _check_input(image: torch.Tensor, ndim: int) -> None:
+def _check_input(image: torch.Tensor, ndim: int, module: nn.Module) -> None:
     check_image("image", image, finite=False)
+    check_device("image", image, module)
     if image.ndim != ndim + 2:
         raise ValueError(f"image must have shape (B, C, *S) with {ndim} spatial axes, got "
                          f"{tuple(image.shape)}")

@@ -4,8 +4,11 @@ A :class:`Trainer` draws random patches (:func:`core.data.sample_patch`), runs t
 transformer on them, and minimises the binary cross-entropy of its output against the labels
 (:func:`core.models.segmentation_loss`: voxels labelled ``ignore_value`` — sparse annotations —
 are left out) plus the model's optional λ‖∇u‖² penalty. Adam + cosine annealing to 0
-over ``iterations`` (the paper's defaults). Validation predicts whole volumes
-(:func:`core.inference.predict_volume`) and reports the Dice coefficient.
+over ``iterations`` (the paper's defaults). Resuming with more ``iterations`` than the
+checkpoint's run restarts the cosine (a warm restart): from the run's ``lr`` down to 0 over the
+new remaining steps; resuming with the same ``iterations`` continues the schedule exactly.
+Validation predicts whole volumes (:func:`core.inference.predict_volume`) and reports the Dice
+coefficient.
 
 Launched under ``torchrun`` (environment RANK/WORLD_SIZE/LOCAL_RANK), the trainer joins the
 process group (nccl on CUDA, gloo on the CPU), wraps the model in DistributedDataParallel,
@@ -36,10 +39,11 @@ from .. import __version__
 from .data import Patch, Sample, sample_patch
 from .device import resolve_device
 from .inference import predict_volume
-from .io import load_checkpoint, save_checkpoint
+from .io import check_output_file, load_checkpoint, save_checkpoint
 from .metrics import dice
 from .models import KINDS, TemplateTransformer, segmentation_loss
-from .prior import GeneralisedGaussianPrior, fit_to_mask
+from .prior import DEFAULT_BETA, GeneralisedGaussianPrior, fit_to_mask
+from .velocity import DEFAULT_SPACE, VelocitySpace
 
 __all__ = [
     "KINDS",
@@ -70,12 +74,17 @@ class TrainConfig:
     spacing: float | None = None  # mm; data resampled to this isotropic spacing (None: as is)
     prior: str = "fixed"  # fixed | mean | sigma | diag | full (GeneralisedGaussianPrior)
     train_beta: bool = False
-    prior_beta: float = 1.0
+    prior_beta: float = DEFAULT_BETA  # initial β of the prior (core.prior.DEFAULT_BETA)
     prior_init: str = "labels"  # "labels": fit μ, Σ to the training masks; "centre": default
     width: int = 8
     pieces: int = 4
     bch_order: int = 2
-    alpha: float = 256.0
+    # where velocities live (core.velocity.VelocitySpace; defaults from its ablation)
+    velocity: str = DEFAULT_SPACE.parameterisation  # dense | bspline
+    velocity_factor: int = DEFAULT_SPACE.factor  # image voxels per coarse voxel: 1, 2 or 4
+    velocity_lattice: int | None = None  # B-spline control spacing, voxels (None: 4 for bspline)
+    velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
+    alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
     smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
@@ -112,6 +121,12 @@ class TrainConfig:
             raise ValueError(f"prior_init must be one of {PRIOR_INITS}, got {self.prior_init!r}")
         if not self.smoothness >= 0:
             raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
+        self.velocity_space()  # validates the velocity settings
+
+    def velocity_space(self) -> VelocitySpace:
+        """The :class:`VelocitySpace` these settings describe."""
+        return VelocitySpace(self.velocity, self.velocity_factor, self.velocity_lattice,
+                             self.velocity_sigma, self.alpha)
 
     @property
     def ndim(self) -> int:
@@ -182,8 +197,10 @@ class Trainer:
         self.config = config
         self.train = list(train)
         self.val = list(val)
-        _check_samples("train", self.train, config.ndim, need_labels=True)
-        _check_samples("val", self.val, config.ndim, need_labels=True)
+        _check_samples("train", self.train, config.ndim, config.ignore_value)
+        _check_samples("val", self.val, config.ndim, config.ignore_value)
+        if config.checkpoint is not None:
+            check_output_file(config.checkpoint, overwrite=True, what="checkpoint")
         self.rank, self.world_size, local_rank = _distributed_env()
         self.device = resolve_device(config.device)
         if self.world_size > 1 and self.device.type == "cuda":
@@ -330,9 +347,10 @@ class Trainer:
         training = checkpoint["training"]
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
-        # a resumed run may be longer than the first: the cosine spans the new length
-        self.scheduler.T_max = self.config.iterations
         self.step = int(training["step"])
+        planned = int(training.get("config", {}).get("iterations", self.config.iterations))
+        if self.config.iterations > planned:
+            self._restart_schedule(planned)
         self.elapsed = float(training.get("seconds", 0.0))
         self.history = list(training.get("metrics", {}).get("history", []))
         self.last_val_dice = training.get("metrics", {}).get("val_dice")
@@ -345,6 +363,21 @@ class Trainer:
             raise ValueError(
                 f"{self._resume} is at step {self.step}, past iterations={self.config.iterations}"
             )
+
+    def _restart_schedule(self, planned: int) -> None:
+        """A run extended past its ``planned`` length: a fresh cosine from ``lr`` to 0 over the
+        new remaining steps (the old one ended at 0, which would leave the weights unchanged)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.config.lr
+        remaining = self.config.iterations - self.step
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=remaining, eta_min=0.0
+        )
+        self._log(
+            f"step {self.step}: the run is extended from {planned} to {self.config.iterations} "
+            f"iterations; the cosine schedule restarts at lr {self.config.lr:g} and anneals to 0 "
+            f"over the {remaining} new step(s)"
+        )
 
     def _init_distributed(self) -> None:
         import torch.distributed as dist
@@ -422,7 +455,7 @@ class Trainer:
         try:
             for sample in self.val:
                 prediction = predict_volume(
-                    self.model, sample.image, device=self.device, normalise=False
+                    self.model, sample.image, device=self.device, normalise=False, topology=False
                 )
                 known = sample.labels != self.config.ignore_value
                 scores.append(dice(prediction.segmentation[known], sample.labels[known] == 1))
@@ -521,7 +554,7 @@ def build_model(config: TrainConfig, masks: Sequence[np.ndarray] = ()) -> torch.
         prior=prior,
         pieces=config.pieces,
         bch_order=config.bch_order,
-        alpha=config.alpha,
+        velocity=config.velocity_space(),
         width=config.width,
         smoothness=config.smoothness,
     )
@@ -583,7 +616,8 @@ def _distributed_env() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _check_samples(name: str, samples: list, ndim: int, *, need_labels: bool) -> None:
+def _check_samples(name: str, samples: list, ndim: int, ignore_value: int) -> None:
+    """Each sample has labels of its image's shape with at least one labelled voxel."""
     if name == "train" and not samples:
         raise ValueError("train must hold at least one sample")
     for sample in samples:
@@ -591,12 +625,17 @@ def _check_samples(name: str, samples: list, ndim: int, *, need_labels: bool) ->
             raise ValueError(
                 f"{name} sample {sample.name!r} is {sample.image.ndim}D but patch_size is {ndim}D"
             )
-        if need_labels and sample.labels is None:
+        if sample.labels is None:
             raise ValueError(f"{name} sample {sample.name!r} has no labels")
-        if sample.labels is not None and sample.labels.shape != sample.image.shape:
+        if sample.labels.shape != sample.image.shape:
             raise ValueError(
                 f"{name} sample {sample.name!r}: labels {sample.labels.shape} and image "
                 f"{sample.image.shape} differ in shape"
+            )
+        if not (sample.labels != ignore_value).any():
+            raise ValueError(
+                f"{name} sample {sample.name!r} has no labelled voxel: every voxel is "
+                f"{ignore_value} (ignore); label at least one voxel 0 or 1, or leave it out"
             )
 
 

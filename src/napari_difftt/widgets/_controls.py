@@ -26,6 +26,7 @@ class LayerChooser(QComboBox):
     ``allow_none`` adds a "(none)" entry first; ``sources_only`` hides layers this plugin
     derived (prior previews, probabilities, segmentations: metadata role set). The selection
     survives layer-list changes while its layer exists; ``layer_changed`` emits the new layer.
+    :meth:`set_ndim` keeps only layers of that dimensionality (e.g. labels that fit an image).
     """
 
     layer_changed = Signal(object)
@@ -44,6 +45,7 @@ class LayerChooser(QComboBox):
         self._kind = kind
         self._allow_none = allow_none
         self._sources_only = sources_only
+        self._ndim: int | None = None
         self.setToolTip(f"choose a {kind} layer")
         self.refresh()
         self._events = viewer.layers.events
@@ -65,6 +67,12 @@ class LayerChooser(QComboBox):
             raise ValueError(f"no {self._kind} layer named {name!r} in the viewer")
         self.setCurrentIndex(index)
 
+    def set_ndim(self, ndim: int | None) -> None:
+        """Offer only layers with ``ndim`` dimensions (None: any)."""
+        if ndim != self._ndim:
+            self._ndim = ndim
+            self.refresh()
+
     def refresh(self, *_) -> None:
         """Rebuild the list from the viewer's layers, keeping the current choice if possible."""
         from napari.layers import Image, Labels
@@ -76,6 +84,7 @@ class LayerChooser(QComboBox):
             for layer in self._viewer.layers
             if isinstance(layer, cls)
             and not (self._sources_only and layer_metadata(layer).get("role") is not None)
+            and self._ndim in (None, layer.ndim)
         ]
         self.blockSignals(True)
         self.clear()

@@ -29,6 +29,7 @@ class LossPlot(QWidget):
         self.losses: list[tuple[int, float]] = []
         self.dice: list[tuple[int, float]] = []
         self.total = 1
+        self.dice_label = "validation Dice"
         self._colours: dict[str, QColor] = {}
         self._viewer = viewer
         self.setMinimumHeight(130)
@@ -57,6 +58,12 @@ class LossPlot(QWidget):
         if dice is not None and math.isfinite(dice):
             self.dice.append((int(step), float(dice)))
         self.update()
+
+    def set_dice_label(self, label: str) -> None:
+        """Name the Dice line (e.g. "Dice on the training image" when nothing is held out)."""
+        if label != self.dice_label:
+            self.dice_label = label
+            self.update()
 
     # ---------------------------------------------------------------- painting
     def paintEvent(self, event) -> None:
@@ -98,7 +105,7 @@ class LossPlot(QWidget):
         painter.setPen(colours["loss"])
         painter.drawText(legend, flags.AlignLeft | flags.AlignVCenter, "loss")
         painter.setPen(colours["dice"])
-        painter.drawText(legend, flags.AlignRight | flags.AlignVCenter, "validation Dice")
+        painter.drawText(legend, flags.AlignRight | flags.AlignVCenter, self.dice_label)
 
     def _line(self, painter, plot: QRectF, points, top: float, colour: QColor, *, dots: bool):
         if not points:

@@ -1,8 +1,9 @@
 """Export dock widget: segmentation, probability, Jacobian determinant and displacement to NIfTI
 with the source image's affine and header, and the segmentation surface as an OBJ/STL mesh.
 
-Files are named ``<stem>_<what>.nii.gz`` in the chosen folder. An existing file is never
-replaced silently: a QMessageBox asks first (tests monkeypatch ``QMessageBox.question``).
+Files are named ``<stem>_<what>.nii.gz`` in the chosen folder. Existing files are never
+replaced silently: one QMessageBox asks once for all of them (tests monkeypatch
+``QMessageBox.question``). The folder defaults to the segmentation's source file's folder.
 The Jacobian determinant and displacement come from the last prediction in the viewer state
 (:func:`core.flow.jacobian_det`, central differences); the displacement is written as one file
 per array axis, ``_displacement_{z,y,x}_mm``, in millimetres (voxels × spacing).
@@ -30,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._controls import LayerChooser
-from ._layers import layer_volume, spacing_of
+from ._layers import layer_metadata, layer_volume, spacing_of
 from ._lifetime import Lifetime
 from ._state import ViewerState
 from ._worker import explain
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["ExportWidget"]
 
 AXES = ("z", "y", "x")
+MESH_TIPS = {True: "the segmentation's surface as a triangle mesh in world mm",
+             False: "a 2D segmentation has no surface: the mesh needs a 3D segmentation"}
 
 
 class ExportWidget(QWidget):
@@ -62,16 +65,32 @@ class ExportWidget(QWidget):
         for box in (self.want_segmentation, self.want_probability, self.want_jacobian,
                     self.want_displacement, self.want_mesh):
             box.setChecked(True)
-        self.folder = QLineEdit(str(Path.cwd()))
+        self.folder = QLineEdit(str(Path.cwd()))  # until a segmentation from a file is chosen
+        self._folder_chosen = False
         self.browse_button = QPushButton("Browse…")
         self.stem = QLineEdit("difftt")
         self.export_button = QPushButton("Export")
+        for control, tip in (
+            (self.want_segmentation, "labels 0/1 with the source's affine and header"),
+            (self.want_probability, "the model's probability, float32"),
+            (self.want_jacobian, "det ∇Φ by central differences (≤ 0: folded)"),
+            (self.want_displacement, "Φ(x) − x in mm, one file per array axis"),
+            (self.want_mesh, MESH_TIPS[True]),
+            (self.mesh_format, "mesh file format"),
+            (self.folder, "output folder (default: the source file's folder)"),
+            (self.browse_button, "Choose the output folder"),
+            (self.stem, "file names start with this, e.g. <stem>_segmentation.nii.gz"),
+            (self.export_button, "Write every ticked output; asks once before replacing files"),
+            (self.probability, "the probability layer to export"),
+        ):
+            control.setToolTip(tip)
         self.message = QLabel()
         self.message.setWordWrap(True)
         self._build_layout()
         self.browse_button.clicked.connect(self._browse)
         self.export_button.clicked.connect(self.export)
         self.segmentation.layer_changed.connect(self._suggest_stem)
+        self._suggest_stem(self.segmentation.layer())
         self.state.changed.connect(self._on_state)
         self._lifetime = Lifetime(self, lambda: self.state.changed.disconnect(self._on_state))
         self._on_state("prediction")
@@ -79,6 +98,7 @@ class ExportWidget(QWidget):
     # ------------------------------------------------------------------ public API
     def set_output(self, folder: str | Path, stem: str) -> None:
         """Write into ``folder`` with file names starting with ``stem``."""
+        self._folder_chosen = True
         self.folder.setText(str(folder))
         self.stem.setText(stem)
 
@@ -92,10 +112,12 @@ class ExportWidget(QWidget):
             show_error(f"Export: {explain(error)}")
             self.message.setText(explain(error))
             return []
+        existing = [path for path, _ in jobs if path.exists()]
+        replace = not existing or self._confirm_overwrite(existing)
         written, skipped = [], []
         for path, write in jobs:
             overwrite = path.exists()
-            if overwrite and not self._confirm_overwrite(path):
+            if overwrite and not replace:
                 skipped.append(path)
                 continue
             try:
@@ -158,9 +180,12 @@ class ExportWidget(QWidget):
             raise ValueError("nothing to export: tick at least one output")
         return jobs
 
-    def _confirm_overwrite(self, path: Path) -> bool:
+    def _confirm_overwrite(self, paths: list[Path]) -> bool:
+        """One question for every file that exists: replace them all, or keep them all."""
+        names = "\n".join(path.name for path in paths)
         answer = QMessageBox.question(
-            self, "Replace file?", f"{path} exists. Replace it?",
+            self, "Replace files?",
+            f"{len(paths)} file(s) exist in {paths[0].parent}:\n{names}\nReplace them?",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
         )
@@ -172,11 +197,23 @@ class ExportWidget(QWidget):
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())
         if folder:
+            self._folder_chosen = True
             self.folder.setText(folder)
 
     def _suggest_stem(self, layer) -> None:
-        if layer is not None:
-            self.stem.setText(layer.name.removesuffix(" segmentation").replace(" ", "_"))
+        """Follow the chosen segmentation: its stem, its source file's folder, mesh for 3D."""
+        if layer is None:
+            return
+        self.stem.setText(layer.name.removesuffix(" segmentation").replace(" ", "_"))
+        is_3d = layer.ndim == 3
+        self.want_mesh.setEnabled(is_3d)
+        self.mesh_format.setEnabled(is_3d)
+        if not is_3d:
+            self.want_mesh.setChecked(False)
+        self.want_mesh.setToolTip(MESH_TIPS[is_3d])
+        path = layer_metadata(layer).get("path")
+        if path is not None and not self._folder_chosen:
+            self.folder.setText(str(Path(path).parent))
 
     def _on_state(self, field: str) -> None:
         record = self.state.prediction

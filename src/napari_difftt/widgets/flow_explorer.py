@@ -76,6 +76,12 @@ class FlowExplorerWidget(QWidget):
         self.show_button = QPushButton("Show flow")
         self.cancel_button = QPushButton("Stop precomputing")
         self.cancel_button.setEnabled(False)
+        self.path.setToolTip("which flow φ(t) to follow from the prior (t = 0) to Φ (t = 1)")
+        self.show_vectors.setToolTip("arrows from x to φ(t)(x), where the output samples the "
+                                     "prior (pull-back)")
+        self.show_button.setToolTip("Show φ(t)∘S as a layer with a t slider; frames are "
+                                    "precomputed in the background")
+        self.cancel_button.setToolTip("Stop precomputing (frames are still computed on demand)")
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.status = QLabel("")
@@ -193,10 +199,11 @@ class FlowExplorerWidget(QWidget):
         frames, record = self.frames, self.state.prediction
 
         def task(should_stop):
+            from ..core.interrupt import Interruptible
+
             for k in range(len(frames)):
-                if should_stop():
-                    return None
-                frames.frame(k)
+                with Interruptible(should_stop):  # Stop acts within a frame, not after it
+                    frames.frame(k)
                 yield k + 1, len(frames), f"frame {k + 1} of {len(frames)}"
             return endpoint_gap(frames, record.prediction.displacement)
 
@@ -371,7 +378,9 @@ def arrows(displacement: np.ndarray) -> np.ndarray:
     """Napari vectors ``(N, 2, n)`` of a displacement ``(n, *S)`` voxels on a subsampled grid.
 
     Every slice along the first axis of a 3D volume keeps its arrows (so each 2D view has some);
-    in-plane axes are subsampled to at most ~24 arrows per axis.
+    in-plane axes are subsampled to at most ~24 arrows per axis. An arrow that would leave the
+    volume is shortened (same direction) to end on its border, so the arrows never widen the
+    viewer's dims range.
     """
     n = displacement.shape[0]
     shape = displacement.shape[1:]
@@ -382,4 +391,9 @@ def arrows(displacement: np.ndarray) -> np.ndarray:
     grid = np.stack(np.meshgrid(*[np.arange(size)[i] for size, i in zip(shape, index, strict=True)],
                                 indexing="ij"), axis=-1).reshape(-1, n)
     vectors = displacement[(slice(None), *index)].reshape(n, -1).T
+    top = np.asarray(shape, dtype=float) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(vectors > 0, (top - grid) / vectors, np.where(vectors < 0, -grid / vectors,
+                                                                      np.inf))
+    vectors = vectors * np.clip(room.min(axis=1, keepdims=True), 0.0, 1.0)
     return np.stack([grid, vectors], axis=1).astype(np.float32)

@@ -5,7 +5,12 @@ so det J = 1 (volume kept) is the neutral colour, expansion and compression are 
 equal weight (det 2 and det ½ equally strong). det J ≤ 0 has no logarithm: those voxels are
 clipped to the most compressed colour and marked in a Labels layer of folds. The statistics
 state both schemes: central differences (as published tables) and the stricter digital check
-(all one-sided simplices, see :func:`core.flow.folding_fraction`).
+(all one-sided simplices, see :func:`core.flow.folding_fraction`). A colour bar on the canvas
+labels the heatmap; the folded regions are counted and "Next fold" moves the view to each.
+
+The deformed grid is a grid of lines pulled back through φ, exactly as the prior is pulled back
+into the segmentation: the image at x shows the grid at φ(x) = x + u(x). Where u points +x, the
+lines appear shifted towards −x — the grid moves against u, as the prior's shape does.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ if TYPE_CHECKING:
 
     import napari
 
-__all__ = ["JacobianStats", "JacobianWidget", "jacobian_stats", "log_det_display"]
+__all__ = ["JacobianStats", "JacobianWidget", "fold_centres", "jacobian_stats", "log_det_display"]
 
 NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then compute det J."
 TARGETS = {"final": "Φ, the predicted transformation", "current": "φ(t) at the flow explorer's t"}
 # display floor for det J ≤ 0 and the narrowest symmetric contrast range, in log₂ units
 MIN_RANGE = 0.05
+GRID_EVERY = 8  # voxels between the lines of the deformed grid
+GRID_ROLE = "deformed_grid"
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,15 @@ class JacobianStats:
     maximum: float
     folded_central: float  # % of voxels with det ≤ 0 (central differences)
     folded_digital: float  # % of interior voxels failing any one-sided simplex test
+    folds: tuple[tuple[float, ...], ...] = ()  # centre (voxels) of each face-connected fold
+    grid: np.ndarray | None = None  # (*S) float32 grid lines pulled back through φ
 
     def describe(self, what: str) -> str:
         return (
             f"det J of {what}: min {self.minimum:.3g}, max {self.maximum:.3g}\n"
             f"folded (det J ≤ 0): {self.folded_central:.3f} % by central differences, "
-            f"{self.folded_digital:.3f} % by the digital test (one-sided simplices)"
+            f"{self.folded_digital:.3f} % by the digital test (one-sided simplices)\n"
+            f"{len(self.folds)} folded region(s) (det J ≤ 0, face-connected)"
         )
 
 
@@ -58,13 +68,43 @@ def jacobian_stats(displacement: np.ndarray) -> JacobianStats:
     import torch
 
     from ..core.flow import folding_fraction, jacobian_det
+    from ..core.grid import warp
 
     u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
     with torch.inference_mode():
         det = jacobian_det(u)[0].numpy()
         central = float(folding_fraction(u, "central")[0]) * 100
         digital = float(folding_fraction(u, "digital")[0]) * 100
-    return JacobianStats(det, float(det.min()), float(det.max()), central, digital)
+        grid = warp(torch.from_numpy(grid_lines(det.shape))[None, None], u, padding="border")
+    return JacobianStats(det, float(det.min()), float(det.max()), central, digital,
+                         fold_centres(det <= 0), grid[0, 0].numpy())
+
+
+def grid_lines(shape: tuple[int, ...], every: int = GRID_EVERY) -> np.ndarray:
+    """A ``(*S)`` float32 image of lines (1) every ``every`` voxels along each axis, 0 between.
+
+    In 3D the lines lie in the (y, x) planes, so each displayed slice shows a square grid."""
+    lines = np.zeros(shape, np.float32)
+    for axis in range(len(shape) - 2, len(shape)):
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(0, None, every)
+        lines[tuple(index)] = 1.0
+    return lines
+
+
+def fold_centres(folded: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    """Centre of mass (voxels, array order) of each face-connected region of ``folded``,
+    largest region first."""
+    from scipy import ndimage
+
+    regions, count = ndimage.label(folded)
+    if not count:
+        return ()
+    indices = range(1, count + 1)
+    sizes = ndimage.sum_labels(folded, regions, indices)
+    centres = ndimage.center_of_mass(folded, regions, indices)
+    order = np.argsort(-np.asarray(sizes), kind="stable")
+    return tuple(tuple(float(c) for c in centres[k]) for k in order)
 
 
 def log_det_display(det: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
@@ -93,12 +133,20 @@ class JacobianWidget(QWidget):
         self.stats: JacobianStats | None = None
         self.image_layer: Layer | None = None
         self.folds_layer: Layer | None = None
+        self.grid_layer: Layer | None = None
         self._target: tuple[Layer, str] | None = None  # (source layer, what) being computed
 
         self.target = QComboBox()
         for key, label in TARGETS.items():
             self.target.addItem(label, key)
         self.compute_button = QPushButton("Compute det J")
+        self.next_fold_button = QPushButton("Next fold")
+        self.next_fold_button.setEnabled(False)
+        self.next_fold_button.setToolTip("Move the view to the next folded region (largest "
+                                         "first): its slice and the camera centre")
+        self._fold = -1  # index of the fold last shown
+        self.compute_button.setToolTip("log₂ det J as an image and det J ≤ 0 as folds labels")
+        self.target.setToolTip("the transformation whose Jacobian determinant is shown")
         self.summary = QLabel(NO_PREDICTION)
         self.summary.setWordWrap(True)
         form = QFormLayout()
@@ -106,9 +154,11 @@ class JacobianWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.compute_button)
+        layout.addWidget(self.next_fold_button)
         layout.addWidget(self.summary)
         layout.addStretch(1)
         self.compute_button.clicked.connect(self.compute)
+        self.next_fold_button.clicked.connect(self.next_fold)
         self.state.changed.connect(self._on_state)
         state, on_state = self.state, self._on_state
         self.lifetime = Lifetime(self, lambda: state.changed.disconnect(on_state))
@@ -140,6 +190,22 @@ class JacobianWidget(QWidget):
             displacement = layer.data.displacement(k)
             what = f"φ(t = {layer.data.times[k]:.3g})"
         self._run(record.source, displacement, what)
+
+    def next_fold(self) -> tuple[float, ...] | None:
+        """Centre the view on the next folded region; returns its world position (mm)."""
+        if self.stats is None or not self.stats.folds or self._target is None:
+            return None
+        source = self._target[0]
+        self._fold = (self._fold + 1) % len(self.stats.folds)
+        world = np.asarray(source.data_to_world(self.stats.folds[self._fold]), dtype=float)
+        dims = self.viewer.dims
+        lead = dims.ndim - source.ndim
+        for k, value in enumerate(world):
+            dims.set_point(lead + k, float(value))
+        self.viewer.camera.center = tuple(world[-dims.ndisplay :])
+        self.summary.setText(self.summary.text().split("\nshowing fold")[0]
+                             + f"\nshowing fold {self._fold + 1} of {len(self.stats.folds)}")
+        return tuple(world)
 
     # ---------------------------------------------------------------- helpers
     def _run(self, source: Layer, displacement: np.ndarray, what: str) -> None:
@@ -179,12 +245,21 @@ class JacobianWidget(QWidget):
             self.viewer, "image", log_det, source, f"log₂ det J {source.name}", "jacobian",
             colormap="PiYG", contrast_limits=limits, blending="translucent",
         )
+        self.image_layer.colorbar.visible = True  # the legend of log₂ det J, on the canvas
+        # dark lines over the heatmap: "minimum" keeps what lies below where the grid is 0
+        self.grid_layer = add_derived(
+            self.viewer, "image", stats.grid, source, f"deformed grid {source.name}", GRID_ROLE,
+            colormap="gray_r", contrast_limits=(0.0, 1.0), blending="minimum", opacity=0.7,
+        )
         folds = (stats.det <= 0).astype(np.uint8)
         self.folds_layer = add_derived(
             self.viewer, "labels", folds, source, f"folds {source.name}", "folds", opacity=0.9,
         )
+        self._fold = -1
+        self.next_fold_button.setEnabled(bool(stats.folds))
         self.summary.setText(
-            f"{stats.describe(what)}\ncolours: log₂ det J from {limits[0]:.2g} to {limits[1]:.2g}; "
+            f"{stats.describe(what)}\ncolours (colour bar on the canvas): log₂ det J from "
+            f"{limits[0]:.2g} to {limits[1]:.2g}; "
             "green expands, pink compresses, white keeps volume; folds in the labels layer"
         )
 

@@ -1,12 +1,15 @@
 """Shape prior dock widget: tune the generalised Gaussian prior in mm with a live preview.
 
 The prior is edited as an ellipsoid in the image's napari world coordinates (mm): centre μ,
-semi-axes of the p = ½ contour, optional rotation (full Σ) and β. Every change re-renders,
-debounced by a QTimer, an Image layer of p and a Labels layer of its p ≥ ½ region drawn as a
-contour — at reduced resolution for big volumes (≤ ``PREVIEW_VOXELS`` voxels). The tuned prior
-is stored in :class:`~napari_difftt.widgets._state.ViewerState` and Run model uses it for the
-image it was tuned on. Maths: :func:`core.prior.from_world`, :func:`core.prior.fit_to_mask`,
-:func:`core.ellipsoid.to_world`.
+semi-axes of the p = ½ contour, optional rotation (full Σ) and β. Every change re-renders at
+once (no debounce) an Image layer of p and a Labels layer of its p ≥ ½ region drawn as a
+contour — at reduced resolution for big volumes (≤ ``PREVIEW_VOXELS`` voxels): first the slice
+napari displays (written in place), then, after pending events, the whole volume on a cached
+coordinate grid. The preview layers are created once per image, updated in place (no layer
+property is set again), and removed with their image, when another image is chosen, or with
+the widget. The tuned prior is stored in :class:`~napari_difftt.widgets._state.ViewerState`
+and Run model uses it for the image it was tuned on. Maths: :func:`core.prior.from_world`,
+:func:`core.prior.fit_to_mask`, :func:`core.ellipsoid.to_world`.
 """
 
 from __future__ import annotations
@@ -29,17 +32,17 @@ from qtpy.QtWidgets import (
 
 from ._controls import LayerChooser, spin_box
 from ._layers import add_derived
+from ._lifetime import Lifetime
 from ._state import ViewerState
 
 if TYPE_CHECKING:
-    from napari.layers import Image
+    from napari.layers import Image, Labels
 
     import napari
 
 __all__ = ["PREVIEW_VOXELS", "PriorWidget"]
 
 PREVIEW_VOXELS = 1_000_000  # the preview grid is coarsened to at most this many voxels
-DEBOUNCE_MS = 60
 AXES = ("z", "y", "x")
 CONTOUR_COLOURS = {1: "yellow", None: "transparent"}  # the p = ½ contour
 
@@ -51,11 +54,14 @@ class PriorWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.update_preview)
+        self._volume_timer = QTimer(self)  # the whole volume, after the displayed slice
+        self._volume_timer.setSingleShot(True)
+        self._volume_timer.setInterval(0)
+        self._volume_timer.timeout.connect(self._render_volume)
         self._loading = False  # True while fields are set programmatically
+        self._store = True  # whether an edit makes the prior Run model's (not after Reset)
+        self._layers: tuple | None = None  # (source, probability, contour) preview layers
+        self._grid = None  # cached normalised coordinates of the preview grid
 
         self.image = LayerChooser(napari_viewer, "image", sources_only=True)
         self.labels = LayerChooser(napari_viewer, "labels")
@@ -72,15 +78,22 @@ class PriorWidget(QWidget):
         self.fit_button = QPushButton("Fit to labels")
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.rotate.setToolTip("rotate the ellipsoid: a full covariance Σ instead of axis radii")
+        self.reset_button.setToolTip("Back to the checkpoint's own prior (Run model then uses it)")
+        self.fit_button.setToolTip("Fit the ½-contour to the non-zero voxels of the labels")
+        self.labels.setToolTip("labels of the image's dimensionality, to fit the prior to")
         self._build_layout()
 
         for box in (*self.mean, *self.radii, *self.angles, self.beta):
             box.valueChanged.connect(self._edited)
         self.rotate.toggled.connect(self._rotation_toggled)
-        self.image.layer_changed.connect(lambda _: self.reset())
+        self.labels.set_ndim(None if self.image.layer() is None else self.image.layer().ndim)
+        self.image.layer_changed.connect(self._image_changed)
         self.reset_button.clicked.connect(self.reset)
         self.fit_button.clicked.connect(self.fit_to_labels)
         self._rotation_toggled(False)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self._lifetime = Lifetime(self, self._on_closed)
         self.reset()
 
     # ------------------------------------------------------------------ public actions
@@ -90,8 +103,11 @@ class PriorWidget(QWidget):
         radii_mm: tuple[float, ...],
         rotation_deg: tuple[float, ...] | None = None,
         beta: float = 1.0,
+        *,
+        store: bool = True,
     ) -> None:
-        """Set the ellipsoid (world mm, array order) and β; the preview follows."""
+        """Set the ellipsoid (world mm, array order) and β; the preview follows, and with
+        ``store`` Run model uses the prior for this image."""
         self._loading = True
         try:
             n = len(mean_mm)
@@ -107,7 +123,7 @@ class PriorWidget(QWidget):
             self.beta.setValue(float(beta))
         finally:
             self._loading = False
-        self._edited()
+        self._edited(store=store)
 
     def parameters(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]:
         """(mean_mm, radii_mm, rotation_deg, beta) for the chosen image's dimensionality."""
@@ -131,18 +147,17 @@ class PriorWidget(QWidget):
     def reset(self) -> None:
         """Back to the default prior: the selected checkpoint's, else the centred default.
 
-        Run model then uses the checkpoint's own prior again.
+        Run model then uses the checkpoint's own prior again (nothing tuned is stored).
         """
         layer = self.image.layer()
         if layer is None or layer.ndim not in (2, 3) or getattr(layer, "rgb", False):
+            self._remove_preview()
             self._set_enabled(False)
             self.status.setText("Choose a 2D or 3D image layer.")
             return
         self._set_enabled(True)
-        prior = self._default_prior(layer.ndim)
-        self._show_prior(prior, layer)
+        self._show_prior(self._default_prior(layer.ndim), layer, store=False)
         self.state.set_prior(None)
-        self.update_preview(store=False)
         self.status.setText(f"Default prior ({self._default_source}). Run model uses the "
                             "checkpoint's own prior until you change it.")
 
@@ -165,47 +180,140 @@ class PriorWidget(QWidget):
         except ValueError as error:
             show_error(f"Fit to labels: {error}")
             return
-        self._show_prior(prior, layer)
+        self._show_prior(prior, layer, store=True)
+        self.status.setText(f"Fitted to '{labels.name}'. Run model uses this prior on "
+                            f"'{layer.name}'.")
 
     def update_preview(self, store: bool = True) -> None:
-        """Render the preview layers now (the debounce timer calls this); store the prior."""
+        """Render the preview now: the displayed slice at once, the whole volume after pending
+        events; ``store`` makes the prior the one Run model uses for this image."""
         layer = self.image.layer()
         if layer is None or layer.ndim not in (2, 3):
             return
-        prior = self.prior()
-        preview_shape = _preview_shape(layer.data.shape)
-        probability = prior.on_grid(preview_shape).detach().cpu().numpy()[0, 0].astype(np.float32)
-        factor = [(n - 1) / (m - 1) for n, m in zip(layer.data.shape, preview_shape, strict=True)]
-        scale = tuple(float(s) * f for s, f in zip(layer.scale, factor, strict=True))
-        add_derived(self.viewer, "image", probability, layer, f"{layer.name} prior", "prior",
-                    scale=scale, colormap="magma", opacity=0.5, blending="additive",
-                    contrast_limits=(0.0, 1.0))
-        inside = (probability >= 0.5).astype(np.uint8)
-        contour = add_derived(self.viewer, "labels", inside, layer, f"{layer.name} prior ½",
-                              "prior_contour", scale=scale, colormap=CONTOUR_COLOURS)
-        contour.contour = 1
+        self._prior = self.prior()
+        probability, contour = self._preview_layers(layer)
+        axis = self._sliced_axis(probability)
+        if axis is None:
+            self._render_volume()
+        else:
+            self._render(probability, contour, axis)
+            self._volume_timer.start()
         if store:
-            self.state.set_prior(prior.to_dict(), source=layer.name)
+            self.state.set_prior(self._prior.to_dict(), source=layer.name)
             self.status.setText(f"Run model uses this prior on '{layer.name}'.")
 
+    @property
+    def preview_complete(self) -> bool:
+        """False while the whole-volume preview still waits behind the displayed slice."""
+        return not self._volume_timer.isActive()
+
+    def preview_layers(self) -> tuple[Image, Labels] | None:
+        """The (probability, ½-contour) preview layers of the chosen image, if shown."""
+        return None if self._layers is None else self._layers[1:]
+
     # ------------------------------------------------------------------ internals
-    def _edited(self, *_) -> None:
+    def _edited(self, *_, store: bool = True) -> None:
         if not self._loading and self.image.layer() is not None:
-            self._timer.start()
+            self.update_preview(store=store)
+
+    def _image_changed(self, layer) -> None:
+        self.labels.set_ndim(None if layer is None else layer.ndim)
+        if self._layers is not None and self._layers[0] != layer:
+            self._remove_preview()
+        self.reset()
+
+    def _preview_layers(self, layer: Image) -> tuple[Image, Labels]:
+        """This image's preview layers, created (with a cached coordinate grid) on first use."""
+        if self._layers is not None and self._layers[0] == layer:
+            _, probability, contour = self._layers
+            if probability in self.viewer.layers and contour in self.viewer.layers:
+                return probability, contour
+        self._remove_preview()
+        from ..core.prior import grid_coordinates
+
+        shape = _preview_shape(layer.data.shape)
+        self._grid = grid_coordinates(shape)
+        factor = [(n - 1) / (m - 1) for n, m in zip(layer.data.shape, shape, strict=True)]
+        scale = tuple(float(s) * f for s, f in zip(layer.scale, factor, strict=True))
+        probability = add_derived(
+            self.viewer, "image", np.zeros(shape, np.float32), layer, f"{layer.name} prior",
+            "prior", scale=scale, colormap="magma", opacity=0.5, blending="additive",
+            contrast_limits=(0.0, 1.0))
+        contour = add_derived(
+            self.viewer, "labels", np.zeros(shape, np.uint8), layer, f"{layer.name} prior ½",
+            "prior_contour", scale=scale, colormap=CONTOUR_COLOURS)
+        contour.contour = 1
+        self._layers = (layer, probability, contour)
+        return probability, contour
+
+    def _sliced_axis(self, layer: Image) -> tuple[int, int] | None:
+        """(array axis, index) of the preview slice napari displays; None when it shows the
+        whole array (2D image, 3D view) or no slice of it."""
+        dims = self.viewer.dims
+        if layer.ndim != 3 or dims.ndisplay == 3:
+            return None
+        lead = dims.ndim - layer.ndim
+        hidden = [axis - lead for axis in dims.not_displayed if axis >= lead]
+        if len(hidden) != 1:
+            return None
+        axis = hidden[0]
+        index = round(float(layer.world_to_data(dims.point)[axis]))
+        return (axis, index) if 0 <= index < layer.data.shape[axis] else None
+
+    def _render(self, probability: Image, contour: Labels, plane=None) -> None:
+        """Evaluate the prior on the cached grid (one plane, or all) and write it in place."""
+        import torch
+
+        where = (Ellipsis,) if plane is None else (
+            (slice(None),) * plane[0] + (slice(plane[1], plane[1] + 1),))
+        coords = self._grid[(slice(None), slice(None), *where)]
+        threads = torch.get_num_threads()
+        if plane is not None:  # one plane is too little work to share: a second thread only
+            torch.set_num_threads(1)  # waits for a core (tens of ms on a busy machine)
+        try:
+            with torch.inference_mode():
+                values = self._prior(coords.contiguous())[0, 0].numpy()
+        finally:
+            torch.set_num_threads(threads)
+        probability.data[where] = values
+        contour.data[where] = values >= 0.5
+        for preview in (probability, contour):
+            preview.refresh(thumbnail=plane is None, extent=False, highlight=False)
+
+    def _render_volume(self) -> None:
+        layers = self.preview_layers()
+        if layers is not None and all(layer in self.viewer.layers for layer in layers):
+            self._render(*layers)
+
+    def _remove_preview(self, *_) -> None:
+        """Remove the preview layers this widget made (those still in the viewer)."""
+        layers, self._layers, self._grid = self._layers, None, None
+        self._volume_timer.stop()
+        for preview in (layers or ())[1:]:
+            if preview in self.viewer.layers:
+                self.viewer.layers.remove(preview)
+
+    def _on_removed(self, event) -> None:
+        if self._layers is not None and self._layers[0] == event.value:
+            self._remove_preview()
+
+    def _on_closed(self) -> None:
+        self.viewer.layers.events.removed.disconnect(self._on_removed)
+        self._remove_preview()
 
     def _rotation_toggled(self, checked: bool) -> None:
         for box in self.angles:
             box.setEnabled(checked)
         self._edited()
 
-    def _show_prior(self, prior, layer: Image) -> None:
+    def _show_prior(self, prior, layer: Image, *, store: bool) -> None:
         from ..core.ellipsoid import to_world
 
         spacing, origin, flips = _geometry(layer)
         world = to_world(prior, layer.data.shape, spacing, _flip(origin, flips))
         self._set_ranges(layer)
         self.set_parameters(_flip(world.mean_mm, flips), world.radii_mm,
-                            _flip_angles(world.rotation_deg, flips), world.beta)
+                            _flip_angles(world.rotation_deg, flips), world.beta, store=store)
 
     def _default_prior(self, ndim: int):
         from ..core.inference import default_checkpoint

@@ -3,10 +3,11 @@
 Outputs a probability Image layer and a segmentation Labels layer (derived from the image:
 same scale/translate/affine/metadata), keeps the :class:`~core.inference.Prediction` in the
 viewer's :class:`~napari_difftt.widgets._state.ViewerState` for the Flow explorer, Jacobian and
-Export widgets, and, given a ground-truth Labels layer, shows Dice, HD, HD95, % det J ≤ 0 and
-connected components (:func:`core.metrics.evaluate_case`). Problems (4D/RGB image, shape
-mismatch, bad checkpoint, CUDA out of memory, cancel) end in a notification saying what to do;
-no user layer is modified or deleted.
+Export widgets, shows the prediction's topology report (fold fractions, central and digital;
+components at face and full connectivity) and, given a ground-truth Labels layer, shows Dice,
+HD, HD95, % det J ≤ 0 and connected components (:func:`core.metrics.evaluate_case`). Problems
+(4D/RGB image, shape mismatch, bad checkpoint, CUDA out of memory, cancel) end in a
+notification saying what to do; no user layer is modified or deleted.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -50,6 +53,8 @@ METRIC_LABELS = {
     "folds_percent": "% det J ≤ 0 (central differences)",
     "components": "components",
 }
+SEGMENTATION_COLOURS = {1: "magenta", None: "transparent"}  # ground truth is lime (sample data)
+STAGES = 4  # predict_volume's progress stages; the network's layers are counted in between
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class RunResult:
     device: str  # the device actually used
     checkpoint: Path
     seconds: float
+    warning: str | None = None  # e.g. the image's spacing differs from the training spacing
 
 
 class RunModelWidget(QWidget):
@@ -85,6 +91,26 @@ class RunModelWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.folder_in = QLineEdit()
+        self.folder_in.setPlaceholderText("folder of .nii/.nii.gz volumes")
+        self.folder_out = QLineEdit()
+        self.folder_out.setPlaceholderText("output folder (NAME_seg / NAME_prob .nii.gz)")
+        self.folder_button = QPushButton("Run folder")
+        for control, tip in (
+            (self.browse_button, "Choose a checkpoint file (.pt) written by Train or the CLI"),
+            (self.default_button, "Use the bundled model again"),
+            (self.device, "where the model runs: auto picks a GPU when there is one"),
+            (self.run_button, "Segment the chosen image in the background"),
+            (self.cancel_button, "Stop the running prediction within about a second; "
+                                 "nothing is added to the viewer"),
+            (self.truth, "optional ground truth: Dice, HD and HD95 against it"),
+            (self.folder_in, "every NIfTI volume in this folder is segmented"),
+            (self.folder_out, "outputs get the names `napari-difftt predict --probabilities` "
+                              "writes: NAME_seg.nii.gz and NAME_prob.nii.gz; none is replaced"),
+            (self.folder_button, "Segment the folder in the background (Cancel stops it; "
+                                 "files already written are kept)"),
+        ):
+            control.setToolTip(tip)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -93,12 +119,18 @@ class RunModelWidget(QWidget):
         self.message.setWordWrap(True)
         self.metrics = QLabel()
         self.metrics.setWordWrap(True)
+        self.topology = QLabel()  # the prediction's folds and components (no ground truth needed)
+        self.topology.setWordWrap(True)
         self._build_layout()
 
         self._fill_devices()
         self.browse_button.clicked.connect(self._browse)
         self.default_button.clicked.connect(lambda: self.set_checkpoint(None))
+        self.image.layer_changed.connect(self._image_changed)
+        self._image_changed(self.image.layer())
         self.run_button.clicked.connect(self.run)
+        self.folder_button.clicked.connect(
+            lambda: self.run_folder(self.folder_in.text(), self.folder_out.text()))
         self.cancel_button.clicked.connect(self.cancel)
         self.set_checkpoint(self.state.trained_checkpoint)
         self.state.changed.connect(self._on_state)
@@ -106,12 +138,14 @@ class RunModelWidget(QWidget):
 
     # ------------------------------------------------------------------ public API
     def checkpoint(self) -> Path:
-        """The checkpoint that Run will use (the bundled default unless a file was chosen)."""
+        """The checkpoint that Run will use (unless a file was chosen: the bundled model of the
+        chosen image's dimensionality)."""
         if self._checkpoint is not None:
             return self._checkpoint
         from ..core.inference import default_checkpoint
 
-        return Path(default_checkpoint())
+        layer = self.image.layer()
+        return Path(default_checkpoint(2 if layer is not None and layer.ndim == 2 else 3))
 
     def set_checkpoint(self, path: str | Path | None) -> None:
         """Use checkpoint ``path`` (None: the bundled default)."""
@@ -157,13 +191,47 @@ class RunModelWidget(QWidget):
 
         self._busy(True, f"running on {image.name}…")
         self._running_on = image
+        return self._start(work, self._on_done, self._on_cancelled)
+
+    def run_folder(self, folder: str | Path, out: str | Path) -> Job | None:
+        """Segment every NIfTI volume in ``folder`` into ``out`` (the CLI's file names)."""
+        from napari.utils.notifications import show_error
+
+        from ._batch import plan_folder, predict_folder
+
+        if self.job is not None:
+            show_error("Run model: a prediction is already running; cancel it first.")
+            return None
+        try:
+            if not str(folder).strip() or not str(out).strip():
+                raise ValueError("choose an input folder and an output folder")
+            folder = Path(str(folder).strip()).expanduser()
+            out = Path(str(out).strip()).expanduser()
+            planned = plan_folder(folder, out)
+            checkpoint = self.checkpoint()
+            out.mkdir(parents=True, exist_ok=True)
+        except (ValueError, OSError) as error:
+            show_error(f"Run model: {explain(error)}")
+            self.message.setText(explain(error))
+            return None
+        device = self.device.currentData()
+
+        def work(progress, should_stop):
+            return predict_folder(planned, checkpoint, device, progress, should_stop)
+
+        self._clear_results()
+        self._busy(True, f"segmenting {len(planned)} volume(s) from {folder}…")
+        return self._start(work, self._on_folder_done, self._on_folder_cancelled)
+
+    def _start(self, work, on_done, on_cancelled) -> Job:
+        """Run ``work(progress, should_stop)`` in a worker, its signals guarded by the lifetime."""
         live = self.lifetime.guard  # a closed widget ignores late worker signals
         self.job = start_job(
             callback_task(work),
             on_progress=live(self._on_progress),
-            on_done=live(self._on_done),
+            on_done=live(on_done),
             on_error=live(self._on_error),
-            on_cancelled=live(self._on_cancelled),
+            on_cancelled=live(on_cancelled),
             on_finished=live(self._on_finished),
         )
         return self.job
@@ -198,7 +266,7 @@ class RunModelWidget(QWidget):
         )
         segmentation = add_derived(
             self.viewer, "labels", prediction.segmentation, image, f"{image.name} segmentation",
-            "segmentation", opacity=1.0,
+            "segmentation", opacity=1.0, colormap=SEGMENTATION_COLOURS,
         )
         segmentation.contour = 2  # an outline, so the image and a ground truth show through
         self.state.set_prediction(PredictionRecord(
@@ -206,7 +274,29 @@ class RunModelWidget(QWidget):
         ))
         self.device_used.setText(result.device)
         self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
+        report = getattr(prediction, "topology", None)
+        self.topology.setText(format_topology(report) if report else "")
         text = f"done in {result.seconds:.1f} s on {result.device}"
+        if result.warning:
+            from napari.utils.notifications import show_warning
+
+            text += f". Warning: {result.warning}"
+            show_warning(f"Run model: {result.warning}")
+        self.message.setText(text)
+        show_info(f"Run model: {text}")
+
+    def _on_folder_done(self, result) -> None:
+        from napari.utils.notifications import show_info
+
+        text = (f"segmented {result.files} volume(s): {len(result.written)} file(s) in "
+                f"{result.folder}")
+        self.message.setText(text)
+        show_info(f"Run model: {text}")
+
+    def _on_folder_cancelled(self) -> None:
+        from napari.utils.notifications import show_info
+
+        text = "folder run cancelled; the files already written are kept"
         self.message.setText(text)
         show_info(f"Run model: {text}")
 
@@ -214,12 +304,14 @@ class RunModelWidget(QWidget):
         from napari.utils.notifications import show_error
 
         text = explain(error)
+        self._clear_results()
         self.message.setText(text)
         show_error(f"Run model: {text}")
 
     def _on_cancelled(self) -> None:
         from napari.utils.notifications import show_info
 
+        self._clear_results()
         self.message.setText("cancelled; no layer was changed")
         show_info("Run model: cancelled; no layer was changed. Press Run to start again.")
 
@@ -228,6 +320,15 @@ class RunModelWidget(QWidget):
         self._busy(False)
 
     # ------------------------------------------------------------------ internals
+    def _clear_results(self) -> None:
+        """Forget the previous run's figures: they do not describe what is now on screen."""
+        self.last_result = None
+        self.device_used.setText("—")
+        self.metrics.setText("")
+        self.topology.setText("")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
     def _inputs(self) -> tuple[Image, Labels | None, Path]:
         image = self.image.layer()
         if image is None:
@@ -247,8 +348,14 @@ class RunModelWidget(QWidget):
             raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         return image, truth, checkpoint
 
+    def _image_changed(self, layer) -> None:
+        self.truth.set_ndim(None if layer is None else layer.ndim)
+        if self._checkpoint is None:  # the bundled model follows the image: 2D or 3D
+            self.set_checkpoint(None)
+
     def _busy(self, busy: bool, text: str = "") -> None:
         self.run_button.setEnabled(not busy)
+        self.folder_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
             self.progress.setRange(0, 0)  # indeterminate until the first report
@@ -292,11 +399,18 @@ class RunModelWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        batch = QGroupBox("folder of NIfTI volumes")
+        batch_form = QFormLayout(batch)
+        batch_form.addRow("input", self.folder_in)
+        batch_form.addRow("output", self.folder_out)
+        batch_form.addRow(self.folder_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(batch)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
+        layout.addWidget(self.topology)
         layout.addWidget(self.metrics)
         layout.addStretch(1)
 
@@ -310,6 +424,19 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_topology(report: dict) -> str:
+    """The topology report (:func:`core.metrics.topology_report`) as lines: folds, components."""
+    face, full = report["connectivity"]
+    lines = [f"components: {report['components']} ({face}-connectivity), "
+             f"{report['components_full']} ({full}-connectivity)"]
+    if report.get("folding_central") is not None:
+        lines.insert(0, f"folds (det J ≤ 0): {_format_value(report['folding_central'])} % "
+                        f"central, {_format_value(report['folding_digital'])} % digital")
+    verdict = "holds" if report.get("holds") else "does not hold"
+    lines.append(f"topology promise (one component, no digital fold): {verdict}")
+    return "\n".join(lines)
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, bool | int | np.integer):
         return str(int(value))
@@ -318,8 +445,13 @@ def _format_value(value: Any) -> str:
 
 
 def _predict(image, truth, spacing, checkpoint, device, prior, progress, should_stop) -> RunResult:
-    """Worker body: load, predict, evaluate — core calls only, no Qt or napari."""
-    from ..core.inference import load_model, predict_volume
+    """Worker body: load, predict, evaluate — core calls only, no Qt or napari.
+
+    The forward pass runs under :class:`core.interrupt.Interruptible`: Cancel takes effect
+    between torch operations, and progress advances with every convolution of the network.
+    """
+    from ..core.inference import load_model, predict_volume, spacing_mismatch
+    from ..core.interrupt import Interruptible, count_convolutions
     from ..core.metrics import evaluate_case
 
     start = time.perf_counter()
@@ -332,11 +464,22 @@ def _predict(image, truth, spacing, checkpoint, device, prior, progress, should_
         from ..core.prior import prior_from_dict
 
         loaded.model.prior = prior_from_dict(prior).to(loaded.device)
-    prediction = predict_volume(loaded.model, image, device=loaded.device, progress=progress,
-                                should_stop=should_stop)
+    convolutions = count_convolutions(loaded.model)
+    total = convolutions + STAGES
+
+    def stage(done: int, _total: int, message: str) -> None:  # predict_volume's 0…STAGES
+        progress(done if done <= 1 else done + convolutions, total, message)
+
+    def convolved(done: int) -> None:
+        progress(1 + min(done, convolutions), total, f"network: {done} of {convolutions} layers")
+
+    with Interruptible(should_stop, convolved):
+        prediction = predict_volume(loaded.model, image, device=loaded.device, progress=stage,
+                                    should_stop=should_stop)
     metrics = None
     if truth is not None:
         metrics = evaluate_case(prediction.segmentation, truth != 0, spacing,
                                 displacement=prediction.displacement)
+    warning = spacing_mismatch(spacing, loaded.checkpoint.get("spacing"))
     return RunResult(prediction, metrics, str(loaded.device), Path(checkpoint),
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, warning)

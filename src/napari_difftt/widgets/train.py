@@ -62,6 +62,7 @@ PREVIEW_ROLE = "training_preview"
 IGNORE_VALUE = 255
 CLOSE_WAIT_MS = 60_000  # how long closing the viewer waits for the stopped run to save
 USER_ROLE = Qt.ItemDataRole.UserRole
+DICE_LABELS = {True: "validation Dice", False: "Dice on the training image"}  # by held_out
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class TrainWidget(QWidget):
         layout.addWidget(self._data_box())
         layout.addWidget(self._settings_box())
         self.start_button = QPushButton("Start training")
+        self.start_button.setToolTip("Start training in the background; press again to stop "
+                                     "after the current step (a checkpoint is saved)")
         self.progress = QProgressBar()
         self.progress.setFormat("step %v of %m")
         self.status = QLabel("Choose training data, then Start.")
@@ -119,6 +122,8 @@ class TrainWidget(QWidget):
         self.pairs.setMaximumHeight(3 * self.pairs.fontMetrics().lineSpacing() + 8)
         self.pairs.setToolTip("With two or more pairs the last one is held out for validation")
         add, remove = QPushButton("Add pair"), QPushButton("Remove")
+        add.setToolTip("Add the chosen image and labels as one training pair")
+        remove.setToolTip("Remove the selected pair from the list")
         add.clicked.connect(self.add_pair)
         remove.clicked.connect(lambda: self.pairs.takeItem(self.pairs.currentRow()))
         form = QFormLayout(layers)
@@ -132,7 +137,9 @@ class TrainWidget(QWidget):
         folder = QWidget()
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder holding imagesTr/ and labelsTr/")
+        self.folder.setToolTip("A folder with imagesTr/ and labelsTr/ NIfTI files of equal names")
         browse = QPushButton("…")
+        browse.setToolTip("Choose the training data folder")
         browse.clicked.connect(lambda: self._browse(self.folder, "Training data folder"))
         row = QHBoxLayout(folder)
         row.addWidget(self.folder)
@@ -148,28 +155,38 @@ class TrainWidget(QWidget):
         box = QGroupBox("settings")
         self.kind = QComboBox()
         self.kind.addItems(KINDS)
+        self.kind.setToolTip("bch: time-dependent diffeomorphic flow; svf: stationary; stt: "
+                             "displacement (not diffeomorphic); unet: direct segmentation")
         self.iterations = _int_box(1, 1_000_000, 1000)
+        self.iterations.setToolTip("training steps (one random patch each)")
         self.patch = QLineEdit("64, 64, 64")
         self.patch.setToolTip("patch size in voxels, array order: D, H, W (3D) or H, W (2D)")
         self.lr = spin_box(1e-6, 1.0, 2e-4, step=1e-4, decimals=6, tooltip="Adam learning rate")
         self.width = _int_box(2, 64, 8)
+        self.width.setToolTip("U-Net base width (channels at full resolution)")
         self.pieces = _int_box(1, 16, 4)
+        self.pieces.setToolTip("T: velocity fields of the time-dependent flow (bch only)")
         self.prior = QComboBox()
         self.prior.addItems(PARAMETERISATIONS)
         self.prior.setToolTip("which prior parameters train: fixed (none), the mean, one "
                               "scale, the radii (diagonal Σ) or the full covariance")
         self.train_beta = QCheckBox("train β")
+        self.train_beta.setToolTip("also learn the prior's shape exponent β")
         prior_row = QHBoxLayout()
         prior_row.addWidget(self.prior, 1)
         prior_row.addWidget(self.train_beta)
         self.device = QComboBox()
         for info in list_devices():
             self.device.addItem(info.label, info.spec)
+        self.device.setToolTip("where training runs: auto picks a GPU when there is one")
         self.seed = _int_box(0, 2**31 - 1, 0)
+        self.seed.setToolTip("random seed: the same seed and data give the same run")
         self.val_every = _int_box(1, 100_000, 50)
         self.val_every.setToolTip("steps between validations, preview updates and checkpoints")
         self.checkpoint_dir = QLineEdit(str(Path.home() / "napari-difftt-checkpoints"))
+        self.checkpoint_dir.setToolTip("where checkpoints are written (one file per run)")
         browse = QPushButton("…")
+        browse.setToolTip("Choose the checkpoint folder")
         browse.clicked.connect(lambda: self._browse(self.checkpoint_dir, "Checkpoint folder"))
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.checkpoint_dir)
@@ -245,6 +262,7 @@ class TrainWidget(QWidget):
             from ..core.train import Trainer
 
             train, val = load()
+            running["held_out"] = val[0] is not train[-1]  # one pair: validated on itself
             trainer = Trainer(config, train, val)
             running["events"] = events = trainer.events(should_stop)
             for event in events:
@@ -329,11 +347,15 @@ class TrainWidget(QWidget):
         if event.stopped:  # no new step: the run ends here with its checkpoint
             return
         self.progress.setValue(step)
+        held_out = self._running.get("held_out", True)
+        self.plot.set_dice_label(DICE_LABELS[held_out])
         self.plot.add(step, event.loss, event.val_dice)
         rate = step / max(time.perf_counter() - self._started, 1e-9)
         text = f"step {step}/{total}, loss {event.loss:.4f} ({rate:.2f} steps/s)"
         if event.val_dice is not None:
-            text += f", validation Dice {event.val_dice:.3f}"
+            text += f", {DICE_LABELS[held_out]} {event.val_dice:.3f}"
+            if not held_out:
+                text += " (one pair: nothing held out; add a second pair to validate)"
         self.status.setText(text)
         if event.preview is not None:
             self._show_preview(event.preview)

@@ -1,0 +1,205 @@
+"""Ablation of the velocity parameterisation (issue 10): factor k / B-spline lattice × Gaussian
+smoothing × bound × λ, for svf and bch, U-Net beside them; one JSON file per run.
+
+    python scripts/experiments/velocity_ablation.py phantom32 --out R      # 3D, 32³ volumes
+    python scripts/experiments/velocity_ablation.py phantom64 --out R --only ...  # 3D, 64³
+    python scripts/experiments/velocity_ablation.py silhouettes --out R    # 2D Fashion-MNIST
+    python scripts/experiments/velocity_ablation.py report --out R         # Markdown tables
+
+Every row of a data set gets the same budget: ``--iterations`` Adam steps on whole volumes
+(patch = volume), batch 1, lr 1e-3 with cosine annealing, seed 0, width ``--width``, the prior
+(μ, diagonal Σ learnt; β = 1 unless the row says otherwise) fitted to the training masks
+first. Each test volume is predicted
+whole and scored with the topology report: Dice, HD95 (mm), % det J ≤ 0 over the whole grid by
+central differences and by the digital test, connected components with face connectivity
+(6 in 3D, 4 in 2D) and with full connectivity (26 / 8). A run whose JSON exists is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from napari_difftt.core.data import load_nifti_folder, write_phantom_dataset
+from napari_difftt.core.inference import predict_volume
+from napari_difftt.core.metrics import dice, hd95
+from napari_difftt.core.train import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from segmentation import machine
+
+# name → TrainConfig overrides; "legacy" is the parameterisation before issue 10
+ROWS = {
+    "unet": {"kind": "unet"},
+    "legacy": {"velocity_factor": 1, "alpha": 256.0},
+    "legacy_l0.01": {"velocity_factor": 1, "alpha": 256.0, "smoothness": 0.01},
+    "k2_b256": {"velocity_factor": 2, "alpha": 256.0},
+    "k2_b16": {"velocity_factor": 2, "alpha": 16.0},
+    "k2_b16_s1": {"velocity_factor": 2, "alpha": 16.0, "velocity_sigma": 1.0},
+    "k2_b8_s1": {"velocity_factor": 2, "alpha": 8.0, "velocity_sigma": 1.0},
+    "k4_b16": {"velocity_factor": 4, "alpha": 16.0},
+    "k4_b16_s1": {"velocity_factor": 4, "alpha": 16.0, "velocity_sigma": 1.0},
+    "k1_b16_s2": {"velocity_factor": 1, "alpha": 16.0, "velocity_sigma": 2.0},
+    "bs4_k2_b16": {"velocity": "bspline", "velocity_lattice": 4, "velocity_factor": 2,
+                   "alpha": 16.0},
+    "bs8_k2_b16": {"velocity": "bspline", "velocity_lattice": 8, "velocity_factor": 2,
+                   "alpha": 16.0},
+    "k2_b32_s1": {"velocity_factor": 2, "alpha": 32.0, "velocity_sigma": 1.0},
+    "k2_b64_s1": {"velocity_factor": 2, "alpha": 64.0, "velocity_sigma": 1.0},
+    "bs4_k2_b32": {"velocity": "bspline", "velocity_lattice": 4, "velocity_factor": 2,
+                   "alpha": 32.0},
+    "bs4_k2_b64": {"velocity": "bspline", "velocity_lattice": 4, "velocity_factor": 2,
+                   "alpha": 64.0},
+    "bs3_k1_b32": {"velocity": "bspline", "velocity_lattice": 3, "velocity_factor": 1,
+                   "alpha": 32.0},
+    "bs4_k2_b16_beta2": {"velocity": "bspline", "velocity_lattice": 4, "velocity_factor": 2,
+                         "alpha": 16.0, "prior_beta": 2.0},
+    "bs4_k2_b16_beta4": {"velocity": "bspline", "velocity_lattice": 4, "velocity_factor": 2,
+                         "alpha": 16.0, "prior_beta": 4.0},
+    "k2_b16_s1_l0.001": {"velocity_factor": 2, "alpha": 16.0, "velocity_sigma": 1.0,
+                         "smoothness": 0.001},
+}
+DATASETS = ("phantom32", "phantom64", "silhouettes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=(*DATASETS, "report"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON results")
+    parser.add_argument("--models", nargs="+", default=["bch", "svf"], help="flow model kinds")
+    parser.add_argument("--only", nargs="*", help="run only these rows (names of ROWS)")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.dataset == "report":
+        return report(args.out)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, test = load(args.dataset, args.out)
+    for row, settings in ROWS.items():
+        if args.only is not None and row not in args.only:
+            continue
+        kinds = ["unet"] if row == "unet" else args.models
+        for kind in kinds:
+            stem = f"{args.dataset}_{row}" if row == "unet" else f"{args.dataset}_{kind}_{row}"
+            path = args.out / f"{stem}.json"
+            if path.exists():
+                print(f"{path} exists: skipped", flush=True)
+                continue
+            record = run(stem, {"kind": kind, **settings}, train, test, args)
+            record.update(dataset=args.dataset, row=row, command=" ".join(sys.argv))
+            path.write_text(json.dumps(record, indent=2) + "\n")
+            s = record["summary"]
+            print(f"{stem}: Dice {s['dice']:.3f} central {s['central_max']:.4f}% digital "
+                  f"{s['digital_max']:.4f}% one-component {s['single_face']}/{len(test)} "
+                  f"({record['train_seconds']:.0f} s)", flush=True)
+
+
+def load(dataset: str, out: Path) -> tuple[list, list]:
+    """Training and test samples of ``dataset`` (phantoms written under ``out`` once)."""
+    if dataset == "silhouettes":
+        from silhouettes import silhouettes  # same folder
+
+        options = argparse.Namespace(data="/usr/share/datasets/fashion-mnist", threshold=0.05,
+                                     classes=[0, 1, 2, 3, 4, 6, 8])
+        return (silhouettes(options, "train", 300, 0)[0], silhouettes(options, "test", 100, 1)[0])
+    size = 32 if dataset == "phantom32" else 64
+    folder = out / f"data{size}"
+    if not (folder / "imagesTs").is_dir():
+        write_phantom_dataset(folder, n_train=8, n_test=6 if size == 32 else 4,
+                              shape=(size,) * 3, seed=100)
+    return (load_nifti_folder(folder / "imagesTr", folder / "labelsTr"),
+            load_nifti_folder(folder / "imagesTs", folder / "labelsTs"))
+
+
+def run(stem: str, settings: dict, train: list, test: list, args) -> dict:
+    """Train one row on whole volumes, test it on every volume; the JSON record."""
+    shape = tuple(train[0].image.shape)
+    config = TrainConfig(**{"iterations": args.iterations, "patch_size": shape,
+                            "width": args.width, "lr": 1e-3, "prior": "diag", "seed": 0,
+                            "device": "cpu", "prior_beta": 1.0, **settings})
+    started = time.perf_counter()
+    trainer = Trainer(config, train)
+    result = trainer.run(callback=lambda e: e.step % 50 == 0 and print(
+        f"{stem}: step {e.step}/{e.total} loss {e.loss:.4f}", flush=True))
+    seconds = time.perf_counter() - started
+    model = trainer.model.eval()
+    cases = []
+    for sample in test:
+        prediction = predict_volume(model, sample.image, normalise=False)
+        cases.append({"name": sample.name, **score(prediction, sample)})
+    return {"config": config.to_dict(), "train_seconds": seconds, "final_loss": result.loss,
+            "cases": cases, "summary": summarise(cases), "machine": machine()}
+
+
+def score(prediction, sample) -> dict:
+    """Dice, HD95 and the topology report (``core.metrics.topology_report``, filled in by
+    ``predict_volume``) of one prediction against its labels."""
+    topology = prediction.topology
+    record = {"dice": dice(prediction.segmentation, sample.labels),
+              "hd95": hd95(prediction.segmentation, sample.labels, sample.spacing),
+              "components_face": topology["components"],
+              "components_full": topology["components_full"]}
+    if topology["folding_central"] is not None:
+        record["central_percent"] = topology["folding_central"]
+        record["digital_percent"] = topology["folding_digital"]
+    return record
+
+
+def summarise(cases: list[dict]) -> dict:
+    """Means and worst cases over the test volumes."""
+    def mean(key: str) -> float:
+        return statistics.fmean(c[key] for c in cases)
+
+    summary = {"dice": mean("dice"), "dice_std": statistics.pstdev(c["dice"] for c in cases),
+               "hd95": mean("hd95"),
+               "single_face": sum(c["components_face"] == 1 for c in cases),
+               "single_full": sum(c["components_full"] == 1 for c in cases),
+               "central_max": 0.0, "digital_max": 0.0, "central_mean": 0.0, "digital_mean": 0.0}
+    if "central_percent" in cases[0]:
+        for scheme in ("central", "digital"):
+            values = [c[f"{scheme}_percent"] for c in cases]
+            summary[f"{scheme}_max"], summary[f"{scheme}_mean"] = max(values), statistics.fmean(
+                values)
+    return summary
+
+
+def report(folder: Path) -> None:
+    """One Markdown table per data set and model, every number from the JSON files."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = [r for r in records if "dataset" in r]
+    for dataset in DATASETS:
+        rows = [r for r in records if r["dataset"] == dataset]
+        if not rows:
+            continue
+        tests = len(rows[0]["cases"])
+        print(f"#### {dataset} ({tests} test volumes, {rows[0]['config']['iterations']} "
+              "iterations)\n")
+        print("| model | row | k | lattice | σ | bound | λ | β | Dice | HD95 mm | max % det J ≤ 0 "
+              "central | max % digital | 1 component (face) | 1 component (full) | train s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        order = list(ROWS)
+        rows.sort(key=lambda r: (r["config"]["kind"] != "unet", r["config"]["kind"],
+                                 order.index(r["row"]) if r["row"] in order else 99))
+        for r in rows:
+            c, s = r["config"], r["summary"]
+            flow = c["kind"] != "unet"
+            space = (f"{c['velocity_factor']} | {c['velocity_lattice'] or '-'} | "
+                     f"{c['velocity_sigma']:g} | {c['alpha']:g} | {c['smoothness']:g} | "
+                     f"{c['prior_beta']:g}" if flow else "- | - | - | - | - | -")
+            folds = (f"{s['central_max']:.4f} | {s['digital_max']:.4f}" if flow else "n/a | n/a")
+            print(f"| {c['kind']} | {r['row']} | {space} | {s['dice']:.3f} ± {s['dice_std']:.3f} "
+                  f"| {s['hd95']:.2f} | {folds} | {s['single_face']}/{tests} | "
+                  f"{s['single_full']}/{tests} | {r['train_seconds']:.0f} |")
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Where velocity fields live: a coarse integration grid, an optional cubic B-spline lattice,
+optional Gaussian smoothing and a bound — and the one place that converts coarse ↔ fine.
+
+A network's raw output ``(B, C, *S)`` on the image grid becomes velocities on the coarse grid
+``S / factor``, in coarse voxels, by :meth:`VelocitySpace.velocities`:
+
+1. average pooling by ``factor`` (``"dense"``) or by ``lattice`` (``"bspline"``: the pooled values
+   are the control points of a cubic B-spline every ``lattice`` image voxels);
+2. the bound ``bound · tanh`` (``bound`` in image voxels, ``bound / factor`` coarse voxels);
+3. ``"bspline"``: the spline evaluated at the coarse grid points (weights ≥ 0 summing to 1);
+4. Gaussian smoothing of standard deviation ``sigma`` coarse voxels (normalised, replicate edges).
+
+Steps 3 and 4 are convex combinations, so every velocity stays within ``bound`` image voxels.
+All flow maths (squarings, brackets, BCH, the tree) then runs on the coarse grid, and
+:meth:`VelocitySpace.to_fine` brings a displacement back to the image grid.
+
+Coarse voxel j is the centre of the block of ``factor`` image voxels it pools, so it sits at
+image position ``factor·j + (factor − 1)/2`` and one coarse voxel is exactly ``factor`` image
+voxels. Upsampling is therefore linear interpolation with ``align_corners=False`` (edges held
+constant), times ``factor``. Linear, not cubic: it is a convex combination of the coarse map, so
+it overshoots nowhere; in 2D the Jacobian determinant of a bilinear cell is affine in the cell,
+so a coarse map whose corner triangles are all positive (the digital test) is fold-free inside
+every cell too. Cubic interpolation of the displacement can overshoot and create folds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DEFAULT_LATTICE", "DEFAULT_SPACE", "FACTORS", "LEGACY_SPACE", "PARAMETERISATIONS",
+           "VelocitySpace"]
+
+PARAMETERISATIONS = ("dense", "bspline")
+FACTORS = (1, 2, 4)
+DEFAULT_LATTICE = 4  # image voxels, the B-spline spacing when none is given
+
+
+@dataclass(frozen=True)
+class VelocitySpace:
+    """How velocities are parameterised relative to the image grid (see the module docstring).
+
+    ``parameterisation``: ``"dense"`` or ``"bspline"``; ``factor``: image voxels per coarse voxel
+    (1, 2 or 4); ``lattice``: B-spline control spacing in image voxels (``"bspline"`` only, an
+    int >= ``factor``; None: :data:`DEFAULT_LATTICE`); ``sigma``: Gaussian smoothing in coarse
+    voxels (0: none); ``bound``: the largest velocity of one piece, image voxels.
+    """
+
+    parameterisation: str = "dense"
+    factor: int = 2
+    lattice: int | None = None
+    sigma: float = 0.0
+    bound: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.parameterisation not in PARAMETERISATIONS:
+            raise ValueError(
+                f"velocity parameterisation must be one of {PARAMETERISATIONS}, "
+                f"got {self.parameterisation!r}"
+            )
+        if isinstance(self.factor, bool) or self.factor not in FACTORS:
+            raise ValueError(f"velocity factor must be one of {FACTORS}, got {self.factor!r}")
+        if self.parameterisation == "bspline":
+            if self.lattice is None:
+                object.__setattr__(self, "lattice", DEFAULT_LATTICE)
+            lattice = self.lattice
+            if isinstance(lattice, bool) or not isinstance(lattice, int) or lattice <= 0:
+                raise ValueError(
+                    "the bspline parameterisation needs a lattice spacing: a positive int "
+                    f"number of image voxels, got {lattice!r}"
+                )
+            if lattice < self.factor:
+                raise ValueError(
+                    f"lattice spacing {lattice} is finer than the integration grid "
+                    f"(factor {self.factor}): use lattice >= factor"
+                )
+        elif self.lattice is not None:
+            raise ValueError(
+                f"lattice is for the 'bspline' parameterisation only, got lattice={self.lattice!r}"
+                " with 'dense'"
+            )
+        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
+                and self.sigma >= 0):
+            raise ValueError(f"velocity sigma must be >= 0 coarse voxels, got {self.sigma!r}")
+        if not (isinstance(self.bound, (int, float)) and math.isfinite(self.bound)
+                and self.bound > 0):
+            raise ValueError(
+                f"velocity bound must be a positive number of voxels, got {self.bound!r}"
+            )
+
+    def to_dict(self) -> dict:
+        """Plain dict (checkpoint and JSON safe); ``VelocitySpace(**d)`` rebuilds it."""
+        return asdict(self)
+
+    def coarse_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the integration grid for an image grid ``shape``; refuses sizes that
+        ``factor`` does not divide, naming both shapes."""
+        shape = tuple(int(s) for s in shape)
+        if any(s % self.factor for s in shape):
+            raise ValueError(
+                f"image shape {shape} is not divisible by the velocity factor {self.factor}: "
+                f"pad it to {tuple(-(-s // self.factor) * self.factor for s in shape)}"
+            )
+        return tuple(s // self.factor for s in shape)
+
+    def velocities(self, raw: torch.Tensor, pieces: int) -> torch.Tensor:
+        """Network output ``(B, pieces·n, *S)`` → velocities ``(B, pieces, n, *S / factor)`` in
+        coarse voxels, each bounded by ``bound`` image voxels."""
+        batch, shape = raw.shape[0], tuple(raw.shape[2:])
+        ndim = len(shape)
+        coarse = self.coarse_shape(shape)
+        if self.parameterisation == "dense":
+            field = _average_pool(raw, self.factor)
+        else:
+            field = _average_pool(raw, self.lattice)
+        field = (self.bound / self.factor) * torch.tanh(field)
+        if self.parameterisation == "bspline":
+            field = _bspline(field, coarse, self.lattice, self.factor)
+        if self.sigma > 0:
+            field = _gaussian(field, self.sigma)
+        return field.reshape(batch, pieces, ndim, *coarse)
+
+    def to_fine(self, field: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Coarse vector field ``(B, n, *S / factor)`` in coarse voxels → ``(B, n, *S)`` image
+        voxels (linear interpolation, ``align_corners=False``, times ``factor``)."""
+        if self.factor == 1:
+            return field
+        mode = "bilinear" if len(shape) == 2 else "trilinear"
+        fine = F.interpolate(field, size=tuple(shape), mode=mode, align_corners=False)
+        return fine * self.factor
+
+    def to_coarse(self, field: torch.Tensor) -> torch.Tensor:
+        """Image-grid vector field ``(B, n, *S)`` in image voxels → ``(B, n, *S / factor)`` coarse
+        voxels (average over each block, divided by ``factor``)."""
+        self.coarse_shape(tuple(field.shape[2:]))
+        return _average_pool(field, self.factor) / self.factor
+
+
+# The defaults of the library, the CLI and the Train widget, chosen by the ablation in
+# docs/RESULTS.md ("Velocity parameterisation"): the only setting there with no fold by either
+# test and one component on every 3D test volume.
+DEFAULT_SPACE = VelocitySpace("bspline", factor=2, lattice=4, sigma=0.0, bound=16.0)
+# What models written before velocity spaces existed did: full resolution, α = 256 voxels.
+LEGACY_SPACE = VelocitySpace(factor=1, bound=256.0)
+
+
+def _average_pool(field: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over blocks of ``size`` voxels per axis (a partial last block: the mean of its part)."""
+    if size == 1:
+        return field
+    pool = F.avg_pool2d if field.ndim == 4 else F.avg_pool3d
+    return pool(field, size, ceil_mode=True, count_include_pad=False)
+
+
+def _bspline(control: torch.Tensor, coarse: tuple[int, ...], lattice: int, factor: int
+             ) -> torch.Tensor:
+    """Cubic B-spline with ``control`` ``(B, C, *L)`` (control point j at image position
+    ``lattice·j + (lattice − 1)/2``, edge points repeated) evaluated at the coarse grid points."""
+    out = control
+    for axis, size in enumerate(coarse):
+        basis = _bspline_basis(size, control.shape[2 + axis], lattice, factor,
+                               control.device, control.dtype)
+        out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ basis.T, -1, 2 + axis)
+    return out
+
+
+def _bspline_basis(points: int, controls: int, lattice: int, factor: int,
+                   device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(points, controls)`` weights of the cubic B-spline at each coarse point; rows sum to 1."""
+    position = torch.arange(points, dtype=torch.float64) * factor + (factor - 1) / 2
+    knot = (position - (lattice - 1) / 2) / lattice  # in control indices
+    basis = torch.zeros(points, controls, dtype=torch.float64)
+    first = torch.floor(knot).long() - 1
+    for shift in range(4):
+        index = first + shift
+        weight = _cubic_bspline(knot - index.double())
+        basis.index_put_((torch.arange(points), index.clamp(0, controls - 1)), weight,
+                         accumulate=True)
+    return basis.to(device=device, dtype=dtype)
+
+
+def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
+    """Uniform cubic B-spline kernel B₃(t), support |t| < 2."""
+    t = t.abs()
+    near = (4 - 6 * t**2 + 3 * t**3) / 6
+    far = (2 - t).clamp_min(0) ** 3 / 6
+    return torch.where(t < 1, near, far)
+
+
+def _gaussian(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable normalised Gaussian blur of ``field`` ``(B, C, *S)``, σ voxels, edges repeated."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = field
+    for axis in range(field.ndim - 2):
+        moved = torch.movedim(out, 2 + axis, -1)
+        lines = moved.reshape(-1, 1, moved.shape[-1])
+        lines = F.pad(lines, (radius, radius), mode="replicate")
+        lines = F.conv1d(lines, kernel.view(1, 1, -1))
+        out = torch.movedim(lines.reshape(moved.shape), -1, 2 + axis)
+    return out

@@ -1,0 +1,117 @@
+"""Checkpoints cannot lie: a SHA-256 catches damage, and no broken file escapes CheckpointError."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_difftt.core import io
+from napari_difftt.core.inference import default_checkpoint, load_model
+from napari_difftt.core.io import load_checkpoint, save_checkpoint
+from napari_difftt.errors import CheckpointError, UnverifiedCheckpointWarning
+
+FUZZ_CASES = 600
+
+
+def _small_checkpoint() -> dict:
+    return {
+        "model": {"kind": "bch", "width": 4},
+        "state_dict": {"w": torch.linspace(-1, 1, 64).reshape(8, 8), "n": torch.tensor(3)},
+        "training": {"step": 7, "loss": [0.5, 0.25], "rng": torch.arange(16, dtype=torch.uint8)},
+    }
+
+
+def test_checksum_is_stored_and_verified(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", _small_checkpoint())
+    raw = torch.load(path, weights_only=True)
+    assert len(raw[io.CHECKSUM_KEY]) == 64  # hex SHA-256
+    loaded = load_checkpoint(path)
+    assert io.CHECKSUM_KEY not in loaded  # verified and removed: saving it again recomputes it
+    torch.testing.assert_close(loaded["state_dict"]["w"], _small_checkpoint()["state_dict"]["w"])
+
+
+def test_bit_rot_in_a_weight_is_caught(tmp_path):
+    """64 bytes of one weight overwritten in place: the file still unpickles, the hash does not."""
+    payload = _small_checkpoint()
+    path = save_checkpoint(tmp_path / "m.pt", payload)
+    blob = bytearray(path.read_bytes())
+    weights = payload["state_dict"]["w"].numpy().tobytes()
+    start = bytes(blob).index(weights)
+    blob[start : start + 64] = bytes(64)
+    path.write_bytes(bytes(blob))
+    damaged = torch.load(path, weights_only=True)  # torch alone does not notice
+    assert not torch.equal(damaged["state_dict"]["w"], payload["state_dict"]["w"])
+    with pytest.raises(CheckpointError, match=r"m\.pt is damaged: its SHA-256"):
+        load_checkpoint(path)
+
+
+def test_a_changed_plain_value_is_caught(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _small_checkpoint())
+    raw = torch.load(path, weights_only=True)
+    raw["training"]["step"] = 8
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(path)
+
+
+def test_old_checkpoint_without_checksum_loads_with_a_note(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "napari-difftt", "version": 1, **_small_checkpoint()}, path)
+    with pytest.warns(UnverifiedCheckpointWarning, match=r"old\.pt: no checksum"):
+        assert load_checkpoint(path)["training"]["step"] == 7
+
+
+def test_bundled_model_still_loads():
+    """Written before checksums: it must keep loading (with the note) until it is regenerated."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model(default_checkpoint(), device="cpu")
+    assert loaded.model.kind == loaded.checkpoint["model"]["kind"]
+    if io.CHECKSUM_KEY not in torch.load(default_checkpoint(), weights_only=True):
+        assert any(issubclass(w.category, UnverifiedCheckpointWarning) for w in caught)
+
+
+def _fuzz_inputs(blob: bytes, rng: np.random.Generator):
+    """(label, bytes): random bytes, text, truncations and in-place mutations of ``blob``."""
+    for index in range(FUZZ_CASES):
+        kind = index % 4
+        if kind == 0:
+            yield "random", rng.bytes(int(rng.integers(0, 2048)))
+        elif kind == 1:
+            yield "truncated", blob[: int(rng.integers(0, len(blob)))]
+        elif kind == 2:
+            data = bytearray(blob)
+            for _ in range(int(rng.integers(1, 8))):
+                data[int(rng.integers(len(data)))] = int(rng.integers(256))
+            yield "mutated", bytes(data)
+        else:
+            text = rng.choice(["model", "{}", "PK\x03\x04", "format: napari-difftt", "\x80\x02}"])
+            yield "text", (str(text) * int(rng.integers(1, 40))).encode("latin-1")
+
+
+def test_fuzzed_files_only_ever_raise_checkpoint_error(tmp_path):
+    """>= 500 seeded random, truncated and mutated files: each loads or raises CheckpointError
+    naming the file; nothing else escapes (the issue found KeyError/IndexError tracebacks)."""
+    blob = save_checkpoint(tmp_path / "good.pt", _small_checkpoint()).read_bytes()
+    rng = np.random.default_rng(12)
+    started, outcomes = time.perf_counter(), {"loaded": 0, "refused": 0}
+    path = tmp_path / "fuzz.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnverifiedCheckpointWarning)
+        for label, data in _fuzz_inputs(blob, rng):
+            path.write_bytes(data)
+            try:
+                load_checkpoint(path)
+            except CheckpointError as error:
+                assert "fuzz.pt" in str(error), (label, error)
+                outcomes["refused"] += 1
+            else:
+                outcomes["loaded"] += 1
+    assert sum(outcomes.values()) == FUZZ_CASES >= 500
+    assert outcomes["refused"] > 0.9 * FUZZ_CASES  # mutations of the pickle or the data
+    assert time.perf_counter() - started < 30
