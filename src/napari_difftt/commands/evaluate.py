@@ -161,8 +161,9 @@ def check_reference(path: Path, labels, ignore_value: int) -> None:
     """Refuse reference labels outside {0, 1, ``ignore_value``} or without a labelled voxel."""
     import numpy as np
 
-    values = np.unique(labels)
-    bad = values[~np.isin(values, (0, 1, ignore_value))]
+    from ..core.data import label_values_outside
+
+    bad = label_values_outside(labels, ignore_value)
     if bad.size:
         shown = ", ".join(f"{v:g}" for v in bad[:8]) + (" …" if bad.size > 8 else "")
         raise ValueError(
@@ -170,7 +171,7 @@ def check_reference(path: Path, labels, ignore_value: int) -> None:
             f"({bad.size} in all) — is it an image rather than labels? (--ignore-value sets the "
             "unlabelled value)"
         )
-    if not np.isin(values, (0, 1)).any():
+    if not np.isin(labels, (0, 1)).any():
         raise ValueError(
             f"reference {path} has no labelled voxel (every voxel is {ignore_value}, ignore): "
             "there is nothing to compare with"
@@ -181,7 +182,9 @@ def check_same_geometry(pred_path: Path, pred_affine, label_path: Path, label_af
     """Refuse a prediction whose affine differs from its reference's (1e-3 mm tolerance)."""
     import numpy as np
 
-    if not np.allclose(pred_affine, label_affine, rtol=1e-5, atol=1e-3):
+    from ..core.data import same_geometry
+
+    if not same_geometry(pred_affine, label_affine):
         with np.printoptions(precision=4, suppress=True):
             raise ValueError(
                 f"{pred_path} and {label_path} have different affines (voxel geometry), so "

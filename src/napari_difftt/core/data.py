@@ -21,9 +21,11 @@ __all__ = [
     "Patch",
     "Phantom",
     "Sample",
+    "label_values_outside",
     "load_nifti_folder",
     "make_phantom",
     "normalise_intensity",
+    "same_geometry",
     "sample_patch",
     "sparse_annotation",
     "write_phantom_dataset",
@@ -319,19 +321,29 @@ def _label_file(labels_dir: Path, image: Path, case: str) -> Path:
     raise FileNotFoundError(f"no label file for {image} in {labels_dir} (looked for {looked})")
 
 
+def label_values_outside(labels: np.ndarray, ignore_value: int) -> np.ndarray:
+    """The distinct values of ``labels`` other than 0, 1 and ``ignore_value`` (sorted)."""
+    values = np.unique(labels)
+    return values[~np.isin(values, (0, 1, ignore_value))]
+
+
+def same_geometry(affine_a: np.ndarray, affine_b: np.ndarray) -> bool:
+    """Whether two 4×4 voxel-to-mm affines describe the same voxels (1e-3 mm, 1e-5 relative)."""
+    return bool(np.allclose(affine_a, affine_b, rtol=1e-5, atol=1e-3))
+
+
 def _check_pair(image: Volume, labels: Volume, ignore_value: int) -> None:
     if image.array.shape != labels.array.shape:
         raise ValueError(
             f"image {image.path} has shape {image.array.shape} but labels {labels.path} have "
             f"shape {labels.array.shape}"
         )
-    if not np.allclose(image.affine, labels.affine, rtol=1e-5, atol=1e-3):
+    if not same_geometry(image.affine, labels.affine):
         raise ValueError(
             f"image {image.path} and labels {labels.path} have different affines (voxel-to-mm "
             f"geometry):\n{image.affine}\nvs\n{labels.affine}"
         )
-    values = np.unique(labels.array)
-    bad = values[~np.isin(values, (0, 1, ignore_value))]
+    bad = label_values_outside(labels.array, ignore_value)
     if bad.size:
         shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" …" if bad.size > 10 else "")
         raise ValueError(
