@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +171,12 @@ def _bspline(control: torch.Tensor, coarse: tuple[int, ...], lattice: int, facto
 def _bspline_basis(points: int, controls: int, lattice: int, factor: int,
                    device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``(points, controls)`` weights of the cubic B-spline at each coarse point; rows sum to 1."""
+    return _bspline_basis_cpu(points, controls, lattice, factor).to(device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=32)
+def _bspline_basis_cpu(points: int, controls: int, lattice: int, factor: int) -> torch.Tensor:
+    """:func:`_bspline_basis` in float64 on the CPU, built once per grid (read-only)."""
     position = torch.arange(points, dtype=torch.float64) * factor + (factor - 1) / 2
     knot = (position - (lattice - 1) / 2) / lattice  # in control indices
     basis = torch.zeros(points, controls, dtype=torch.float64)
@@ -179,7 +186,7 @@ def _bspline_basis(points: int, controls: int, lattice: int, factor: int,
         weight = _cubic_bspline(knot - index.double())
         basis.index_put_((torch.arange(points), index.clamp(0, controls - 1)), weight,
                          accumulate=True)
-    return basis.to(device=device, dtype=dtype)
+    return basis
 
 
 def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
