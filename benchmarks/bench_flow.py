@@ -60,7 +60,7 @@ def deepali_flow(squarings: int):
     """deepali expv: normalised units, channels (x, y, z), align_corners=True, border padding."""
     from deepali.core.flow import expv
 
-    from napari_difftt.core.grid import to_normalised, to_voxel
+    from napari_difftt.core.flow.grid import to_normalised, to_voxel
 
     def to_deepali(v):
         return to_normalised(v).movedim(-1, 1).contiguous()

@@ -4,12 +4,14 @@
         [--legacy OLD.pt] [--threads 2] [--json out.json]
 
 Each model runs :func:`napari_difftt.core.inference.predict_volume` on the same seeded phantom
-(normalisation, padding, network, flow, prior, threshold, velocities for display), once to warm
-up, then ``--repeats`` times, without and with the topology report (``topology=False/True``);
-medians are printed with their ratio to the U-Net of the same width, all measured in this one
-run. The U-Nets have random weights (their cost does not depend on them); the bch
-models are real checkpoints, because the number of squarings follows the size of their
-velocities. ``--legacy`` adds a checkpoint written before velocity spaces existed
+(normalisation, padding, network, flow, prior, threshold), once to warm up, then ``--repeats``
+times in turn (round robin, so a change of load hits every model alike), in three modes
+(:data:`MODES`): the segmentation alone; as ``napari-difftt predict`` (plus
+the topology report); as the Run model widget (plus the velocities upsampled for the Flow
+explorer). Medians are printed with their ratio to the U-Net of the same width in the same mode,
+all measured in this one run. The U-Nets have random weights (their cost does not depend on
+them); the bch models are real checkpoints, because the number of squarings follows the size of
+their velocities. ``--legacy`` adds a checkpoint written before velocity spaces existed
 (full-resolution velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``.
 """
 
@@ -27,6 +29,13 @@ import torch
 from napari_difftt.core.data import make_phantom
 from napari_difftt.core.inference import default_checkpoint, load_model, predict_volume
 from napari_difftt.core.models import TemplateTransformer
+
+# what predict_volume computes besides the segmentation, per use
+MODES = {
+    "segmentation": {"topology": False, "velocities": False},
+    "predict (+ topology report)": {"topology": True, "velocities": False},
+    "Run model (+ flow velocities)": {"topology": True, "velocities": True},
+}
 
 
 def main() -> None:
@@ -51,26 +60,27 @@ def main() -> None:
     for size in args.sizes:
         image = make_phantom((size,) * 3, seed=999).image
         medians = {}
-        for name, model in models.items():
-            for topology in (False, True):
-                predict_volume(model, image, topology=topology)  # warm-up
-                times = []
-                for _ in range(args.repeats):
+        for mode, options in MODES.items():
+            times = {name: [] for name in models}
+            for model in models.values():
+                predict_volume(model, image, **options)  # warm-up
+            for _ in range(args.repeats):  # round robin: a change of load hits every model
+                for name, model in models.items():
                     started = time.perf_counter()
-                    predict_volume(model, image, topology=topology)
-                    times.append(time.perf_counter() - started)
-                medians[name, topology] = statistics.median(times)
-                records.append({"model": name, "width": model.width, "size": size,
-                                "topology": topology, "seconds": times,
-                                "median": medians[name, topology]})
-        print(f"\n{size}³ (median of {args.repeats}, load average {os.getloadavg()[0]:.2f})\n"
-              "| model | width | s | × U-Net | s with topology report | × U-Net |\n"
-              "|---|---|---|---|---|---|")
+                    predict_volume(model, image, **options)
+                    times[name].append(time.perf_counter() - started)
+            for name, model in models.items():
+                medians[name, mode] = statistics.median(times[name])
+                records.append({"model": name, "width": model.width, "size": size, "mode": mode,
+                                **options, "seconds": times[name], "median": medians[name, mode]})
+        print(f"\n{size}³ (s, median of {args.repeats}; × the U-Net of the same width; load "
+              f"average {os.getloadavg()[0]:.2f})\n"
+              f"| model | width | {' | '.join(MODES)} |\n|---|---|{'---|' * len(MODES)}")
         for name, model in models.items():
             unet = f"unet width {model.width}"
-            plain, full = medians[name, False], medians[name, True]
-            print(f"| {name} | {model.width} | {plain:.3f} | {plain / medians[unet, False]:.3f} "
-                  f"| {full:.3f} | {full / medians[unet, True]:.3f} |")
+            cells = [f"{medians[name, mode]:.3f} s ({medians[name, mode] / medians[unet, mode]:.3f}"
+                     " ×)" for mode in MODES]
+            print(f"| {name} | {model.width} | {' | '.join(cells)} |")
     if args.json is not None:
         args.json.write_text(json.dumps({"threads": torch.get_num_threads(),
                                          "load_average": os.getloadavg(),

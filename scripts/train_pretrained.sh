@@ -9,7 +9,10 @@
 #
 # Usage: scripts/train_pretrained.sh [WORKDIR] [3d|2d|both]   (default: a new folder, both)
 # Environment: PYTHON (default .venv/bin/python), ITERATIONS_3D (default 250), ITERATIONS_2D
-# (default 400), WIDTH_3D (default 4), WIDTH_2D (default 8), THREADS (default 2).
+# (default 400), WIDTH_3D (default 4), WIDTH_2D (default 8), THREADS (default 2), VELOCITY_2D
+# (default "--velocity-factor 4": integration on a 32² grid for the 128² images; the library's
+# k = 2 folds on up to 0.28 % of their pixels, k = 4 on none by central differences and
+# ≤ 0.019 % by the digital test — docs/RESULTS.md, "2D bundled model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -18,8 +21,9 @@ WORK=${1:-$(mktemp -d)}
 WHICH=${2:-both}
 mkdir -p "$WORK"
 
-train() {  # NAME SHAPE(e.g. 64,64,64) N_TRAIN N_VAL ITERATIONS WIDTH OUT
+train() {  # NAME SHAPE(e.g. 64,64,64) N_TRAIN N_VAL ITERATIONS WIDTH OUT [MODEL FLAGS...]
     local name=$1 shape=$2 n_train=$3 n_val=$4 iterations=$5 width=$6 out=$7
+    shift 7
     local data="$WORK/$name/data"
     [ -d "$data/labelsTs" ] || "$PYTHON" -c "
 from napari_difftt.core.data import write_phantom_dataset
@@ -31,7 +35,7 @@ write_phantom_dataset('$data', n_train=$n_train, n_test=$n_val, shape=($shape), 
         --model bch --width "$width" --prior diag \
         --iterations "$iterations" --patch-size ${shape//,/ } --lr 1e-3 --seed 0 --device cpu \
         --threads "$THREADS" --val-every 100 --checkpoint-every 50 \
-        --out "$WORK/$name/full.pt" --overwrite
+        --out "$WORK/$name/full.pt" --overwrite "$@"
     "$PYTHON" -c "
 from napari_difftt.core.train import export_checkpoint
 export_checkpoint('$WORK/$name/full.pt', '$out', half=True, overwrite=True)
@@ -48,5 +52,7 @@ if [ "$WHICH" != 2d ]; then
     train 3d 64,64,64 16 4 "${ITERATIONS_3D:-250}" "${WIDTH_3D:-4}" resources/difftt_phantom_bch.pt
 fi
 if [ "$WHICH" != 3d ]; then
-    train 2d 128,128 32 8 "${ITERATIONS_2D:-400}" "${WIDTH_2D:-8}" resources/difftt_phantom2d_bch.pt
+    # shellcheck disable=SC2086  # VELOCITY_2D is a list of flags
+    train 2d 128,128 32 8 "${ITERATIONS_2D:-400}" "${WIDTH_2D:-8}" resources/difftt_phantom2d_bch.pt \
+        ${VELOCITY_2D---velocity-factor 4}
 fi

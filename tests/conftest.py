@@ -37,7 +37,7 @@ def linear_field():
     import numpy as np
     import torch
 
-    from napari_difftt.core.grid import identity
+    from napari_difftt.core.flow.grid import identity
 
     def make(matrix, shape, centre=None) -> torch.Tensor:
         matrix = torch.as_tensor(np.asarray(matrix), dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -130,7 +131,33 @@ def test_train_predict_evaluate_end_to_end(dataset, trained, tmp_path, capsys):
     dices = [c["dice"] for c in metrics["cases"]]
     assert metrics["summary"]["dice"]["mean"] == pytest.approx(np.mean(dices))
     assert metrics["summary"]["dice"]["std"] == pytest.approx(np.std(dices))
-    assert all(c["components"] >= 0 and "folding_digital" in c for c in metrics["cases"])
+    from napari_difftt.core.metrics import topology_report
+
+    for case in metrics["cases"]:  # the topology of the files predict wrote, recomputed
+        seg = read_nifti(out / f"{case['name']}_seg.nii.gz").array
+        report = topology_report(seg, np.load(out / f"{case['name']}_displacement.npy"))
+        assert (case["components"], case["components_full"]) == (
+            report["components"], report["components_full"])
+        assert case["folding_digital"] == pytest.approx(report["folding_digital"])
+        assert case["folding_central"] == pytest.approx(report["folding_central"])
+
+    # the Export widget's files of earlier versions are read too, with the same figures
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for case in metrics["cases"]:
+        name = case["name"]
+        seg = read_nifti(out / f"{name}_seg.nii.gz")
+        write_nifti(legacy / f"{name}_segmentation.nii.gz", seg.array, like=seg, labels=True)
+        displacement = np.load(out / f"{name}_displacement.npy")
+        for k, axis in enumerate("zyx"):
+            write_nifti(legacy / f"{name}_displacement_{axis}_mm.nii.gz",
+                        displacement[k] * seg.spacing[k], like=seg)
+    again = tmp_path / "legacy.json"
+    assert main(["evaluate", "--pred", str(legacy), "--labels", str(dataset / "labelsTs"),
+                 "--json", str(again), "--quiet"]) == 0
+    for old, new in zip(json.loads(again.read_text())["cases"], metrics["cases"], strict=True):
+        for key in ("dice", "hausdorff", "hd95", "components", "folding_digital"):
+            assert old[key] == pytest.approx(new[key], abs=1e-6), key
 
 
 def test_nothing_is_overwritten_without_overwrite(dataset, trained, tmp_path, capsys):
@@ -330,8 +357,8 @@ def test_a_signal_during_train_saves_the_last_step_and_exits(dataset, tmp_path, 
             "--iterations", "100000", "--out", str(out), *TINY[:-1]]  # fmt: skip
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        for line in process.stderr:  # the progress bar logs step 1 as soon as it is done
-            if " 1/100000 " in line:
+        for line in process.stderr:  # the progress bar's first report (\r ends a line too)
+            if re.search(r" [1-9]\d*/100000 ", line):
                 break
         process.send_signal(number)
         _, err = process.communicate(timeout=120)

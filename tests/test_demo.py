@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from skimage.io import imread
 
-from napari_difftt._sample_data import PHANTOM_3D
+from napari_difftt._sample_data import PHANTOM_3D, PHANTOM_3D_ORIGIN
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,10 @@ def _check_outputs(out: Path, stdout: str) -> np.ndarray:
     from napari_difftt.core.data import make_phantom
     from napari_difftt.core.metrics import dice
 
-    segmentation = nib.load(out / "phantom_segmentation.nii.gz")
+    segmentation = nib.load(out / "phantom_seg.nii.gz")  # the one contract: pipeline.OUTPUTS
     shape, seed, spacing = PHANTOM_3D
     np.testing.assert_allclose(nib.affines.voxel_sizes(segmentation.affine), spacing[::-1])
+    np.testing.assert_allclose(segmentation.affine[:3, 3], PHANTOM_3D_ORIGIN[::-1])  # voxel 0
     array = np.asarray(segmentation.dataobj).T
     assert array.shape == shape and array.dtype == np.uint8
     truth = make_phantom(shape, seed=seed, spacing=spacing).labels
@@ -71,6 +72,35 @@ def test_demo_montage(checkpoint, tmp_path):
     from napari_difftt.commands.demo import montage_zoom
 
     assert picture.shape[0] == (PHANTOM_3D[0][1] + 4) * montage_zoom(PHANTOM_3D[0])
+
+
+NO_QT = """
+import importlib.abc, sys
+BLOCKED = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "napari", "magicgui",
+           "vispy")
+
+class NoQt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the headless demo must not need it")
+
+sys.meta_path.insert(0, NoQt())
+from napari_difftt.cli import main
+status = main(sys.argv[1:])
+print("imported:", sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED)))
+sys.exit(status)
+"""
+
+
+def test_demo_montage_needs_no_qt_binding_nor_napari(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", NO_QT, "demo", "--headless", "--montage", "--checkpoint",
+         str(checkpoint), "--out", str(out)],
+        capture_output=True, text=True, timeout=500, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "imported: []" in result.stdout
+    _check_outputs(out, result.stdout)
 
 
 def test_demo_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_difftt import cli
-from napari_difftt.core.digits import write_idx
+from napari_difftt.core.classification.digits import write_idx
 
 
 @pytest.fixture

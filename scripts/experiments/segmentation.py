@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from napari_difftt.commands.evaluate import case_metrics, summarise
 from napari_difftt.core.data import load_nifti_folder, make_phantom, write_phantom_dataset
 from napari_difftt.core.inference import predict_volume
+from napari_difftt.core.metrics import evaluate_case, summarise
 from napari_difftt.core.train import TrainConfig, Trainer
 
 # Table 2: the four models (the bch row uses the prior of Table 3's "μ, diag Σ" row)
@@ -141,25 +141,25 @@ def train_and_test(name: str, config: TrainConfig, train, test, every: int):
     cases = []
     for sample in test:
         prediction = predict_volume(trainer.model, sample.image, normalise=False)
-        metrics = case_metrics(
-            prediction.segmentation, sample.labels, sample.spacing, prediction.displacement
-        )
+        metrics = evaluate_case(prediction.segmentation, sample.labels, sample.spacing,
+                                prediction.displacement, ignore_value=255)
         cases.append({"name": sample.name, **metrics})
     return trainer, result, seconds, cases
 
 
 def prior_only(args, data: Path) -> None:
     """The reference row: the prior fitted to the training masks, thresholded, no network."""
-    from napari_difftt.core.train import _prior_masks, build_model
+    from napari_difftt.core.train import build_model, prior_masks
 
     train = load_nifti_folder(data / "imagesTr", data / "labelsTr")
     test = load_nifti_folder(data / "imagesTs", data / "labelsTs")
     config = TrainConfig(kind="bch", patch_size=(args.patch,) * 3, width=args.width, prior="diag")
-    prior = build_model(config, _prior_masks(train, 255)).prior
+    prior = build_model(config, prior_masks(train, 255)).prior
     cases = []
     for sample in test:
         probability = prior.on_grid(sample.image.shape)[0, 0].detach().numpy()
-        metrics = case_metrics((probability > 0.5).astype("uint8"), sample.labels, sample.spacing)
+        metrics = evaluate_case(probability > 0.5, sample.labels, sample.spacing,
+                                ignore_value=255)
         cases.append({"name": sample.name, **metrics})
     record = {
         "row": "prior",

@@ -25,10 +25,10 @@ from report import _table  # same folder
 from scipy import ndimage
 from segmentation import TABLE2, machine, train_and_test  # same folder
 
-from napari_difftt.commands.evaluate import case_metrics, summarise
+from napari_difftt.core.classification.digits import load_digits
 from napari_difftt.core.data import Sample
-from napari_difftt.core.digits import load_digits
-from napari_difftt.core.train import TrainConfig, _prior_masks, build_model
+from napari_difftt.core.metrics import evaluate_case, summarise
+from napari_difftt.core.train import TrainConfig, build_model, prior_masks
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 CLASSES = (
@@ -153,9 +153,10 @@ def run(name: str, train: list[Sample], test: list[Sample], args) -> dict:
 def prior_only(train: list[Sample], test: list[Sample]) -> dict:
     """The reference row: the prior fitted to the training masks, thresholded, no network."""
     config = TrainConfig(kind="bch", patch_size=(SIZE, SIZE), prior="diag")
-    prior = build_model(config, _prior_masks(train, config.ignore_value)).prior
+    prior = build_model(config, prior_masks(train, config.ignore_value)).prior
     mask = (prior.on_grid((SIZE, SIZE))[0, 0].detach().numpy() > 0.5).astype(np.uint8)
-    cases = [{"name": s.name, **case_metrics(mask, s.labels, s.spacing)} for s in test]
+    cases = [{"name": s.name, **evaluate_case(mask, s.labels, s.spacing,
+                                              ignore_value=config.ignore_value)} for s in test]
     return {"row": "prior", "cases": cases, "summary": summarise(cases), "train_seconds": 0.0,
             "prior": prior.to_dict()}  # fmt: skip
 

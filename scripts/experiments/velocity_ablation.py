@@ -28,7 +28,7 @@ import torch
 
 from napari_difftt.core.data import load_nifti_folder, write_phantom_dataset
 from napari_difftt.core.inference import predict_volume
-from napari_difftt.core.metrics import dice, hd95
+from napari_difftt.core.metrics import evaluate_case
 from napari_difftt.core.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -140,17 +140,10 @@ def run(stem: str, settings: dict, train: list, test: list, args) -> dict:
 
 
 def score(prediction, sample) -> dict:
-    """Dice, HD95 and the topology report (``core.metrics.topology_report``, filled in by
-    ``predict_volume``) of one prediction against its labels."""
-    topology = prediction.topology
-    record = {"dice": dice(prediction.segmentation, sample.labels),
-              "hd95": hd95(prediction.segmentation, sample.labels, sample.spacing),
-              "components_face": topology["components"],
-              "components_full": topology["components_full"]}
-    if topology["folding_central"] is not None:
-        record["central_percent"] = topology["folding_central"]
-        record["digital_percent"] = topology["folding_digital"]
-    return record
+    """:func:`core.metrics.evaluate_case` of one prediction against its labels (its topology
+    report as ``predict_volume`` filled it in)."""
+    return evaluate_case(prediction.segmentation, sample.labels, sample.spacing,
+                         prediction.displacement, ignore_value=255, topology=prediction.topology)
 
 
 def summarise(cases: list[dict]) -> dict:
@@ -160,12 +153,12 @@ def summarise(cases: list[dict]) -> dict:
 
     summary = {"dice": mean("dice"), "dice_std": statistics.pstdev(c["dice"] for c in cases),
                "hd95": mean("hd95"),
-               "single_face": sum(c["components_face"] == 1 for c in cases),
+               "single_face": sum(c["components"] == 1 for c in cases),
                "single_full": sum(c["components_full"] == 1 for c in cases),
                "central_max": 0.0, "digital_max": 0.0, "central_mean": 0.0, "digital_mean": 0.0}
-    if "central_percent" in cases[0]:
+    if "folding_central" in cases[0]:
         for scheme in ("central", "digital"):
-            values = [c[f"{scheme}_percent"] for c in cases]
+            values = [c[f"folding_{scheme}"] for c in cases]
             summary[f"{scheme}_max"], summary[f"{scheme}_mean"] = max(values), statistics.fmean(
                 values)
     return summary

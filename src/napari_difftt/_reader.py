@@ -2,7 +2,7 @@
 
 Layers get ``scale``/``translate``/``units="mm"`` from the affine (the diagonal part for oblique
 volumes) and the true affine and header in ``metadata["napari_difftt"]`` (see
-:mod:`napari_difftt.widgets._layers`). Label-like files open as Labels: integer voxels with few
+:mod:`napari_difftt.layer_metadata`). Label-like files open as Labels: integer voxels with few
 distinct values, or a file name containing "label", "seg" or "mask".
 """
 
@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .core.paths import is_nifti, nifti_stem
+
 __all__ = ["get_reader", "is_label_like", "read_layers"]
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
-_SUFFIXES = (".nii", ".nii.gz")
 _LABEL_WORDS = ("label", "seg", "mask")
 _MAX_LABEL_VALUES = 64  # integer volumes with at most this many distinct values are labels
 
@@ -26,7 +27,7 @@ _MAX_LABEL_VALUES = 64  # integer volumes with at most this many distinct values
 def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
     """The reader function when every path is a NIfTI file; None for anything else."""
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    if not paths or not all(str(p).lower().endswith(_SUFFIXES) for p in paths):
+    if not paths or not all(is_nifti(p) for p in paths):
         return None
     return read_layers
 
@@ -34,13 +35,13 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     """Read one or more NIfTI files into napari layer data tuples (image or labels)."""
     from .core.io import read_nifti
-    from .widgets._layers import layer_kwargs
+    from .layer_metadata import layer_kwargs
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     layers = []
     for item in paths:
         volume = read_nifti(item)
-        name = _stem(Path(item))
+        name = nifti_stem(item)
         kwargs = layer_kwargs(volume, name)
         if is_label_like(volume.array, name):
             layers.append((_as_labels(volume.array, Path(item)), kwargs, "labels"))
@@ -67,11 +68,3 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
     if array.min() < 0 or array.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{path}: label values {array.min()}…{array.max()} do not fit int32")
     return array.astype(np.int32 if array.max() > 255 else np.uint8)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

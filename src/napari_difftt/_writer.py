@@ -30,7 +30,7 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
 
 def _write(path: str, data: Any, attributes: dict, labels: bool) -> str:
     from .core.io import Volume, write_nifti
-    from .widgets._layers import META_KEY, META_VERSION, display_affine
+    from .layer_metadata import display_affine, metadata_entry
 
     array = np.asarray(data)
     if array.ndim not in (2, 3) or attributes.get("rgb"):
@@ -39,8 +39,7 @@ def _write(path: str, data: Any, attributes: dict, labels: bool) -> str:
         )
     if not str(path).lower().endswith((".nii", ".nii.gz")):
         path = f"{path}.nii.gz"
-    entry = (attributes.get("metadata") or {}).get(META_KEY)
-    entry = entry if isinstance(entry, dict) and entry.get("version") == META_VERSION else {}
+    entry = metadata_entry(attributes.get("metadata"))
     ndim = array.ndim
     scale = tuple(attributes.get("scale", (1.0,) * ndim))
     translate = tuple(attributes.get("translate", (0.0,) * ndim))

@@ -19,6 +19,7 @@ is reported.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -31,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ._tables import format_table  # re-exported for the benchmark scripts
 
 __all__ = [
     "CASES",
@@ -58,17 +61,11 @@ class Measurement:
 
 
 def parse_sizes(text: str) -> list[tuple[int, ...]]:
-    """``"256x256,64x64x64"`` → ``[(256, 256), (64, 64, 64)]`` (array order, 2 or 3 axes)."""
-    sizes = []
-    for item in text.split(","):
-        try:
-            size = tuple(int(part) for part in item.strip().lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--sizes: {item!r} is not like 128x128x64") from None
-        if len(size) not in (2, 3) or min(size) < 2:
-            raise ValueError(f"--sizes: {item!r} needs 2 or 3 axes of at least 2 voxels")
-        sizes.append(size)
-    return sizes
+    """``"256x256,64x64x64"`` → ``[(256, 256), (64, 64, 64)]`` (array order, 2 or 3 axes of at
+    least 2 voxels, each read by :func:`core.data.parse_size`)."""
+    from .core.data import parse_size
+
+    return [parse_size(item, minimum=2, what="--sizes") for item in text.split(",")]
 
 
 def random_velocity(
@@ -116,9 +113,10 @@ def measure(call: Callable[[], object], *, repeats: int, device: str) -> Measure
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
         gc.collect()
-        before = _rss_bytes(reset_peak=True)
+        _reset_peak_rss()
+        before = _rss_bytes()
         call()
-        peak = _rss_bytes(peak=True) - before
+        peak = _peak_rss_bytes() - before
     times = []
     for _ in range(repeats):
         sync()
@@ -223,13 +221,6 @@ def worker_main(cases: dict[str, Callable[..., Callable[[], object]]], spec_json
     print(json.dumps(asdict(measure(call, repeats=spec["repeats"], device=spec["device"]))))
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain Markdown table (numbers already formatted as strings by the caller)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def format_bytes(count: float) -> str:
     """Bytes as MiB with one decimal (negative or NaN counts shown as they are)."""
     if isinstance(count, float) and math.isnan(count):
@@ -261,18 +252,26 @@ def _with_backward(fn, velocity, out_shape, backward: bool) -> Callable[[], obje
     return forward_backward
 
 
-def _rss_bytes(*, peak: bool = False, reset_peak: bool = False) -> int:
-    """Current (or peak) resident set size; ``reset_peak`` restarts the peak at the current size."""
+def _rss_bytes() -> int:
+    """Current resident set size in bytes."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _reset_peak_rss() -> None:
+    """Restart Linux's resident high-water mark (``VmHWM``) at the current size."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size in bytes since :func:`_reset_peak_rss` (psutil has no peak on
+    Linux or macOS): Linux ``VmHWM``, elsewhere ``getrusage``'s peak over the process's life."""
     status = Path("/proc/self/status")
     if status.exists():
-        if reset_peak:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass
-        key = "VmHWM:" if peak else "VmRSS:"
         for line in status.read_text().splitlines():
-            if line.startswith(key):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024  # kB
     largest = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return largest if sys.platform == "darwin" else largest * 1024

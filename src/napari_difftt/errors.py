@@ -7,14 +7,25 @@ type, never on the message text.
 from __future__ import annotations
 
 __all__ = [
+    "Cancelled",
     "CheckpointError",
     "ConfigConflict",
+    "OutOfMemory",
     "OutputPathError",
     "SpacingWarning",
     "SquaringCapWarning",
     "UnverifiedCheckpointWarning",
     "VolumeError",
 ]
+
+
+class Cancelled(Exception):
+    """The work was cancelled (``should_stop()`` returned True); nothing was produced."""
+
+
+class OutOfMemory(RuntimeError):
+    """The volume does not fit in the device's memory (estimated beforehand, or CUDA said so);
+    the message says what to do."""
 
 
 class VolumeError(ValueError):

@@ -11,11 +11,14 @@ from scipy import ndimage
 
 from napari_difftt.core.data import (
     Sample,
+    array_sample,
     load_nifti_folder,
     make_phantom,
     normalise_intensity,
+    parse_size,
     sample_patch,
     sparse_annotation,
+    split_validation,
     write_phantom_dataset,
 )
 from napari_difftt.core.io import read_nifti, write_nifti
@@ -322,3 +325,50 @@ def test_bad_spacing_argument(tmp_path):
     images, labels = _pair(tmp_path, "a.nii.gz", "a.nii.gz")
     with pytest.raises(ValueError, match="spacing must be a positive number of mm"):
         load_nifti_folder(images, labels, spacing=0.0)
+
+
+def _named(*names: str) -> list[Sample]:
+    return [Sample(np.zeros((4, 4), np.float32), None, (1.0, 1.0), name) for name in names]
+
+
+def test_split_validation_holds_the_last_sample_out_or_validates_on_the_only_one():
+    train, val = split_validation(_named("a", "b", "c"))
+    assert [s.name for s in train] == ["a", "b"] and [s.name for s in val] == ["c"]
+    train, val = split_validation(_named("a"))
+    assert [s.name for s in train] == [s.name for s in val] == ["a"]
+    with pytest.raises(ValueError, match="no training samples"):
+        split_validation([])
+
+
+def test_array_sample_copies_normalises_and_checks_like_the_folder_loader():
+    image = np.arange(64, dtype=np.float64).reshape(4, 4, 4)
+    labels = np.zeros((4, 4, 4), np.int64)
+    labels[1:3, 1:3, 1:3], labels[0] = 1, 255
+    sample = array_sample(image, labels, (2.0, 1.0, 1.0), "case")
+    assert sample.image.dtype == np.float32 and sample.labels.dtype == np.uint8
+    np.testing.assert_array_equal(sample.image, normalise_intensity(image))
+    assert sample.spacing == (2.0, 1.0, 1.0) and sample.name == "case"
+    labels[0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"'case' hold values \[3\]; one structure"):
+        array_sample(image, labels, (1.0, 1.0, 1.0), "case")
+    with pytest.raises(ValueError, match="differ in shape"):
+        array_sample(image, labels[:2], (1.0, 1.0, 1.0), "case")
+    with pytest.raises(ValueError, match="spacing must be 3 positive numbers"):
+        array_sample(image, np.zeros_like(labels), (1.0, 1.0), "case")
+
+
+@pytest.mark.parametrize("text", ["64, 48, 32", "64x48x32", "64 48 32", " 64 × 48 × 32 "])
+def test_parse_size_reads_commas_crosses_and_spaces(text):
+    assert parse_size(text) == (64, 48, 32)
+
+
+def test_parse_size_names_what_is_wrong():
+    with pytest.raises(ValueError, match=r"patch size: '8, a' is not like"):
+        parse_size("8, a", what="patch size")
+    with pytest.raises(ValueError, match=r"'12' needs 2 or 3 axes of at least 1 voxel"):
+        parse_size("12")
+    with pytest.raises(ValueError, match=r"\(16, 16\) has 2 numbers but the images are 3D"):
+        parse_size("16, 16", 3)
+    assert parse_size("1x1") == (1, 1)
+    with pytest.raises(ValueError, match="at least 2 voxel"):
+        parse_size("1x1", minimum=2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_difftt.core.digits import (
+from napari_difftt.core.classification.digits import (
     IDXError,
     find_idx_files,
     load_digits,

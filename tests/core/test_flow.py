@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from scipy.linalg import expm, logm
 
-from napari_difftt.core import grid as grid_module
 from napari_difftt.core.flow import (
     bch,
     choose_squarings,
@@ -31,7 +30,8 @@ from napari_difftt.core.flow import (
     jacobian_det,
     lie_bracket,
 )
-from napari_difftt.core.grid import compose, identity
+from napari_difftt.core.flow import grid as grid_module
+from napari_difftt.core.flow.grid import compose, identity
 from napari_difftt.errors import SquaringCapWarning
 
 SHAPE2 = (23, 31)
@@ -345,6 +345,28 @@ def test_digital_folding_catches_a_fold_central_differences_miss(shape):
     # a smaller push does not fold, by either test
     u[(0, 0, *centre)] = 0.9
     assert float(folding_fraction(u, scheme="digital")) == 0
+
+
+# The 8 vertices of the cube [1, 2]³ of a 4³ grid moved (voxels, (n, 2, 2, 2)): every corner
+# simplex at every interior voxel keeps det ≥ 0.15, but two central tetrahedra turn over, one of
+# each parity: (1,1,1) (1,2,2) (2,1,2) (2,2,1) of the cube at (1, 1, 1), and (3,2,2) (3,1,1)
+# (2,2,1) (2,1,2) of the cube at (2, 1, 1). Found by minimising those dets under the corner
+# constraints, rounded to 0.1 voxel.
+TWISTED_CUBE = [
+    [[[-0.3, -0.2], [-0.2, -0.4]], [[0.1, 0.2], [0.1, 0.1]]],
+    [[[0.1, 0.2], [-0.2, 0.0]], [[0.1, 0.1], [-0.2, -0.1]]],
+    [[[-0.1, -0.2], [0.1, 0.0]], [[-0.4, -1.0], [0.9, 0.4]]],
+]
+
+
+def test_digital_folding_checks_the_central_tetrahedra_in_3d():
+    u = torch.zeros(1, 3, 4, 4, 4, dtype=torch.float64)
+    u[0, :, 1:3, 1:3, 1:3] = torch.tensor(TWISTED_CUBE, dtype=torch.float64)
+    assert float(jacobian_det(u).min()) > 0
+    assert float(folding_fraction(u, scheme="central")) == 0
+    # flagged at the two cubes' first voxels, (1, 1, 1) and (2, 1, 1): 2 of the 2³ interior ones
+    assert float(folding_fraction(u, scheme="digital")) == pytest.approx(2 / 8)
+    assert float(folding_fraction(0.5 * u, scheme="digital")) == 0  # half the twist holds
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (5, 6, 7)])

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_difftt.core import grid as grid_module
-from napari_difftt.core.grid import (
+from napari_difftt.core.flow import grid as grid_module
+from napari_difftt.core.flow.grid import (
     compose,
     identity,
     normalised_identity,
@@ -321,3 +321,14 @@ def test_cuda_compose_and_warp_match_cpu():
     assert got.device.type == "cuda"
     torch.testing.assert_close(got.cpu(), compose(u, w))
     torch.testing.assert_close(warp(image.cuda(), w.cuda()).cpu(), warp(image, w))
+
+
+def test_normalised_per_voxel_spans_minus_one_to_one_over_the_axis():
+    assert grid_module.normalised_per_voxel((3, 5, 9)) == (1.0, 0.5, 0.25)
+    shape = (4, 7)
+    steps = grid_module.normalised_per_voxel(shape)
+    ends = [(size - 1) * step - 1 for size, step in zip(shape, steps, strict=True)]
+    assert ends == [1.0, 1.0]  # the last voxel is +1, as normalised_identity has it
+    torch.testing.assert_close(normalised_identity(shape)[0, -1, -1], torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match=">= 2 voxels per axis"):
+        grid_module.normalised_per_voxel((1, 8))

@@ -171,3 +171,17 @@ def test_spacing_far_from_the_training_spacing_warns(bch_checkpoint):
         predict_volume(loaded.model, image, spacing=(1.15, 0.85, 1.0), model_spacing=(1, 1, 1))
     assert spacing_mismatch((1.0, 1.0), (1.0, 1.0, 1.0)) is None  # unknown: nothing to compare
     assert spacing_mismatch((1.21, 1.0), (1.0, 1.0)) is not None
+
+
+def test_velocities_can_be_left_out_without_changing_the_prediction(bch_checkpoint):
+    loaded = load_model(bch_checkpoint, device="cpu")
+    with torch.no_grad():
+        loaded.model.net.head.weight.normal_(std=0.5)  # a model whose flow moves things
+    image = np.random.default_rng(1).random((20, 23, 17)).astype(np.float32)
+    full = predict_volume(loaded.model, image)
+    lean = predict_volume(loaded.model, image, velocities=False)
+    assert lean.velocity is None and lean.velocities is None
+    assert full.velocities.shape == (4, 3, 20, 23, 17) and np.abs(full.displacement).max() > 0.1
+    np.testing.assert_array_equal(lean.displacement, full.displacement)
+    np.testing.assert_array_equal(lean.probability, full.probability)
+    assert lean.topology == full.topology

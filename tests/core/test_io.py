@@ -394,3 +394,15 @@ def test_interrupted_checkpoint_save_keeps_old_file(tmp_path, monkeypatch):
         save_checkpoint(path, _checkpoint(training={"steps": 99}))
     assert load_checkpoint(path)["training"]["steps"] == 3
     assert os.listdir(tmp_path) == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [("case_01.nii.gz", "case_01"), ("CASE.NII.GZ", "CASE"), ("a.b.nii", "a.b"),
+     ("notes.txt", "notes"), ("x.gz", "x")],
+)
+def test_nifti_stem_drops_the_nifti_suffix_in_any_case(name, stem):
+    from napari_difftt.core.paths import is_nifti, nifti_stem
+
+    assert nifti_stem(f"/some/folder/{name}") == stem
+    assert is_nifti(name) == name.lower().endswith((".nii", ".nii.gz"))

@@ -12,12 +12,14 @@ from scipy.spatial.distance import cdist
 
 from napari_difftt.core.flow import folding_fraction
 from napari_difftt.core.metrics import (
+    METRIC_KEYS,
     components,
     dice,
     evaluate_case,
     folding_percent,
     hausdorff,
     hd95,
+    summarise,
     topology_report,
 )
 
@@ -147,7 +149,22 @@ def test_folding_percent_closed_forms():
     assert folding_percent(folding) == 100.0
     assert folding_percent(0.5 * folding) == 100.0  # det = 0 counts as folded
     assert folding_percent(0.25 * folding) == 0.0  # det = 0.5
-    assert folding_percent(torch.from_numpy(0.25 * folding).unsqueeze(0), "digital") == 0.0
+    batch = torch.from_numpy(0.25 * folding).unsqueeze(0)
+    assert folding_percent(batch, "digital", batched=True) == 0.0
+
+
+def test_folding_percent_takes_the_layout_it_is_told():
+    # (3, 2, 8, 9) is one 3D field or a batch of three 2D ones; both fold everywhere here
+    field = np.zeros((3, 2, 8, 9))
+    field[0] = -2.0 * np.arange(2.0)[:, None, None]  # 3D: ∂u_z/∂z = -2, det = -1
+    assert folding_percent(field) == 100.0
+    flat = np.zeros((3, 2, 8, 9))
+    flat[:, 0] = -2.0 * np.arange(8.0)[:, None]  # 2D: ∂u_y/∂y = -2, det = -1
+    assert folding_percent(flat, batched=True) == 100.0
+    with pytest.raises(ValueError, match=r"\(n, \*S\).*batched=True"):
+        folding_percent(np.zeros((2, 2, 8, 9)))  # n = 2 but three spatial axes
+    with pytest.raises(ValueError, match=r"\(B, n, \*S\)"):
+        folding_percent(np.zeros((3, 8, 9)), batched=True)
 
 
 def test_folding_percent_matches_flow_for_shapes_and_schemes():
@@ -158,23 +175,47 @@ def test_folding_percent_matches_flow_for_shapes_and_schemes():
     for scheme in ("central", "digital"):
         reference = 100 * folding_fraction(field, scheme)
         assert 0 < float(reference.mean()) < 100
-        assert folding_percent(field, scheme) == pytest.approx(float(reference.mean()))
+        assert folding_percent(field, scheme, batched=True) == pytest.approx(
+            float(reference.mean())
+        )
         assert folding_percent(field[1].numpy(), scheme) == pytest.approx(float(reference[1]))
     flat = field[:, :2, 0]  # (B, 2, H, W): a batch of 2D fields
-    assert folding_percent(flat) == pytest.approx(100 * float(folding_fraction(flat).mean()))
+    assert folding_percent(flat, batched=True) == pytest.approx(
+        100 * float(folding_fraction(flat).mean())
+    )
     assert folding_percent(flat[0]) == pytest.approx(100 * float(folding_fraction(flat[:1])[0]))
 
 
 def test_evaluate_case():
     a, b = _cube(), _cube(start=(5, 4, 4))
     result = evaluate_case(a, b, SPACING)
-    assert set(result) == {"dice", "hd", "hd95", "folds_percent", "components"}
+    assert set(result) == {"dice", "hausdorff", "hd95", "components", "components_full"}
     assert result["dice"] == pytest.approx(2 * 5 / 12)
-    assert result["hd"] == pytest.approx(2.0)
-    assert result["folds_percent"] is None and result["components"] == 1
-    with_flow = evaluate_case(a | _cube(start=(12, 12, 12), size=2), b, SPACING,
-                              displacement=np.zeros((3, 16, 16, 16)))  # fmt: skip
-    assert with_flow["folds_percent"] == 0.0 and with_flow["components"] == 2
+    assert result["hausdorff"] == pytest.approx(2.0)
+    assert result["components"] == result["components_full"] == 1
+    two = a | _cube(start=(12, 12, 12), size=2)
+    with_flow = evaluate_case(two, b, SPACING, displacement=np.zeros((3, 16, 16, 16)))
+    assert set(with_flow) == set(METRIC_KEYS)
+    assert with_flow["folding_central"] == with_flow["folding_digital"] == 0.0
+    assert with_flow["components"] == 2
+    central = evaluate_case(two, b, SPACING, np.zeros((3, 16, 16, 16)), scheme="central")
+    assert "folding_central" in central and "folding_digital" not in central
+    with pytest.raises(ValueError, match="scheme must be some of"):
+        evaluate_case(a, b, scheme="forward")
+
+
+def test_evaluate_case_leaves_unlabelled_voxels_out():
+    pred, truth = _cube(), _cube().astype(np.uint8)
+    truth[0, 0, 0] = 255  # one unlabelled voxel, far from the cube: not predicted, not counted
+    result = evaluate_case(pred, truth, SPACING, ignore_value=255)
+    assert result["dice"] == 1.0 and "hausdorff" not in result and "hd95" not in result
+    assert evaluate_case(pred, truth, SPACING)["dice"] < 1.0  # 255 counts as inside otherwise
+    det = np.ones((16, 16, 16))
+    det[:4] = -1.0  # a quarter folded, known only from det J (predict --jacobian's file)
+    assert evaluate_case(pred, truth, det=det)["folding_central"] == pytest.approx(25.0)
+    summary = summarise([{"dice": 1.0}, {"dice": 0.5, "hausdorff": np.inf}])
+    assert summary["dice"] == {"mean": 0.75, "std": 0.25, "n": 2}
+    assert summary["hausdorff"]["mean"] == np.inf and summary["hausdorff"]["n"] == 1
 
 
 def test_topology_report_counts_both_connectivities_and_both_fold_tests():

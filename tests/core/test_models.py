@@ -8,20 +8,22 @@ import scipy.ndimage as ndi
 import torch
 
 from napari_difftt.core.flow import folding_fraction
+from napari_difftt.core.flow.velocity import VelocitySpace
 from napari_difftt.core.metrics import components
 from napari_difftt.core.models import KINDS, TemplateTransformer, segmentation_loss
 from napari_difftt.core.prior import GeneralisedGaussianPrior, ImagePrior
-from napari_difftt.core.velocity import VelocitySpace
 
 
 class _FixedOutput(torch.nn.Module):
-    """Stands in for the U-Net: returns a given pre-tanh output whatever the input."""
+    """Stands in for the U-Net: returns a given pre-tanh output whatever the input (its
+    features are that output, its head the identity)."""
 
     def __init__(self, out: torch.Tensor) -> None:
         super().__init__()
         self.out = out
+        self.head = torch.nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.out
 
 
@@ -40,7 +42,7 @@ def test_flow_models_return_the_prior_exactly_at_initialisation(kind):
 
 
 def bch_factor() -> int:
-    from napari_difftt.core.velocity import DEFAULT_SPACE
+    from napari_difftt.core.flow.velocity import DEFAULT_SPACE
 
     return DEFAULT_SPACE.factor
 
@@ -142,6 +144,27 @@ def test_regularisation_is_lambda_times_mean_squared_gradient():
     torch.testing.assert_close(model.regularisation(result), torch.tensor(0.5 * 0.09))
     free = TemplateTransformer("stt", ndim=2, width=2)
     assert free.regularisation(result) == 0
+
+
+@pytest.mark.parametrize("space", [
+    VelocitySpace("dense", factor=2),
+    VelocitySpace("bspline", factor=2, lattice=3),  # 32 / 3: a partial last block per axis
+    VelocitySpace("bspline", factor=4, lattice=4, sigma=0.7),
+])
+def test_pooling_the_features_before_the_head_gives_the_velocities_of_the_full_output(space):
+    """forward pools the width channels, then applies the 1×1 head: the same velocities as the
+    head's full-resolution output pooled by the space (VelocitySpace.velocities)."""
+    torch.manual_seed(0)
+    model = TemplateTransformer("bch", ndim=3, pieces=2, width=2, velocity=space)
+    with torch.no_grad():
+        model.net.head.weight.normal_(std=0.5)
+        model.net.head.bias.normal_(std=0.5)
+        image = torch.rand(1, 1, 32, 32, 32)
+        result = model(image)
+        raw = model.net(torch.cat([image, result.prior], dim=1))
+        expected = space.velocities(raw, 2)
+    assert float(expected.abs().max()) > 0.1
+    torch.testing.assert_close(result.velocities, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_config_round_trip_restores_the_same_function():

@@ -7,9 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from napari_difftt.core.checks import check_device
-from napari_difftt.core.flow import exp, folding_fraction
-from napari_difftt.core.stn import (
+from napari_difftt.core.classification.stn import (
     MODEL_NAMES,
     DiffeomorphicSTN,
     SmallCNN,
@@ -17,6 +15,9 @@ from napari_difftt.core.stn import (
     build_classifier,
     gradient_penalty,
 )
+from napari_difftt.core.flow import exp, folding_fraction
+from napari_difftt.core.flow.checks import check_device
+from napari_difftt.core.flow.velocity import VelocitySpace
 
 
 def count(module: torch.nn.Module) -> int:
@@ -113,6 +114,57 @@ def test_velocity_is_integrated_or_used_directly():
     assert float(folding_fraction(a.displacement).max()) == 0.0
 
 
+def test_a_velocity_space_with_factor_one_is_the_bounded_lattice_field():
+    space = VelocitySpace("dense", factor=1, bound=5.0)
+    image = torch.rand(1, 1, 24, 20)
+    diffeo = DiffeomorphicSTN(2, squarings=6, velocity=space)
+    plain = DiffeomorphicSTN(2, integrate=False, velocity=space)
+    plain.load_state_dict(diffeo.state_dict())
+    for stn in (diffeo, plain):
+        _set_linear_velocity(stn, 0.4)
+    with torch.no_grad():
+        a, b = diffeo(image), plain(image)
+    # raw lattice value 0.4 · y_normalised, bounded as 5 · tanh(·), in image voxels
+    expected = 5.0 * torch.tanh(0.4 * torch.linspace(-1, 1, 24))
+    torch.testing.assert_close(a.velocity[0, 0, :, 7], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.velocity[:, 1], torch.zeros_like(a.velocity[:, 1]))
+    torch.testing.assert_close(a.displacement, exp(a.velocity, 6))
+    torch.testing.assert_close(b.displacement, b.velocity)
+
+
+def test_a_coarse_velocity_space_bounds_the_flow_and_keeps_it_fold_free():
+    image = torch.rand(2, 1, 28, 28)
+    bounded = DiffeomorphicSTN(2, squarings=8, velocity=VelocitySpace("bspline", factor=2,
+                                                                      lattice=4, bound=3.0))
+    free = DiffeomorphicSTN(2, squarings=8)
+    for stn in (bounded, free):
+        _set_linear_velocity(stn, -40.0)  # a contraction far beyond what 28 pixels can hold
+    with torch.no_grad():
+        out, unbounded = bounded(image), free(image)
+    assert float(unbounded.velocity.abs().max()) > 100
+    assert float(out.velocity.abs().max()) <= 3.0 + 1e-5
+    # the flow of a field bounded by 3 voxels per component moves no point further than 3·√2
+    assert float(out.displacement.norm(dim=1).max()) <= 3.0 * 2**0.5 + 1e-4
+    assert float(folding_fraction(out.displacement, "digital").max()) == 0.0
+    assert out.displacement.shape == out.velocity.shape == (2, 2, 28, 28)
+
+
+def test_field_stn_velocity_space_is_checked_and_passed_through():
+    space = VelocitySpace("dense", factor=4, bound=8.0)
+    assert build_classifier("diffeo", velocity=space).transformer.velocity_space is space
+    assert build_classifier("nondiffeo", velocity=space).transformer.velocity_space is space
+    with pytest.raises(TypeError, match="VelocitySpace"):
+        DiffeomorphicSTN(2, velocity="bspline")
+    with pytest.raises(ValueError, match=r"\(30, 30\) is not divisible by the velocity factor 4"):
+        DiffeomorphicSTN(2, velocity=space)(torch.rand(1, 1, 30, 30))
+
+
+def test_field_stn_with_a_velocity_space_gradcheck_wrt_head():
+    space = VelocitySpace("bspline", factor=2, lattice=4, bound=4.0)
+    stn = _perturbed(DiffeomorphicSTN(2, grid=3, squarings=3, velocity=space), 3)
+    assert _gradcheck_wrt_head_bias(stn, torch.rand(1, 1, 16, 16, dtype=torch.float64))
+
+
 def test_gradient_penalty_of_a_linear_field_is_its_frobenius_norm():
     matrix = torch.tensor([[0.3, -1.2], [0.5, 2.0]], dtype=torch.float64)
     y, x = torch.meshgrid(torch.arange(9.0), torch.arange(11.0), indexing="ij")
@@ -148,32 +200,29 @@ def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.double()
 
 
+def _gradcheck_wrt_head_bias(stn: torch.nn.Module, image: torch.Tensor) -> bool:
+    """float64 gradcheck of the warped image with respect to the localisation head's bias."""
+    params = dict(stn.named_parameters())
+
+    def warped_by_head(bias: torch.Tensor) -> torch.Tensor:
+        return functional_call(stn, {**params, "head.bias": bias}, (image,)).warped
+
+    bias = params["head.bias"].detach().clone().requires_grad_(True)
+    return torch.autograd.gradcheck(warped_by_head, (bias,))
+
+
 @pytest.mark.parametrize("integrate", [True, False])
 def test_field_stn_gradcheck_wrt_image_and_head(integrate):
     stn = _perturbed(DiffeomorphicSTN(2, integrate=integrate, grid=3, squarings=3), 1)
     image = torch.rand(1, 1, 16, 16, dtype=torch.float64, requires_grad=True)
     # fast mode: a random projection of the full Jacobian, checked against finite differences
     assert torch.autograd.gradcheck(lambda x: stn(x).warped, (image,), fast_mode=True)
-    params = dict(stn.named_parameters())
-    fixed = image.detach()
-
-    def warped_by_head(bias: torch.Tensor) -> torch.Tensor:
-        return functional_call(stn, {**params, "head.bias": bias}, (fixed,)).warped
-
-    bias = params["head.bias"].detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(warped_by_head, (bias,))
+    assert _gradcheck_wrt_head_bias(stn, image.detach())
 
 
 def test_tps_stn_gradcheck_wrt_head_and_3d_field_stn_gradients():
     stn = _perturbed(TPSTransformer((16, 16), 2), 2)
-    params = dict(stn.named_parameters())
-    image = torch.rand(1, 1, 16, 16, dtype=torch.float64)
-
-    def warped_by_head(bias: torch.Tensor) -> torch.Tensor:
-        return functional_call(stn, {**params, "head.bias": bias}, (image,)).warped
-
-    bias = params["head.bias"].detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(warped_by_head, (bias,))
+    assert _gradcheck_wrt_head_bias(stn, torch.rand(1, 1, 16, 16, dtype=torch.float64))
 
     stn3 = _perturbed(DiffeomorphicSTN(3, grid=2, squarings=2), 3)
     volume = torch.rand(1, 1, 16, 16, 16, dtype=torch.float64)

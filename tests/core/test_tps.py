@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from napari_difftt.core.classification.tps import ThinPlateSpline, control_points, tps_basis
 from napari_difftt.core.flow import folding_fraction
-from napari_difftt.core.grid import identity, warp
-from napari_difftt.core.tps import ThinPlateSpline, control_points, tps_basis
+from napari_difftt.core.flow.grid import identity, warp
 
 
 def test_control_points_are_row_major_in_normalised_array_order():

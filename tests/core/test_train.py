@@ -204,3 +204,51 @@ def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path)
     (tmp_path / "model.pt").mkdir()
     with pytest.raises(OutputPathError, match=r"checkpoint .*model\.pt is a folder"):
         Trainer(_config(tmp_path), _samples(1))
+
+
+def test_cli_train_options_are_the_config_fields_with_its_defaults():
+    import argparse
+    from dataclasses import fields
+
+    from napari_difftt.commands.train import add_arguments
+    from napari_difftt.core.train import DEFAULTS
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = vars(parser.parse_args(["--out", "x.pt"]))
+    names = {f.name for f in fields(TrainConfig)}
+    assert names - set(args) == {"betas", "checkpoint"}  # checkpoint is --out
+    for name in names & set(args):
+        value = tuple(args[name]) if name == "patch_size" else args[name]
+        assert value == getattr(DEFAULTS, name), name
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"prior": "bogus"}, "prior must be one of"), ({"bch_order": 5}, "bch_order must be one of"),
+     ({"ignore_value": 1}, "ignore_value must be an int >= 2"),
+     ({"ignore_value": 256}, r"ignore_value must be in 2\.\.255")],
+)
+def test_config_refuses_unknown_prior_bch_order_and_ignore_value(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**change)
+
+
+def test_distributed_reads_torchrun_and_is_the_identity_in_one_process():
+    from napari_difftt.core.train.distributed import Distributed
+
+    launched = Distributed({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1"})
+    assert (launched.rank, launched.world_size, launched.local_rank) == (2, 4, 1)
+    assert not launched.is_main
+    assert launched.place(torch.device("cuda")) == torch.device("cuda", 1)  # its own GPU
+    alone = Distributed({})
+    assert (alone.rank, alone.world_size, alone.local_rank) == (0, 1, 0) and alone.is_main
+    assert alone.place(torch.device("cpu")) == torch.device("cpu")
+    model = torch.nn.Linear(2, 2)
+    alone.join()  # no process group for one process
+    assert alone.wrap(model) is model
+    assert alone.any(True) and not alone.any(False)
+    assert alone.mean(0.25) == 0.25 and alone.gather({"a": 1}) == [{"a": 1}]
+    with alone.accumulating(model, last=False):
+        pass
+    alone.leave()

@@ -11,15 +11,15 @@ import torch
 from scipy.linalg import expm
 
 from napari_difftt.core.flow import exp, folding_fraction, integrate
-from napari_difftt.core.grid import identity
-from napari_difftt.core.models import TemplateTransformer
-from napari_difftt.core.velocity import (
+from napari_difftt.core.flow.grid import identity
+from napari_difftt.core.flow.velocity import (
     DEFAULT_SPACE,
     LEGACY_SPACE,
     VelocitySpace,
     _bspline_basis,
     _gaussian,
 )
+from napari_difftt.core.models import TemplateTransformer
 
 A2 = np.array([[0.05, -0.09], [0.04, 0.03]])
 A3 = np.array([[0.04, -0.07, 0.03], [0.05, 0.02, -0.04], [-0.03, 0.08, 0.02]])
@@ -142,6 +142,18 @@ def test_velocity_space_is_differentiable():
     assert torch.autograd.gradcheck(lambda r: space.velocities(r, 1), (raw,))
     coarse = torch.randn(1, 2, 2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c: space.to_fine(c, (4, 8)), (coarse,))
+
+
+def test_a_model_first_run_under_inference_mode_still_trains():
+    """The cached B-spline basis and identity grid built during inference (Run model) must not
+    be inference tensors, or the next training step (Train widget, same process) fails."""
+    model = TemplateTransformer("bch", ndim=2, width=2,
+                                velocity=VelocitySpace("bspline", factor=2, lattice=7))
+    image = torch.rand(1, 1, 48, 32)  # a grid no other test uses: the caches start empty here
+    with torch.inference_mode():
+        model(image)
+    model(image).probability.sum().backward()
+    assert all(p.grad is not None for p in model.net.head.parameters())
 
 
 def test_bad_velocity_settings_are_refused_listing_what_is_valid():

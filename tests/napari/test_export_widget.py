@@ -55,25 +55,23 @@ def test_export_everything(viewer, dock, tmp_path, notes):
     out.mkdir()
     widget.set_output(out, "case")
     written = {p.name for p in widget.export()}
-    assert written == {"case_segmentation.nii.gz", "case_probability.nii.gz",
-                       "case_jacobian.nii.gz", "case_displacement_z_mm.nii.gz",
-                       "case_displacement_y_mm.nii.gz", "case_displacement_x_mm.nii.gz",
-                       "case_surface.stl"}
+    # the names of `napari-difftt predict` (pipeline.OUTPUTS), so `evaluate` reads them
+    assert written == {"case_seg.nii.gz", "case_prob.nii.gz", "case_jacdet.nii.gz",
+                       "case_displacement.npy", "case_surface.stl"}
 
-    seg = nib.load(out / "case_segmentation.nii.gz")
+    seg = nib.load(out / "case_seg.nii.gz")
     np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-6)  # the true oblique affine
     assert np.asarray(seg.dataobj).dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(seg.dataobj), mask.T)
-    prob = nib.load(out / "case_probability.nii.gz")
+    prob = nib.load(out / "case_prob.nii.gz")
     assert prob.get_data_dtype() == np.float32
     np.testing.assert_allclose(prob.affine, AFFINE, atol=1e-6)
 
-    jac = nib.load(out / "case_jacobian.nii.gz").get_fdata().T
+    jac = nib.load(out / "case_jacdet.nii.gz").get_fdata().T
     np.testing.assert_allclose(jac[1:-1, 1:-1, 1:-1], np.linalg.det(np.eye(3) + a), rtol=1e-5)
-    spacing = np.linalg.norm(AFFINE[:3, :3], axis=0)[::-1]  # (k, j, i)
-    for k, axis in enumerate("zyx"):
-        component = nib.load(out / f"case_displacement_{axis}_mm.nii.gz").get_fdata().T
-        np.testing.assert_allclose(component, displacement[k] * spacing[k], rtol=1e-5, atol=1e-5)
+    saved = np.load(out / "case_displacement.npy")  # voxels, (n, *S), as predict writes it
+    assert saved.dtype == np.float32
+    np.testing.assert_array_equal(saved, displacement.astype(np.float32))
 
     raw = (out / "case_surface.stl").read_bytes()
     [count] = struct.unpack("<I", raw[80:84])
@@ -84,7 +82,7 @@ def test_export_everything(viewer, dock, tmp_path, notes):
     world = nib.affines.apply_affine(AFFINE, inside)
     assert np.all(triangles.min(0) > world.min(0) - 3)
     assert np.all(triangles.max(0) < world.max(0) + 3)
-    assert notes[-1][0] == "info" and "wrote 7 file(s)" in notes[-1][1]
+    assert notes[-1][0] == "info" and "wrote 5 file(s)" in notes[-1][1]
 
 
 def test_never_overwrites_silently(viewer, dock, tmp_path, monkeypatch, notes):
@@ -95,7 +93,7 @@ def test_never_overwrites_silently(viewer, dock, tmp_path, monkeypatch, notes):
     widget.mesh_format.setCurrentText(".obj")
     widget.set_output(tmp_path, "case")
     first = widget.export()
-    assert {p.name for p in first} == {"case_segmentation.nii.gz", "case_surface.obj"}
+    assert {p.name for p in first} == {"case_seg.nii.gz", "case_surface.obj"}
     obj = (tmp_path / "case_surface.obj").read_text().splitlines()
     faces = [line for line in obj if line.startswith("f ")]
     vertices = [line for line in obj if line.startswith("v ")]
@@ -114,7 +112,7 @@ def test_never_overwrites_silently(viewer, dock, tmp_path, monkeypatch, notes):
     assert widget.export() == []
     # asked once for both files, naming each
     assert len(asked) == 1
-    assert "case_segmentation.nii.gz" in asked[0] and "case_surface.obj" in asked[0]
+    assert "case_seg.nii.gz" in asked[0] and "case_surface.obj" in asked[0]
     assert (tmp_path / "case_surface.obj").read_text() == "keep me"
     assert "kept 2 existing file(s)" in widget.message.text()
 

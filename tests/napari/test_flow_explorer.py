@@ -7,21 +7,24 @@ import time
 import numpy as np
 import pytest
 
-from napari_difftt.core.frames import FlowFrames
-from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.core.flow.frames import FlowFrames
+from napari_difftt.layer_metadata import META_KEY
+from napari_difftt.pipeline import arrows
 from napari_difftt.widgets._state import PredictionRecord, ViewerState
-from napari_difftt.widgets.flow_explorer import arrows, current_frame
+from napari_difftt.widgets.flow_explorer import current_frame
 
 
 @pytest.fixture
 def predicted(viewer, tiny_phantom, tiny_checkpoint):
-    """The tiny untrained bch model's prediction of the tiny phantom, stored in ViewerState."""
-    from napari_difftt.core.inference import load_model, predict_volume
+    """The tiny untrained bch model's prediction of the tiny phantom, stored in ViewerState
+    with its provenance (the prior's description and the model kind)."""
+    from napari_difftt.layer_metadata import layer_volume
+    from napari_difftt.pipeline import segment
 
     image, _ = tiny_phantom
-    loaded = load_model(tiny_checkpoint, device="cpu")
-    prediction = predict_volume(loaded.model, np.asarray(image.data))
-    record = PredictionRecord(prediction, image, tiny_checkpoint, "cpu")
+    result = segment(layer_volume(image), tiny_checkpoint, device="cpu")
+    record = PredictionRecord(result.prediction, image, tiny_checkpoint, "cpu",
+                              prior=result.prior, kind=result.kind)
     ViewerState.of(viewer).set_prediction(record)
     return record
 
@@ -29,6 +32,13 @@ def predicted(viewer, tiny_phantom, tiny_checkpoint):
 def _choose(widget, path: str, count: int) -> None:
     widget.path.setCurrentIndex(widget.path.findData(path))
     widget.count.setValue(count)
+
+
+def _show(widget, qtbot):
+    """Show flow and wait for its layer: the frames are built in a worker."""
+    assert widget.show_flow() is not None
+    qtbot.waitUntil(lambda: not widget.building, timeout=60_000)
+    return widget.layer
 
 
 def test_without_a_prediction_it_says_run_the_model_first(viewer, dock, tiny_phantom):
@@ -44,7 +54,7 @@ def test_stationary_frames_go_from_the_prior_to_the_prediction(viewer, dock, pre
     original = np.array(image.data, copy=True)
     widget = dock("Flow explorer")
     _choose(widget, "stationary", 5)
-    layer = widget.show_flow()
+    layer = _show(widget, qtbot)
     qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
 
     assert isinstance(layer.data, FlowFrames) and layer.data.shape == (5, *image.data.shape)
@@ -65,21 +75,21 @@ def test_stationary_frames_go_from_the_prior_to_the_prediction(viewer, dock, pre
 def test_frames_are_computed_once_and_scrubbing_reads_the_cache(viewer, dock, predicted, qtbot):
     widget = dock("Flow explorer")
     _choose(widget, "piecewise", 4)
-    layer = widget.show_flow()
+    layer = _show(widget, qtbot)
     qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
-    assert layer.data.computed == 4  # the background pass rendered each frame exactly once
+    assert layer.data.computed == 4  # the background passes rendered each frame exactly once
     axis = viewer.dims.ndim - layer.ndim
     for k in (3, 0, 2, 1, 3):
         viewer.dims.set_current_step(axis, k)
         assert current_frame(viewer, layer) == k
-        np.asarray(layer._slice.image.view)  # what the canvas shows now
+        viewer.screenshot(canvas_only=True, flash=False)  # draw what the canvas shows now
     assert layer.data.computed == 4
 
 
 def test_napari_renders_only_the_frames_it_shows(viewer):
     import torch
 
-    from napari_difftt.core.frames import stationary_path, warp_prior
+    from napari_difftt.core.flow.frames import stationary_path, warp_prior
 
     shape = (6, 7, 8)
     velocity = torch.full((1, 3, *shape), 0.5)
@@ -92,13 +102,38 @@ def test_napari_renders_only_the_frames_it_shows(viewer):
     viewer.dims.set_current_step(0, 30)
     viewer.dims.set_current_step(0, 17)
     assert frames.computed == shown + 2
-    np.testing.assert_array_equal(layer._slice.image.view, frames[17][3])
+    assert viewer.dims.current_step[0] == 17
+    k = viewer.dims.current_step[1]  # the z slice napari shows
+    for y, x in ((1, 2), (5, 7)):
+        assert layer.get_value((17, k, y, x)) == pytest.approx(frames[17][k, y, x])
+    assert frames.computed == shown + 2  # reading what is shown computes nothing more
+
+
+def test_frames_use_the_prior_the_prediction_carries(viewer, dock, predicted, qtbot):
+    """Provenance, not guessing: the frames start from the record's own prior description (here
+    another one than the checkpoint's), never from a prior matched by its values."""
+    import torch
+
+    from napari_difftt.core.prior import GeneralisedGaussianPrior, prior_from_dict
+
+    shape = predicted.prediction.prior.shape
+    moved = GeneralisedGaussianPrior(3, mean=(0.3, -0.2, 0.1)).to_dict()
+    ViewerState.of(viewer).set_prediction(
+        PredictionRecord(predicted.prediction, predicted.source, "gone.pt", "cpu", prior=moved))
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 3)
+    layer = _show(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    with torch.inference_mode():
+        expected = prior_from_dict(moved).on_grid(shape, dtype=torch.float32)[0, 0].numpy()
+    np.testing.assert_allclose(layer.data[0], expected, atol=1e-6)
+    assert np.abs(layer.data[0] - predicted.prediction.prior).max() > 0.1
 
 
 def test_piecewise_path_reports_its_distance_from_phi(viewer, dock, predicted, qtbot):
     widget = dock("Flow explorer")
     _choose(widget, "piecewise", 3)
-    layer = widget.show_flow()
+    layer = _show(widget, qtbot)
     qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
     np.testing.assert_allclose(layer.data[0], predicted.prediction.prior, atol=1e-6)
     # exp(v₂)∘exp(v₁) vs the model's exp(bch(v₂, v₁)): the status states the difference
@@ -113,7 +148,7 @@ def test_piecewise_path_reports_its_distance_from_phi(viewer, dock, predicted, q
 def test_displacement_arrows_follow_the_t_slider(viewer, dock, predicted, qtbot):
     widget = dock("Flow explorer")
     _choose(widget, "stationary", 3)
-    layer = widget.show_flow()
+    layer = _show(widget, qtbot)
     widget.show_vectors.setChecked(True)
     vectors = widget.vectors
     assert vectors is not None and vectors.data.shape[1:] == (2, 3)
@@ -158,7 +193,7 @@ def test_arrows_never_widen_the_dims_range(viewer):
     assert viewer.dims.range == before
 
 
-def test_a_model_without_velocity_is_explained(viewer, dock, tiny_phantom):
+def test_a_model_without_velocity_is_explained(viewer, dock, tiny_phantom, qtbot):
     from napari_difftt.core.inference import Prediction
 
     image, _ = tiny_phantom
@@ -168,12 +203,14 @@ def test_a_model_without_velocity_is_explained(viewer, dock, tiny_phantom):
                             np.zeros(shape, np.float32))
     ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, "none.pt", "cpu"))
     widget = dock("Flow explorer")
-    _choose(widget, "stationary", 3)
-    assert widget.show_flow() is None
-    assert "no velocity field" in widget.status.text()
-    _choose(widget, "piecewise", 3)
-    assert widget.show_flow() is None
-    assert "no piecewise velocities" in widget.status.text()
+    layers = list(viewer.layers)
+    for path, expected in (("stationary", "no velocity field"),
+                           ("piecewise", "no piecewise velocities")):
+        _choose(widget, path, 3)
+        widget.show_flow()
+        qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+        assert expected in widget.status.text()
+        assert widget.layer is None and list(viewer.layers) == layers
 
 
 def test_closing_the_viewer_while_precomputing_is_quiet(make_napari_viewer, tiny_checkpoint,
@@ -189,7 +226,7 @@ def test_closing_the_viewer_while_precomputing_is_quiet(make_napari_viewer, tiny
     ViewerState.of(own).set_prediction(PredictionRecord(prediction, image, tiny_checkpoint, "cpu"))
     _, widget = own.window.add_plugin_dock_widget("napari-difftt", "Flow explorer")
     _choose(widget, "piecewise", 101)
-    frames = widget.show_flow().data
+    frames = _show(widget, qtbot).data
     job = widget.job
     own.close()  # stops the background pass; late signals must not reach the deleted widget
     qtbot.waitUntil(lambda: not job.worker.is_running, timeout=30_000)
@@ -201,9 +238,9 @@ def test_stop_acts_inside_a_frame(viewer, dock, predicted, qtbot, monkeypatch):
     """Stop pressed while a frame renders in the worker ends that render part-way."""
     import threading
 
-    from napari_difftt.core import frames as core_frames
+    from napari_difftt.core.flow import frames as core_frames
 
-    entered, hold, finished = threading.Event(), threading.Event(), []
+    entered, hold, finished, calls = threading.Event(), threading.Event(), [], []
     evaluate = core_frames.evaluate_prior
 
     def held_evaluate(prior, shape):
@@ -211,6 +248,9 @@ def test_stop_acts_inside_a_frame(viewer, dock, predicted, qtbot, monkeypatch):
 
         def held(displacement):
             if threading.current_thread() is threading.main_thread():
+                return render(displacement)
+            calls.append(True)
+            if len(calls) == 1:  # frame 0, rendered while the frames are built
                 return render(displacement)
             entered.set()
             hold.wait(timeout=30)
@@ -223,7 +263,7 @@ def test_stop_acts_inside_a_frame(viewer, dock, predicted, qtbot, monkeypatch):
     monkeypatch.setattr(core_frames, "evaluate_prior", held_evaluate)
     widget = dock("Flow explorer")
     _choose(widget, "stationary", 9)
-    layer = widget.show_flow()
+    layer = _show(widget, qtbot)
     job = widget.job
     qtbot.waitUntil(entered.is_set, timeout=60_000)
     widget.cancel()
@@ -232,3 +272,137 @@ def test_stop_acts_inside_a_frame(viewer, dock, predicted, qtbot, monkeypatch):
     assert finished == []  # the frame being rendered when Stop came was abandoned
     assert layer in viewer.layers and layer.data.computed < len(layer.data)
     np.testing.assert_allclose(layer.data[8], predicted.prediction.probability, atol=1e-5)
+
+
+def test_stop_after_showing_again_stops_the_new_pass(viewer, dock, predicted, qtbot):
+    """The first pass's late "finished" must not make Stop forget the second pass (a race:
+    the second worker may still wait for a pool thread when that signal arrives)."""
+    import threading
+
+    from qtpy.QtCore import QRunnable, QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 6)
+    widget.show_flow()
+    first = widget.job  # building the frames: a pass like precomputing them
+    first.cancel()
+    deadline = time.monotonic() + 60
+    while first.worker.is_running and time.monotonic() < deadline:
+        time.sleep(0.01)  # no event processing: the first pass's "finished" stays queued
+    pool, release = QThreadPool.globalInstance(), threading.Event()
+    threads = pool.maxThreadCount()
+    busy = QRunnable.create(lambda: release.wait(60))
+    try:
+        pool.setMaxThreadCount(1)
+        pool.start(busy)  # the one pool thread is taken: the second worker has to wait
+        widget.show_flow()
+        second = widget.job
+        for _ in range(5):
+            QApplication.processEvents()  # deliver the first pass's "finished"
+        assert widget.job is second
+        widget.cancel()
+        assert second.cancel_requested
+    finally:
+        release.set()
+        pool.setMaxThreadCount(threads)
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    assert not widget.cancel_button.isEnabled()
+
+
+def test_show_flow_builds_and_renders_frame_0_in_the_worker(viewer, dock, predicted, qtbot,
+                                                            monkeypatch):
+    """Show flow holds the GUI thread for no frame: the worker builds the frames (checking the
+    velocities) and renders frame 0, so napari's first read is a cache hit; showing again after
+    scrubbing to t = 1 reuses the layer and still renders nothing on the GUI thread."""
+    import threading
+
+    from napari_difftt.widgets import flow_explorer
+
+    rendered_here, built_here = [], []
+    original, build = FlowFrames._render_entry, flow_explorer.flow_frames
+
+    def render(frames, k):
+        if threading.current_thread() is threading.main_thread():
+            rendered_here.append(k)
+        return original(frames, k)
+
+    def flow_frames(*args):
+        built_here.append(threading.current_thread() is threading.main_thread())
+        return build(*args)
+
+    monkeypatch.setattr(FlowFrames, "_render_entry", render)
+    monkeypatch.setattr(flow_explorer, "flow_frames", flow_frames)
+    widget = dock("Flow explorer")
+    _choose(widget, "piecewise", 5)
+    assert widget.show_flow() is not None
+    assert widget.building and widget.layer is None  # returns at once: the worker builds
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    layer = widget.layer
+    assert layer in viewer.layers and layer.data.computed == 5
+    assert rendered_here == [] and built_here == [False]
+    for _ in range(4):
+        widget.step_t(1)
+    assert current_frame(viewer, layer) == 4
+    _choose(widget, "stationary", 5)
+    count, first = len(viewer.layers), layer.data
+    widget.show_flow()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    assert widget.layer == layer and len(viewer.layers) == count  # reused, new frames
+    assert layer.data is not first and current_frame(viewer, layer) == 0
+    viewer.screenshot(canvas_only=True, flash=False)  # napari draws what it shows
+    assert rendered_here == [] and built_here == [False, False]
+
+
+def test_a_newer_show_flow_supersedes_a_build_still_running(viewer, dock, predicted, qtbot,
+                                                           monkeypatch):
+    """Show flow pressed again while the first build runs: the first build's frames are never
+    shown, even when it ends after the second one."""
+    import threading
+
+    from napari_difftt.widgets import flow_explorer
+
+    release, build = threading.Event(), flow_explorer.flow_frames
+
+    def flow_frames(result, count, path):
+        if count == 3:  # the first request: held until the second one is shown
+            release.wait(timeout=60)
+        return build(result, count, path)
+
+    monkeypatch.setattr(flow_explorer, "flow_frames", flow_frames)
+    widget = dock("Flow explorer")
+    _choose(widget, "stationary", 3)
+    first = widget.show_flow()
+    _choose(widget, "stationary", 5)
+    layer = _show(widget, qtbot)
+    assert first.cancel_requested and layer.data.shape[0] == 5
+    release.set()
+    qtbot.waitUntil(lambda: not first.worker.is_running and widget.job is None, timeout=60_000)
+    qtbot.wait(50)
+    assert widget.layer == layer and layer.data.shape[0] == 5
+    assert len([item for item in viewer.layers if isinstance(item.data, FlowFrames)]) == 1
+
+
+def test_stop_while_building_shows_nothing(viewer, dock, predicted, qtbot, monkeypatch):
+    import threading
+
+    from napari_difftt.widgets import flow_explorer
+
+    entered, release, build = threading.Event(), threading.Event(), flow_explorer.flow_frames
+
+    def flow_frames(*args):
+        entered.set()
+        release.wait(timeout=60)
+        return build(*args)
+
+    monkeypatch.setattr(flow_explorer, "flow_frames", flow_frames)
+    widget = dock("Flow explorer")
+    layers = list(viewer.layers)
+    widget.show_flow()
+    qtbot.waitUntil(entered.is_set, timeout=60_000)
+    widget.cancel()
+    release.set()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    assert widget.layer is None and list(viewer.layers) == layers and not widget.building
+    assert "Stopped before the frames were shown" in widget.status.text()
+    assert not widget.cancel_button.isEnabled()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from napari_difftt.core.inference import Prediction
-from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.layer_metadata import META_KEY
+from napari_difftt.pipeline import GRID_EVERY, grid_lines, jacobian_report
 from napari_difftt.widgets._state import PredictionRecord, ViewerState
-from napari_difftt.widgets.jacobian import jacobian_stats, log_det_display
 
 SHAPE = (8, 10, 12)
 
@@ -111,9 +111,9 @@ def test_stats_and_display_of_a_rotation_and_shear_in_2d():
     theta = 0.3
     rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     shear = np.array([[1.0, 0.7], [0.0, 1.0]])
-    stats = jacobian_stats(linear(rotation @ shear - np.eye(2), shape=(9, 11)))
+    stats = jacobian_report(linear(rotation @ shear - np.eye(2), shape=(9, 11)))
     assert stats.minimum == pytest.approx(1.0, abs=1e-5)  # area preserved
-    log_det, (low, high) = log_det_display(stats.det)
+    log_det, (low, high) = stats.log_det, stats.limits
     assert high == pytest.approx(0.05) and low == pytest.approx(-0.05)  # the narrowest range
     np.testing.assert_allclose(log_det, 0.0, atol=1e-5)
 
@@ -134,18 +134,17 @@ def test_phi_at_the_flow_explorers_t(viewer, dock, tiny_phantom, tiny_checkpoint
     explorer = dock("Flow explorer")
     explorer.path.setCurrentIndex(explorer.path.findData("stationary"))
     explorer.count.setValue(3)
-    layer = explorer.show_flow()
+    explorer.show_flow()  # the frames are built in a worker; the layer comes with them
     qtbot.waitUntil(lambda: explorer.job is None, timeout=60_000)
+    layer = explorer.layer
     viewer.dims.set_current_step(viewer.dims.ndim - layer.ndim, 1)
     _compute(widget, qtbot)
-    expected = jacobian_stats(layer.data.displacement(1))
+    expected = jacobian_report(layer.data.displacement(1))
     np.testing.assert_allclose(widget.stats.det, expected.det)
     assert "φ(t = 0.5)" in widget.summary.text()
 
 
 def test_deformed_grid_is_pulled_back(viewer, dock, qtbot):
-    from napari_difftt.widgets.jacobian import GRID_EVERY, grid_lines
-
     displacement = np.zeros((3, *SHAPE), np.float32)
     displacement[2] = 2.0  # u = +2 voxels along x: the output at x shows the grid at x + 2
     _predict(viewer, displacement)

@@ -15,6 +15,7 @@ WIDGETS = {
     "Export": "napari-difftt.export",
     "Flow explorer": "napari-difftt.flow_explorer",
     "Jacobian": "napari-difftt.jacobian",
+    "All widgets (tabs)": "napari-difftt.tabbed",
 }
 
 
@@ -57,7 +58,8 @@ def test_widgets_menus_reader_writers_and_samples(manifest):
 
 
 def test_importing_the_manifest_modules_does_not_import_torch():
-    """The plugin menu must open fast: reader, writer, samples and state import no torch."""
+    """The plugin menu must open fast: reader, writer, samples, state, the layer metadata and
+    the pipeline import no torch."""
     import subprocess
     import sys
 
@@ -65,13 +67,15 @@ def test_importing_the_manifest_modules_does_not_import_torch():
         "import sys\n"
         "import napari_difftt._reader, napari_difftt._writer, napari_difftt._sample_data\n"
         "import napari_difftt.widgets._state, napari_difftt.widgets._layers\n"
+        "import napari_difftt.layer_metadata, napari_difftt.pipeline\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-DOCKS = ("Run model", "Shape prior", "Train", "Export", "Flow explorer", "Jacobian")
+DOCKS = ("Run model", "Shape prior", "Train", "Export", "Flow explorer", "Jacobian",
+         "All widgets (tabs)")
 
 
 @pytest.mark.parametrize("name", DOCKS)

@@ -1,4 +1,5 @@
-"""Shape prior widget: world-mm parameters ↔ prior, live debounced preview, fit, reset, state."""
+"""Shape prior widget: world-mm parameters ↔ prior, live preview (the slice at once, the volume
+in a worker, latest value wins), fit, reset, state."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from difftt_helpers import TINY_SHAPE, blob
 
-from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.layer_metadata import META_KEY
 from napari_difftt.widgets._state import ViewerState
 
 
@@ -26,7 +27,7 @@ def test_preview_follows_parameters_in_mm(viewer, dock, tiny_phantom, qtbot):
 
     # centre on voxel (8, 12, 10) → world (16, 12, 15) mm; x semi-axis 6 mm = 4 voxels
     widget.set_parameters((16.0, 12.0, 15.0), (8.0, 5.0, 6.0), None, 2.0)
-    assert ViewerState.of(viewer).prior_source == "tiny"  # stored at once, no debounce
+    assert ViewerState.of(viewer).prior_for(image) is not None  # stored at once, no debounce
     qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     p = probability.data
     assert p.shape == TINY_SHAPE
@@ -137,6 +138,54 @@ def test_the_displayed_slice_is_rendered_first(viewer, dock, tiny_phantom, qtbot
     assert probability.data[10].max() < 0.5  # the old prior there until the volume follows
     qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     assert probability.data[10].max() < 0.01 < probability.data[5].max()
+
+
+def test_a_burst_of_changes_ends_with_the_last_value(viewer, dock, tiny_phantom, qtbot,
+                                                     monkeypatch):
+    """Latest value wins: the whole volume is computed in a worker; the first computation,
+    held until a burst of changes is over, returns its then stale values, which are never
+    written; the preview ends equal to the last value and the values in between cost no
+    computation."""
+    import threading
+
+    from napari_difftt import pipeline
+
+    widget = dock("Shape prior")
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
+    probability, contour = widget.preview_layers()
+    before = np.array(probability.data, copy=True)
+    releases, computed = [threading.Event(), threading.Event()], []
+    evaluate = pipeline.prior_values
+
+    def held(prior, coords, where=(Ellipsis,), **kwargs):
+        values = evaluate(prior, coords, where, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
+            computed.append(values)
+            if len(computed) <= 2:
+                releases[len(computed) - 1].wait(timeout=30)  # computed, returned on release
+        return values
+
+    monkeypatch.setattr(pipeline, "prior_values", held)
+    widget.radii[2].setValue(4.0)
+    qtbot.waitUntil(lambda: len(computed) == 1, timeout=3000)
+    for step in range(1, 8):
+        widget.radii[2].setValue(4.0 + step)
+        qtbot.wait(5)
+    assert not widget.preview_complete
+    releases[0].set()  # the stale result comes back; then the last value is computed
+    qtbot.waitUntil(lambda: len(computed) == 2, timeout=10_000)
+    qtbot.wait(50)
+    hidden = np.arange(probability.data.shape[0]) != viewer.dims.current_step[0]
+    np.testing.assert_array_equal(probability.data[hidden], before[hidden])  # not written
+    assert not widget.preview_complete
+    releases[1].set()
+    qtbot.waitUntil(lambda: widget.preview_complete, timeout=10_000)
+    expected = evaluate(widget.prior(), pipeline.grid_coordinates(probability.data.shape))
+    np.testing.assert_allclose(probability.data, expected, atol=1e-6)
+    np.testing.assert_array_equal(contour.data, (expected >= 0.5).astype(np.uint8))
+    assert len(computed) == 2  # the held one and the last: the values in between are skipped
+    assert np.abs(computed[0] - expected).max() > 0.1  # the held result really was stale
+    assert np.abs(before[hidden] - expected[hidden]).max() > 0.1  # and the last one is new
 
 
 def _previews(viewer):

@@ -8,7 +8,8 @@ import pytest
 
 from napari_difftt._reader import get_reader, is_label_like
 from napari_difftt._writer import write_image, write_labels
-from napari_difftt.widgets._layers import META_KEY, derived_kwargs, layer_affine
+from napari_difftt.layer_metadata import META_KEY, layer_affine
+from napari_difftt.widgets._layers import derived_kwargs
 
 
 def _oblique(angle_deg: float, spacing) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_difftt.widgets._layers import META_KEY
+from napari_difftt.layer_metadata import META_KEY
 from napari_difftt.widgets._state import ViewerState
 
 TIMEOUT_MS = 120_000
@@ -62,8 +62,8 @@ def test_prediction_layers_state_and_metrics(viewer, dock, tiny_phantom, tiny_ch
     assert record.checkpoint == tiny_checkpoint
     assert record.prediction.displacement.shape == (3, *image.data.shape)
     assert widget.device_used.text() == "cpu"
-    expected = evaluate_case(segmentation.data, labels.data != 0, image.scale,
-                             displacement=record.prediction.displacement)
+    expected = evaluate_case(segmentation.data, labels.data, image.scale,
+                             record.prediction.displacement)
     assert widget.last_result.metrics == expected
     assert f"Dice: {expected['dice']:.3f}" in widget.metrics.text()
     assert "components: " in widget.metrics.text()
@@ -288,7 +288,7 @@ def test_failed_or_cancelled_run_clears_old_results(viewer, dock, tiny_phantom, 
 
 
 def test_spacing_far_from_the_training_spacing_warns(viewer, dock, tiny_checkpoint, qtbot, notes):
-    from napari_difftt.widgets._layers import spacing_kwargs
+    from napari_difftt.layer_metadata import spacing_kwargs
 
     viewer.add_image(np.random.default_rng(1).random((16, 16, 16), np.float32),
                      **spacing_kwargs((3.0, 0.8, 0.8), "coarse"))
@@ -310,7 +310,7 @@ def test_a_folder_is_segmented_with_the_cli_names(viewer, dock, tiny_checkpoint,
                                                   notes):
     import nibabel as nib
 
-    from napari_difftt.commands.predict import PROBABILITY_SUFFIX, SEGMENTATION_SUFFIX
+    from napari_difftt.pipeline import OUTPUTS
 
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
@@ -324,10 +324,9 @@ def test_a_folder_is_segmented_with_the_cli_names(viewer, dock, tiny_checkpoint,
     job = widget.run_folder(folder, out)
     job.worker.yielded.connect(lambda item: seen.append(item[2]))
     qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
-    expected = {f"{stem}{suffix}.nii.gz" for stem in ("a", "b")
-                for suffix in (SEGMENTATION_SUFFIX, PROBABILITY_SUFFIX)}
+    expected = {f"{stem}{OUTPUTS[key]}" for stem in ("a", "b") for key in ("seg", "prob")}
     assert {p.name for p in out.iterdir()} == expected
-    np.testing.assert_allclose(nib.load(out / f"a{SEGMENTATION_SUFFIX}.nii.gz").affine, affine)
+    np.testing.assert_allclose(nib.load(out / f"a{OUTPUTS['seg']}").affine, affine)
     assert any(m.startswith("[1/2] a.nii.gz") for m in seen)  # progress per file
     assert any(m.startswith("[2/2] b.nii") for m in seen)
     assert "segmented 2 volume(s)" in widget.message.text()

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_difftt._sample_data import PHANTOM_2D, PHANTOM_3D, phantom_2d, phantom_3d
-from napari_difftt.widgets._layers import META_KEY, layer_affine
+from napari_difftt._sample_data import (
+    PHANTOM_2D,
+    PHANTOM_3D,
+    PHANTOM_3D_ORIGIN,
+    phantom_2d,
+    phantom_3d,
+)
+from napari_difftt.layer_metadata import META_KEY, layer_affine
 
 
 def test_phantoms_are_seeded_and_carry_their_spacing():
@@ -31,5 +37,17 @@ def test_sample_data_opens_in_napari(make_napari_viewer):
     image, labels = viewer.layers["phantom"], viewer.layers["phantom labels"]
     assert image.data.shape == labels.data.shape == PHANTOM_3D[0]
     np.testing.assert_allclose(image.scale, PHANTOM_3D[2])
+    np.testing.assert_allclose(image.translate, PHANTOM_3D_ORIGIN)
     expected = np.eye(4)[[2, 1, 0, 3]] @ np.diag([*PHANTOM_3D[2], 1.0])
+    expected[:3, 3] = PHANTOM_3D_ORIGIN[::-1]  # world (x, y, z) of voxel 0
     np.testing.assert_allclose(layer_affine(labels), expected)
+
+
+def test_the_3d_sample_has_the_bundled_models_spacing():
+    """The phantom is drawn in voxel space like the training phantoms: its spacing is the
+    models' own, so Run model does not warn about the spacing of the plugin's own sample."""
+    from napari_difftt.core.inference import default_checkpoint, spacing_mismatch
+    from napari_difftt.core.io import load_checkpoint
+
+    checkpoint = load_checkpoint(default_checkpoint())
+    assert spacing_mismatch(PHANTOM_3D[2], checkpoint.get("spacing"), "phantom") is None

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         parse_sizes,
         run_isolated,
     )
-    from ..core.checks import check_squarings
     from ..core.device import resolve_device
+    from ..core.flow.checks import check_squarings
 
     sizes = parse_sizes(args.sizes)
     if args.repeats < 1:

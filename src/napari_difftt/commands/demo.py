@@ -24,6 +24,7 @@ from pathlib import Path
 HELP = "open napari with the sample volume, the pretrained model and all widgets (or --headless)"
 
 DEFAULT_OUT = "napari-difftt-demo"
+STEM = "phantom"  # the segmentation is written as phantom_seg.nii.gz (pipeline.OUTPUTS)
 WIDGETS = ("Shape prior", "Flow explorer", "Jacobian", "Train", "Export", "Run model")
 SCREEN = (1600, 1000)
 TIMEOUT_S = 600.0
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.inference import default_checkpoint
+    from ..pipeline import default_checkpoint
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     if not checkpoint.is_file():
@@ -82,8 +83,8 @@ def _interactive(checkpoint: Path | None, device: str) -> int:
 def _headless_napari(checkpoint: Path | None, device: str, out: Path) -> int:
     from qtpy.QtWidgets import QApplication
 
-    from ..core.io import write_nifti
-    from ..widgets._layers import layer_volume
+    from ..layer_metadata import layer_volume
+    from ..pipeline import Result, export
 
     viewer, widget = _open_demo(checkpoint, device, show=True)
     try:
@@ -101,9 +102,9 @@ def _headless_napari(checkpoint: Path | None, device: str, out: Path) -> int:
         if result is None or record is None:
             raise RuntimeError(f"the prediction failed: {widget.message.text()}")
         _print_metrics(result)
-        segmentation = record.segmentation
-        written = [write_nifti(out / "phantom_segmentation.nii.gz", segmentation.data,
-                               layer_volume(segmentation), labels=True, overwrite=True)]
+        volume = layer_volume(record.segmentation)
+        written = export(Result.of_arrays(volume.array, volume.affine), volume, out, STEM,
+                         ["seg"], overwrite=True)
         written.append(_write_metrics(out, result))
         for _ in range(10):  # let the dock widgets lay out before the screenshot
             QApplication.processEvents()
@@ -123,7 +124,7 @@ def _open_demo(checkpoint: Path | None, device: str, show: bool):
     returns (viewer, Run model widget)."""
     import napari
 
-    from ..widgets._layers import layer_metadata
+    from ..layer_metadata import layer_metadata
 
     viewer = napari.Viewer(title="napari-difftt demo", show=show)
     if show:
@@ -193,30 +194,23 @@ def _no_screen() -> bool:
 
 # ------------------------------------------------------------------------------ montage path
 def _headless_montage(checkpoint: Path, device: str, out: Path) -> int:
-    """The same pipeline with the core only, and a slice montage as the picture."""
+    """The same pipeline without Qt or napari, and a slice montage as the picture."""
     from skimage.io import imsave
 
-    from .._sample_data import PHANTOM_3D
+    from .._sample_data import PHANTOM_3D, PHANTOM_3D_ORIGIN
     from ..core.data import make_phantom
-    from ..core.inference import load_model, predict_volume
-    from ..core.io import Volume, write_nifti
-    from ..core.metrics import evaluate_case
-    from ..widgets._layers import display_affine
-    from ..widgets.run_model import RunResult
+    from ..core.io import Volume
+    from ..layer_metadata import display_affine
+    from ..pipeline import export, segment
 
     shape, seed, spacing = PHANTOM_3D
     phantom = make_phantom(shape, seed=seed, spacing=spacing)
-    start = time.perf_counter()
-    loaded = load_model(checkpoint, device=device)
-    prediction = predict_volume(loaded.model, phantom.image, progress=_print_progress)
-    metrics = evaluate_case(prediction.segmentation, phantom.labels, phantom.spacing,
-                            displacement=prediction.displacement)
-    result = RunResult(prediction, metrics, str(loaded.device), checkpoint,
-                       time.perf_counter() - start)
+    volume = Volume(phantom.image, display_affine(phantom.spacing, PHANTOM_3D_ORIGIN))
+    result = segment(volume, checkpoint, truth=phantom.labels, progress=_print_progress,
+                     device=device)
+    prediction = result.prediction
     _print_metrics(result)
-    affine = display_affine(phantom.spacing, (0.0,) * len(shape))
-    written = [write_nifti(out / "phantom_segmentation.nii.gz", prediction.segmentation,
-                           Volume(prediction.segmentation, affine), labels=True, overwrite=True)]
+    written = export(result, volume, out, STEM, ["seg"], overwrite=True)
     written.append(_write_metrics(out, result))
     picture = out / "demo.png"
     imsave(picture, montage(phantom.image, prediction.segmentation, phantom.labels),
@@ -255,7 +249,7 @@ def montage_zoom(shape) -> int:
 
 # ------------------------------------------------------------------------------ reporting
 def _print_metrics(result) -> None:
-    from ..widgets.run_model import format_metrics
+    from ..pipeline import format_metrics
 
     if result is None:
         return

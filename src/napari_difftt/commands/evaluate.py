@@ -1,13 +1,15 @@
 """``napari-difftt evaluate``: compare predicted segmentations with reference labels.
 
-Predictions ``NAME_seg.nii.gz`` (or ``NAME.nii.gz``) in ``--pred`` are matched with
-``NAME.nii[.gz]`` in ``--labels``. Per case: Dice, Hausdorff distance and HD95 in mm (the
-reference file's spacing), connected components of the prediction (face connectivity), and —
-when ``predict --jacobian`` left ``NAME_displacement.npy`` (or only ``NAME_jacdet.nii.gz``)
-beside it — the percentage of voxels with det ∇Φ ≤ 0 (central differences; digital too when the
-displacement is there), as the topology report of :func:`core.metrics.topology_report`
-(components with face and full connectivity too). Prints a table with mean ± std; ``--json``
-writes everything, each case's report under ``"topology"``.
+Predictions in ``--pred`` are matched with ``NAME.nii[.gz]`` in ``--labels``: the outputs of
+``predict`` and the Export widget (:data:`napari_difftt.pipeline.OUTPUTS`: ``NAME_seg.nii.gz``,
+``NAME_displacement.npy``, ``NAME_jacdet.nii.gz``), the Export widget's files of earlier
+versions (``NAME_segmentation.nii.gz``, ``NAME_displacement_{z,y,x}_mm.nii.gz``,
+``NAME_jacobian.nii.gz``) or ``NAME.nii.gz``. Per case :func:`core.metrics.evaluate_case`:
+Dice, Hausdorff distance and HD95 in mm (the reference file's spacing), connected components
+of the prediction (face and full connectivity) and, when a displacement (or only a det J file)
+lies beside it, the percentage of voxels with det ∇Φ ≤ 0 (central differences; digital too
+when the displacement is there). Prints a table with mean ± std; ``--json`` writes
+everything, each case's :func:`core.metrics.topology_report` under ``"topology"``.
 
 Refused before any metric is computed, naming the files: reference labels with values other
 than 0, 1 and the ignore value (an intensity image given as labels), references without a
@@ -19,14 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .predict import DISPLACEMENT_SUFFIX, JACOBIAN_SUFFIX, SEGMENTATION_SUFFIX, nifti_stem
+from ..pipeline import OUTPUTS, nifti_stem
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HELP = "compute Dice, HD, HD95, folding (det J <= 0) and components of predictions against labels"
 
-# (key, column title, format)
+LEGACY_SEGMENTATION = "_segmentation"  # the Export widget's names before one contract
+LEGACY_JACOBIAN = "_jacobian.nii.gz"
+LEGACY_DISPLACEMENT = "_displacement_{axis}_mm.nii.gz"  # one file per array axis, in mm
+# (core.metrics.METRIC_KEYS key, column title, format)
 COLUMNS = (
     ("dice", "Dice", "{:.4f}"),
     ("hausdorff", "HD mm", "{:.2f}"),
@@ -74,10 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..core.io import check_output_file, read_nifti
-    from ..core.progress import ProgressBar
+    from ..pipeline import evaluate_case, summarise, topology_report
+    from ._progress import ProgressBar
 
     for name, folder in (("pred", args.pred), ("labels", args.labels)):
         if not folder.is_dir():
@@ -99,25 +106,18 @@ def run(args: argparse.Namespace) -> int:
         check_reference(label_path, reference.array, args.ignore_value)
         if not args.ignore_affine:
             check_same_geometry(pred_path, pred.affine, label_path, reference.affine)
-        displacement_path = args.pred / f"{name}{DISPLACEMENT_SUFFIX}.npy"
-        jacdet_path = args.pred / f"{name}{JACOBIAN_SUFFIX}.nii.gz"
-        displacement = np.load(displacement_path) if displacement_path.is_file() else None
-        if displacement is not None and displacement.shape != (pred.array.ndim, *pred.array.shape):
-            raise ValueError(
-                f"{displacement_path} has shape {displacement.shape}; expected "
-                f"{(pred.array.ndim, *pred.array.shape)}"
-            )
-        jacdet = read_nifti(jacdet_path).array if jacdet_path.is_file() else None
-        metrics = case_metrics(
-            pred.array, reference.array, reference.spacing, displacement, jacdet, args.ignore_value
-        )
-        cases.append(
-            {"name": name, "prediction": str(pred_path), "labels": str(label_path), **metrics}
-        )
+        displacement = read_displacement(args.pred, name, pred)
+        det = read_det(args.pred, name) if displacement is None else None
+        mask = pred.array != 0
+        topology = topology_report(mask, displacement)
+        metrics = evaluate_case(mask, reference.array, reference.spacing, displacement,
+                                ignore_value=args.ignore_value, topology=topology, det=det)
+        cases.append({"name": name, "prediction": str(pred_path), "labels": str(label_path),
+                      **metrics, "topology": topology})
     if bar is not None:
         bar(len(pairs), len(pairs))
         bar.close()
-    summary = summarise(cases)
+    summary = summarise(cases, [key for key, _, _ in COLUMNS])
     print(format_table(cases, summary))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,9 @@ def match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
         raise FileNotFoundError(f"--labels {label_dir}: folder holds no .nii/.nii.gz files")
     pairs, missing = [], []
     for name, label_path in labels.items():
-        candidates = [pred_dir / f"{name}{SEGMENTATION_SUFFIX}{ext}" for ext in (".nii.gz", ".nii")]
+        candidates = [pred_dir / f"{name}{OUTPUTS['seg']}",
+                      pred_dir / f"{name}{OUTPUTS['seg'].removesuffix('.gz')}",
+                      pred_dir / f"{name}{LEGACY_SEGMENTATION}.nii.gz"]
         candidates += [pred_dir / f"{name}{ext}" for ext in (".nii.gz", ".nii")]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
@@ -147,7 +149,7 @@ def match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
     if not pairs:
         raise FileNotFoundError(
             f"--pred {pred_dir} holds no prediction for any label in {label_dir} "
-            f"(expected e.g. {next(iter(labels))}{SEGMENTATION_SUFFIX}.nii.gz)"
+            f"(expected e.g. {next(iter(labels))}{OUTPUTS['seg']})"
         )
     if missing:
         raise FileNotFoundError(
@@ -194,46 +196,39 @@ def check_same_geometry(pred_path: Path, pred_affine, label_path: Path, label_af
             )
 
 
-def case_metrics(
-    pred, reference, spacing, displacement=None, jacdet=None, ignore_value: int = 255
-) -> dict:
-    """Metrics of one case; unlabelled voxels (``ignore_value``) are left out of Dice."""
+def read_displacement(folder: Path, name: str, pred) -> np.ndarray | None:
+    """The displacement ``(n, *S)`` voxels beside a prediction (a :class:`core.io.Volume`):
+    ``NAME_displacement.npy``, else the per-axis mm files of earlier Export widgets; None."""
     import numpy as np
 
-    from ..core.metrics import dice, hausdorff, hd95, topology_report
+    from ..core.io import read_nifti
 
-    pred = np.asarray(pred) > 0
-    known = reference != ignore_value
-    target = reference == 1
-    result = {"dice": dice(pred[known], target[known])}
-    if known.all():
-        result["hausdorff"] = hausdorff(pred, target, spacing)
-        result["hd95"] = hd95(pred, target, spacing)
-    topology = topology_report(pred, displacement)
-    if topology["folding_central"] is None and jacdet is not None:
-        topology["folding_central"] = 100 * float(np.mean(jacdet <= 0))
-    result.update(
-        {k: topology[k] for k in ("components", "components_full", "folding_central",
-                                  "folding_digital") if topology[k] is not None}
-    )
-    return {**{k: float(v) for k, v in result.items()}, "topology": topology}
+    shape = (pred.array.ndim, *pred.array.shape)
+    path = folder / f"{name}{OUTPUTS['displacement']}"
+    axes = ("z", "y", "x")[3 - pred.array.ndim :]
+    legacy = [folder / f"{name}{LEGACY_DISPLACEMENT.format(axis=axis)}" for axis in axes]
+    if path.is_file():
+        displacement = np.load(path)
+    elif all(p.is_file() for p in legacy):
+        path = legacy[0]
+        spacing = pred.spacing
+        displacement = np.stack([read_nifti(p).array / spacing[k] for k, p in enumerate(legacy)])
+    else:
+        return None
+    if displacement.shape != shape:
+        raise ValueError(f"{path} has shape {displacement.shape}; expected {shape}")
+    return displacement.astype(np.float32)
 
 
-def summarise(cases: list[dict]) -> dict:
-    """Mean, std (population) and count of every metric over the cases that have it."""
-    import numpy as np
+def read_det(folder: Path, name: str) -> np.ndarray | None:
+    """det ∇Φ ``(*S)`` beside a prediction (``NAME_jacdet.nii.gz`` or the earlier
+    ``NAME_jacobian.nii.gz``), None when there is neither."""
+    from ..core.io import read_nifti
 
-    summary = {}
-    for key, _, _ in COLUMNS:
-        values = np.array([c[key] for c in cases if key in c], dtype=np.float64)
-        if values.size:
-            finite = values[np.isfinite(values)]
-            summary[key] = {
-                "mean": float(finite.mean()) if finite.size == values.size else math.inf,
-                "std": float(finite.std()) if finite.size == values.size else math.nan,
-                "n": int(values.size),
-            }
-    return summary
+    for suffix in (OUTPUTS["jacdet"], LEGACY_JACOBIAN):
+        if (folder / f"{name}{suffix}").is_file():
+            return read_nifti(folder / f"{name}{suffix}").array
+    return None
 
 
 def format_table(cases: list[dict], summary: dict) -> str:
@@ -252,11 +247,6 @@ def format_table(cases: list[dict], summary: dict) -> str:
             ],
         ]
     )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, lines[1])
-    return "\n".join(lines)
+    from .._tables import format_table as table
+
+    return table(header, rows, style="text", footer=1)

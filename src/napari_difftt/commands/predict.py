@@ -19,12 +19,9 @@ import math
 import sys
 from pathlib import Path
 
-HELP = "segment NIfTI volumes with a trained checkpoint (default: the bundled model)"
+from ..pipeline import list_inputs, nifti_stem
 
-SEGMENTATION_SUFFIX = "_seg"
-PROBABILITY_SUFFIX = "_prob"
-JACOBIAN_SUFFIX = "_jacdet"
-DISPLACEMENT_SUFFIX = "_displacement"
+HELP = "segment NIfTI volumes with a trained checkpoint (default: the bundled model)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,14 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from ..core.data import _resample
-    from ..core.flow import jacobian_det
-    from ..core.inference import default_checkpoint, load_model, predict_volume, spacing_mismatch
-    from ..core.io import check_output_folder, read_nifti, write_nifti
-    from ..core.progress import ProgressBar
+    from ..core.io import check_output_folder, read_nifti
+    from ..pipeline import default_checkpoint, export, load, output_paths, segment
+    from ._progress import ProgressBar
 
     inputs = list_inputs(args.inputs)
     check_output_folder(args.out, what="--out")
@@ -79,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--spacing and --jacobian cannot be combined: the displacement lives on "
                          "the resampled grid, not the input's")
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
-    loaded = load_model(checkpoint, device=args.device)
-    trained_spacing = loaded.checkpoint.get("spacing")
-    target = _target_spacing(args.spacing, trained_spacing)
-    wants_field = args.jacobian and loaded.checkpoint["model"].get("kind") != "unet"
+    loaded = load(checkpoint, device=args.device)
+    target = _target_spacing(args.spacing, loaded.checkpoint.get("spacing"))
+    wants_field = args.jacobian and loaded.model.kind != "unet"
     if args.jacobian and not wants_field:
         print(
             f"note: {checkpoint} is a U-Net (no flow): --jacobian writes nothing", file=sys.stderr
         )
-    planned = {path: _outputs(args.out, path, args.probabilities, wants_field) for path in inputs}
+    what = ["seg"] + ["prob"] * args.probabilities + ["jacdet", "displacement"] * wants_field
+    planned = {path: output_paths(args.out, nifti_stem(path), what) for path in inputs}
     if not args.overwrite:
         existing = [str(p) for outs in planned.values() for p in outs.values() if p.exists()]
         if existing:
@@ -97,39 +89,18 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for index, path in enumerate(inputs, 1):
         volume = read_nifti(path)
-        array, spacing = volume.array, volume.spacing
-        if target is not None:
-            array = _resample(array.astype(np.float32), spacing, target, order=1)
-            spacing = (target,) * array.ndim
-        warning = spacing_mismatch(spacing, trained_spacing, str(path))
-        if warning is not None:
-            print(f"warning: {warning}", file=sys.stderr)
         bar = None if args.quiet else ProgressBar(f"[{index}/{len(inputs)}] {path.name}")
         try:
-            prediction = predict_volume(loaded.model, array, device=loaded.device, progress=bar)
+            result = segment(volume, loaded, progress=bar, resample_mm=target, velocities=False)
         finally:
             if bar is not None:
                 bar.close()
-        _report_topology(path, prediction.topology)
-        if target is not None:
-            probability = _back_onto(prediction.probability, spacing, volume.spacing,
-                                     volume.array.shape)
-            prediction = prediction._replace(
-                probability=probability, segmentation=(probability > 0.5).astype(np.uint8)
-            )
-        outs = planned[path]
-        write_nifti(
-            outs["seg"], prediction.segmentation, like=volume, labels=True, overwrite=args.overwrite
-        )
-        if "prob" in outs:
-            write_nifti(outs["prob"], prediction.probability, like=volume, overwrite=args.overwrite)
-        if "jacdet" in outs and prediction.displacement is not None:
-            displacement = prediction.displacement.astype(np.float32)
-            det = jacobian_det(torch.from_numpy(displacement)[None])[0].numpy()
-            write_nifti(outs["jacdet"], det, like=volume, overwrite=args.overwrite)
-            np.save(outs["displacement"], displacement)
-        voxels = int(prediction.segmentation.sum())
-        print(f"{path.name}: {voxels} foreground voxel(s) → {outs['seg']}")
+        if result.warning is not None:
+            print(f"warning: {result.warning}", file=sys.stderr)
+        _report_topology(path, result.topology)
+        export(result, volume, args.out, nifti_stem(path), what, overwrite=args.overwrite)
+        voxels = int(result.prediction.segmentation.sum())
+        print(f"{path.name}: {voxels} foreground voxel(s) → {planned[path]['seg']}")
     return 0
 
 
@@ -169,56 +140,3 @@ def _target_spacing(option: str | None, trained) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"--spacing must be a positive number of mm or 'model', got {option!r}")
     return value
-
-
-def _back_onto(array, spacing, original: tuple[float, ...], shape: tuple[int, ...]):
-    """``array`` ``(*S')`` of ``spacing`` mm resampled (linearly, voxel 0 kept in place) onto
-    the input's grid: ``shape`` voxels of ``original`` mm — the inverse of ``data._resample``."""
-    import numpy as np
-    from scipy import ndimage
-
-    step = np.asarray(original, dtype=float) / np.asarray(spacing, dtype=float)
-    return ndimage.affine_transform(array, step, output_shape=shape, order=1, mode="nearest")
-
-
-def list_inputs(items: list[Path]) -> list[Path]:
-    """NIfTI files named directly or found (sorted) in the named folders."""
-    files: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if is_nifti(p))
-            if not found:
-                raise FileNotFoundError(f"{item}: folder holds no .nii/.nii.gz files")
-            files += found
-        elif item.is_file():
-            if not is_nifti(item):
-                raise ValueError(f"{item}: not a NIfTI file (.nii or .nii.gz)")
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"input not found: {item}")
-    stems = [nifti_stem(p) for p in files]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise ValueError(f"several inputs are named {duplicates[0]!r}: outputs would collide")
-    return files
-
-
-def is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith((".nii", ".nii.gz"))
-
-
-def nifti_stem(path: Path) -> str:
-    """File name without .nii / .nii.gz."""
-    name = path.name
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name.removesuffix(".nii")
-
-
-def _outputs(out: Path, path: Path, probabilities: bool, field: bool) -> dict[str, Path]:
-    stem = nifti_stem(path)
-    outs = {"seg": out / f"{stem}{SEGMENTATION_SUFFIX}.nii.gz"}
-    if probabilities:
-        outs["prob"] = out / f"{stem}{PROBABILITY_SUFFIX}.nii.gz"
-    if field:
-        outs["jacdet"] = out / f"{stem}{JACOBIAN_SUFFIX}.nii.gz"
-        outs["displacement"] = out / f"{stem}{DISPLACEMENT_SUFFIX}.npy"
-    return outs

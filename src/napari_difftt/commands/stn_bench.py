@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -23,7 +22,6 @@ HELP = "rotated-digit classification: CNN vs TPS / diffeomorphic spatial transfo
 
 REDUCED = {"epochs": 3, "subset": 10000, "repeats": 1}
 FULL = {"epochs": 10, "subset": None, "repeats": 3}
-EVAL_BATCH = 500
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..core.classification.digits import rotated_digits
+    from ..core.classification.stn import MODEL_NAMES
+    from ..core.classification.training import Schedule, summarise_runs, train_classifier
     from ..core.device import describe, resolve_device
-    from ..core.digits import rotated_digits
-    from ..core.stn import MODEL_NAMES
 
     preset = FULL if args.full else REDUCED
     epochs = args.epochs or preset["epochs"]
@@ -71,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
                          f"choose from {', '.join(MODEL_NAMES)}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be a positive learning rate, got {args.lr}")
+    schedules = [
+        Schedule(epochs, args.batch_size, args.lr, seed=args.seed * 1000 + repeat)
+        for repeat in range(repeats)
+    ]
     if args.json is not None and not args.json.parent.is_dir():
         raise FileNotFoundError(
             f"cannot write {args.json}: folder {args.json.parent} does not exist")
@@ -104,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in models:
         runs = [
-            _train_and_test(name, (repeat, repeats), train, test, classes, epochs, args, device)
-            for repeat in range(repeats)
+            train_classifier(name, train, test, classes, schedule, log=_say,
+                             label=f"{name} run {repeat + 1}/{repeats}")
+            for repeat, schedule in enumerate(schedules)
         ]
-        results.append(_summarise(name, runs))
+        results.append(summarise_runs(name, runs))
         if args.json is not None:
             _write_json(args.json, protocol, results)
     print(format_table(results), flush=True)
@@ -116,122 +120,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(results: list[dict]) -> str:
-    """Markdown table of :func:`_summarise` rows (± sample std only when there are repeats)."""
-    lines = [
-        "| model | parameters (transformer) | test accuracy % | % det J ≤ 0 | train s / run |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    """Markdown table of :func:`core.classification.training.summarise_runs` rows (± sample std
+    only when there are repeats)."""
+    from .._tables import format_table as table
+
+    header = ["model", "parameters (transformer)", "test accuracy %", "% det J ≤ 0",
+              "train s / run"]
+    rows = []
     for row in results:
         extra = f" (+{row['transformer_parameters']:,})" if row["transformer_parameters"] else ""
-        accuracy = _mean_std_text(row["accuracy_mean"], row["accuracy_std"], 2)
-        folding = _mean_std_text(row["folding_mean"], row["folding_std"], 3)
-        lines.append(f"| {row['label']} | {row['parameters']:,}{extra} | {accuracy} | {folding} | "
-                     f"{row['train_seconds']:.0f} |")
-    return "\n".join(lines)
-
-
-def _train_and_test(name: str, run: tuple[int, int], train: list, test: list, classes: int,
-                    epochs: int, args: argparse.Namespace, device) -> dict:
-    """Train one model once (``run`` = (index, count)) and evaluate it; returns its figures."""
-    import torch
-
-    from ..core.stn import build_classifier
-
-    repeat, repeats = run
-    seed = args.seed * 1000 + repeat
-    torch.manual_seed(seed)
-    images, labels = train
-    model = build_classifier(name, tuple(images.shape[2:]), images.shape[1], classes).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    order = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        for index in torch.randperm(len(labels), generator=order).split(args.batch_size):
-            index = index.to(device)
-            output = model(images[index])
-            loss = model.loss(output, labels[index])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total_loss += float(loss.detach()) * len(index)
-            correct += int((output.logits.argmax(1) == labels[index]).sum())
-            seen += len(index)
-        if not math.isfinite(total_loss):
-            raise RuntimeError(f"training {name} diverged (loss {total_loss}) in epoch {epoch + 1}")
-        _say(f"{name} run {repeat + 1}/{repeats} epoch {epoch + 1}/{epochs}: "
-             f"loss {total_loss / seen:.4f}, train accuracy {100 * correct / seen:.2f}%, "
-             f"{time.perf_counter() - started:.0f} s")
-    seconds = time.perf_counter() - started
-    figures = _evaluate(model, test)
-    _say(f"{name} run {repeat + 1}: test accuracy {figures['accuracy']:.2f}%"
-         + ("" if figures["folding"] is None else
-            f", det J ≤ 0 at {figures['folding']:.3f}% (central) / "
-            f"{figures['folding_digital']:.3f}% (digital) of pixels"))
-    parameters = sum(p.numel() for p in model.parameters())
-    transformer = model.transformer
-    extra = 0 if transformer is None else sum(p.numel() for p in transformer.parameters())
-    return {**figures, "seconds": seconds, "parameters": parameters,
-            "transformer_parameters": extra}
-
-
-def _evaluate(model, test: list) -> dict:
-    """Test accuracy (%) and mean % of pixels with det J ≤ 0 (central, digital) or None."""
-    import torch
-
-    from ..core.flow import folding_fraction
-
-    images, labels = test
-    model.eval()
-    correct, central, digital = 0, 0.0, 0.0
-    with torch.no_grad():
-        for batch, truth in zip(images.split(EVAL_BATCH), labels.split(EVAL_BATCH), strict=True):
-            output = model(batch)
-            correct += int((output.logits.argmax(1) == truth).sum())
-            if output.transform is not None:
-                displacement = output.transform.displacement
-                central += float(folding_fraction(displacement, "central").sum())
-                digital += float(folding_fraction(displacement, "digital").sum())
-    count = len(labels)
-    has_transform = model.transformer is not None
-    return {
-        "accuracy": 100.0 * correct / count,
-        "folding": 100.0 * central / count if has_transform else None,
-        "folding_digital": 100.0 * digital / count if has_transform else None,
-    }
-
-
-def _summarise(name: str, runs: list[dict]) -> dict:
-    from ..core.stn import MODEL_LABELS
-
-    def mean_std(key: str) -> tuple[float | None, float | None]:
-        values = [run[key] for run in runs]
-        if values[0] is None:
-            return None, None
-        mean = sum(values) / len(values)
-        if len(values) == 1:
-            return mean, None
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-    accuracy, folding = mean_std("accuracy"), mean_std("folding")
-    digital = mean_std("folding_digital")
-    return {
-        "model": name, "label": MODEL_LABELS[name],
-        "parameters": runs[0]["parameters"],
-        "transformer_parameters": runs[0]["transformer_parameters"],
-        "accuracy_mean": accuracy[0], "accuracy_std": accuracy[1],
-        "folding_mean": folding[0], "folding_std": folding[1],
-        "folding_digital_mean": digital[0], "folding_digital_std": digital[1],
-        "train_seconds": sum(run["seconds"] for run in runs) / len(runs),
-        "runs": runs,
-    }
+        rows.append([
+            row["label"], f"{row['parameters']:,}{extra}",
+            _mean_std_text(row["accuracy_mean"], row["accuracy_std"], 2),
+            _mean_std_text(row["folding_mean"], row["folding_std"], 3),
+            f"{row['train_seconds']:.0f}",
+        ])
+    return table(header, rows, align="lrrrr")
 
 
 def _write_json(path: Path, protocol: dict, results: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"protocol": protocol, "results": results}, indent=2) + "\n")
-    tmp.replace(path)
+    from ..core.io import atomic_write
+
+    text = json.dumps({"protocol": protocol, "results": results}, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=True)
 
 
 def _mean_std_text(mean: float | None, std: float | None, digits: int) -> str:

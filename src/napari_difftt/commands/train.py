@@ -15,15 +15,15 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 HELP = "train a segmentation model (bch | svf | stt | unet) on NIfTI image/label folders"
 
-_PRIORS = ("fixed", "mean", "sigma", "diag", "full")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..core.prior import DEFAULT_BETA
+    """The options of ``train``; every default and choice comes from :class:`TrainConfig`."""
+    from ..core.train.config import BCH_ORDERS, KINDS, PARAMETERISATIONS, PRIOR_INITS
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -50,72 +50,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MM",
         help="resample every volume to this isotropic spacing in mm (default: as stored)",
     )
-    data.add_argument(
-        "--ignore-value",
-        type=int,
-        default=255,
-        metavar="V",
-        help="label value of unlabelled voxels, left out of the loss (default 255)",
-    )
+    _option(data, "--ignore-value", "label value of unlabelled voxels, left out of the loss",
+            type=int, metavar="V")
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        dest="kind",
-        choices=("bch", "svf", "stt", "unet"),
-        default="bch",
-        help="bch: time-dependent flow (BCH); svf: stationary field; stt: displacement "
-        "without integration; unet: direct estimation (default bch)",
-    )
-    model.add_argument(
-        "--width", type=int, default=8, help="U-Net channels at full resolution (default 8)"
-    )
-    model.add_argument(
-        "--pieces", type=int, default=4, help="velocity fields T for bch (default 4)"
-    )
-    model.add_argument("--bch-order", type=int, default=2, choices=(1, 2, 3, 4), help="default 2")
+    _option(model, "--model", "bch: time-dependent flow (BCH); svf: stationary field; stt: "
+            "displacement without integration; unet: direct estimation", dest="kind",
+            choices=KINDS)
+    _option(model, "--width", "U-Net channels at full resolution", type=int)
+    _option(model, "--pieces", "velocity fields T for bch", type=int)
+    _option(model, "--bch-order", "order of the BCH series", type=int, choices=BCH_ORDERS)
     add_velocity_arguments(model)
-    model.add_argument(
-        "--prior",
-        choices=_PRIORS,
-        default="fixed",
-        help="what the shape prior learns: fixed, mean (μ), sigma (μ, σ²), diag "
-        "(μ, diagonal Σ), full (μ, full Σ) (default fixed)",
-    )
+    _option(model, "--prior", "what the shape prior learns: fixed, mean (μ), sigma (μ, σ²), diag "
+            "(μ, diagonal Σ), full (μ, full Σ)", choices=PARAMETERISATIONS)
     model.add_argument("--train-beta", action="store_true", help="also learn the prior's shape β")
-    model.add_argument(
-        "--prior-beta", type=float, default=DEFAULT_BETA,
-        help=f"initial β: 1 is Gaussian, larger is flatter inside with a sharper edge "
-        f"(default {DEFAULT_BETA:g})"
-    )
-    model.add_argument(
-        "--prior-init",
-        choices=("labels", "centre"),
-        default="labels",
-        help="labels: fit μ, Σ to the training masks; centre: centred, radii 0.5",
-    )
-    model.add_argument(
-        "--smoothness",
-        type=float,
-        default=0.0,
-        metavar="LAMBDA",
-        help="weight of the λ‖∇u‖² penalty (default 0)",
-    )
+    _option(model, "--prior-beta", "initial β: 1 is Gaussian, larger is flatter inside with a "
+            "sharper edge", type=float)
+    _option(model, "--prior-init", "labels: fit μ, Σ to the training masks; centre: centred, "
+            "radii 0.5", choices=PRIOR_INITS)
+    _option(model, "--smoothness", "weight of the λ‖∇u‖² penalty", type=float, metavar="LAMBDA")
     run = parser.add_argument_group("optimisation")
-    run.add_argument("--iterations", type=int, default=1000, help="optimiser steps (default 1000)")
-    run.add_argument(
-        "--patch-size",
-        type=int,
-        nargs="+",
-        default=[64, 64, 64],
-        metavar="N",
-        help="patch size D H W (3D) or H W (2D) in voxels (default 64 64 64)",
-    )
-    run.add_argument("--batch-size", type=int, default=1, help="patches per step (default 1)")
-    run.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
-    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    run.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)"
-    )
+    _option(run, "--iterations", "optimiser steps", type=int)
+    _option(run, "--patch-size", "patch size D H W (3D) or H W (2D) in voxels", type=int,
+            nargs="+", metavar="N")
+    _option(run, "--batch-size", "patches per step", type=int)
+    _option(run, "--lr", "Adam learning rate", type=float)
+    _option(run, "--seed", "random seed", type=int)
+    _option(run, "--device", "auto | cpu | cuda | cuda:N | mps")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -131,29 +91,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "than the first run, the cosine schedule restarts at the run's lr and anneals to 0 over "
         "the new steps; with the same --iterations an interrupted run continues exactly",
     )
-    out.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also save every N steps (default: only at the end)",
-    )
-    out.add_argument(
-        "--val-every",
-        type=int,
-        default=0,
-        metavar="N",
-        help="validate every N steps (default: only at the end)",
-    )
+    _option(out, "--checkpoint-every", "also save every N steps (0: only at the end)", type=int,
+            metavar="N")
+    _option(out, "--val-every", "validate every N steps (0: only at the end)", type=int,
+            metavar="N")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _option(
+    group: argparse._ArgumentGroup, flag: str, help: str, *, dest: str | None = None, **kwargs
+) -> None:
+    """Add ``flag`` for the :class:`TrainConfig` field ``dest`` (default: the flag's name), with
+    that field's default, stated at the end of ``help``."""
+    from ..core.train.config import DEFAULTS
+
+    dest = dest or flag.removeprefix("--").replace("-", "_")
+    default = getattr(DEFAULTS, dest)
+    if isinstance(default, tuple):
+        default, shown = list(default), " ".join(map(str, default))
+    else:
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    group.add_argument(flag, dest=dest, default=default, help=f"{help} (default {shown})",
+                       **kwargs)
 
 
 def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     """Options of :class:`core.velocity.VelocitySpace`, defaults from :class:`TrainConfig`."""
-    from ..core.train import TrainConfig
-    from ..core.velocity import FACTORS, PARAMETERISATIONS
+    from ..core.flow.velocity import FACTORS, PARAMETERISATIONS
+    from ..core.train.config import DEFAULTS as default
 
-    default = TrainConfig()
     group.add_argument(
         "--velocity", choices=PARAMETERISATIONS, default=default.velocity,
         help="dense: velocities on a grid `--velocity-factor` times coarser than the image; "
@@ -185,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.data import load_nifti_folder
     from ..core.io import check_output_file, load_checkpoint
-    from ..core.progress import ProgressBar
     from ..core.train import TrainConfig, Trainer
+    from ._progress import ProgressBar
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,33 +163,9 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".pt":
         raise ValueError(f"--out {out}: checkpoint files end in .pt")
 
-    settings = dict(
-        kind=args.kind,
-        iterations=args.iterations,
-        patch_size=tuple(args.patch_size),
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        spacing=args.spacing,
-        prior=args.prior,
-        train_beta=args.train_beta,
-        prior_beta=args.prior_beta,
-        prior_init=args.prior_init,
-        width=args.width,
-        pieces=args.pieces,
-        bch_order=args.bch_order,
-        velocity=args.velocity,
-        velocity_factor=args.velocity_factor,
-        velocity_lattice=args.velocity_lattice,
-        velocity_sigma=args.velocity_sigma,
-        alpha=args.alpha,
-        smoothness=args.smoothness,
-        checkpoint=str(out),
-        checkpoint_every=args.checkpoint_every,
-        val_every=args.val_every,
-        ignore_value=args.ignore_value,
-    )
+    # every TrainConfig field has its option (same name); the checkpoint is --out
+    settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
+    settings.update(patch_size=tuple(args.patch_size), checkpoint=str(out))
     if args.resume is not None:
         previous = load_checkpoint(args.resume).get("training", {}).get("config")
         if previous is None:

@@ -16,22 +16,25 @@ import numpy as np
 from scipy import ndimage
 
 from .io import Volume, read_nifti, write_nifti
+from .paths import NIFTI_SUFFIXES, nifti_stem
 
 __all__ = [
     "Patch",
     "Phantom",
     "Sample",
+    "array_sample",
     "label_values_outside",
     "load_nifti_folder",
     "make_phantom",
     "normalise_intensity",
+    "parse_size",
     "same_geometry",
     "sample_patch",
     "sparse_annotation",
+    "split_validation",
     "write_phantom_dataset",
 ]
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"(.+)_(\d{4})$")  # nnU-Net image names: case_0000 ↔ label case
 
 
@@ -204,6 +207,68 @@ def load_nifti_folder(
     return samples
 
 
+def array_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    name: str,
+    ignore_value: int = 255,
+) -> Sample:
+    """A :class:`Sample` from in-memory arrays ``(*S)`` (copied; the image intensity-normalised).
+
+    The same checks as :func:`load_nifti_folder`: one shape, labels only 0, 1 and
+    ``ignore_value``; ValueError naming ``name`` otherwise.
+    """
+    _check_ignore_value(ignore_value)
+    image, labels = np.asarray(image), np.asarray(labels)
+    if labels.shape != image.shape:
+        raise ValueError(
+            f"labels {labels.shape} and image {name!r} {image.shape} differ in shape; pair each "
+            "image with its own labels"
+        )
+    bad = label_values_outside(labels, ignore_value)
+    if bad.size:
+        raise ValueError(
+            f"labels of {name!r} hold values {bad[:5].tolist()}; one structure is segmented: use "
+            f"0 (background), 1 (structure) and {ignore_value} (unlabelled)"
+        )
+    spacing = _check_spacing(spacing, image.ndim)
+    return Sample(normalise_intensity(image), labels.astype(np.uint8), spacing, name)
+
+
+def split_validation(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): the last sample held out when there are two or more; with one, it is both
+    (validated on itself)."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no training samples")
+    if len(samples) >= 2:
+        return samples[:-1], samples[-1:]
+    return samples, samples
+
+
+def parse_size(
+    text: str, ndim: int | None = None, *, minimum: int = 1, what: str = "size"
+) -> tuple[int, ...]:
+    """``"64, 64, 64"``, ``"64x64x64"`` or ``"64 64"`` → a size in voxels, array order.
+
+    2 or 3 ints of at least ``minimum``; with ``ndim``, exactly that many. The ValueError starts
+    with ``what`` and quotes the text.
+    """
+    parts = [part for part in re.split(r"[\s,x×]+", text.strip().lower()) if part]
+    try:
+        size = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"{what}: {text.strip()!r} is not like 64x64x64 or '64, 64, 64'") from None
+    if len(size) not in (2, 3) or min(size) < minimum:
+        raise ValueError(
+            f"{what}: {text.strip()!r} needs 2 or 3 axes of at least {minimum} voxel(s)"
+        )
+    if ndim is not None and len(size) != ndim:
+        raise ValueError(f"{what} {size} has {len(size)} numbers but the images are {ndim}D")
+    return size
+
+
 def write_phantom_dataset(
     root: str | os.PathLike,
     n_train: int = 4,
@@ -302,18 +367,14 @@ def _nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
 
 
-def _stem(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".nii")
-
-
 def _case_name(path: Path) -> str:
-    match = _CHANNEL.fullmatch(_stem(path))
-    return match.group(1) if match else _stem(path)
+    match = _CHANNEL.fullmatch(nifti_stem(path))
+    return match.group(1) if match else nifti_stem(path)
 
 
 def _label_file(labels_dir: Path, image: Path, case: str) -> Path:
-    candidates = [labels_dir / f"{stem}{suffix}" for stem in dict.fromkeys((_stem(image), case))
-                  for suffix in NIFTI_SUFFIXES]  # fmt: skip
+    stems = dict.fromkeys((nifti_stem(image), case))
+    candidates = [labels_dir / f"{stem}{suffix}" for stem in stems for suffix in NIFTI_SUFFIXES]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

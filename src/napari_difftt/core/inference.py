@@ -11,14 +11,14 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..errors import SpacingWarning
+from .._resources import resource_path
+from ..errors import Cancelled, OutOfMemory, SpacingWarning
 from .models import KINDS, TemplateTransformer
 from .nets import DIVISOR
 
@@ -40,14 +40,6 @@ DEFAULT_CHECKPOINT = "difftt_phantom_bch.pt"
 SPACING_TOLERANCE = 0.2  # relative spacing difference per axis above which predict warns
 DEFAULT_CHECKPOINT_2D = "difftt_phantom2d_bch.pt"
 Progress = Callable[[int, int, str], None]
-
-
-class Cancelled(Exception):
-    """Raised when ``should_stop()`` returned True; nothing was produced."""
-
-
-class OutOfMemory(RuntimeError):
-    """The volume does not fit in the device's memory (estimated beforehand, or CUDA said so)."""
 
 
 class LoadedModel(NamedTuple):
@@ -74,7 +66,7 @@ def default_checkpoint(ndim: int = 3) -> Path:
     if ndim not in (2, 3):
         raise ValueError(f"bundled models exist for 2D and 3D images, got ndim={ndim!r}")
     name = DEFAULT_CHECKPOINT if ndim == 3 else DEFAULT_CHECKPOINT_2D
-    path = Path(str(resources.files("napari_difftt.resources") / name))
+    path = resource_path(name)
     if not path.is_file():
         raise FileNotFoundError(
             f"the bundled checkpoint {name} is missing (looked for {path}); "
@@ -125,6 +117,7 @@ def predict_volume(
     spacing: Sequence[float] | None = None,
     model_spacing: Sequence[float] | None = None,
     topology: bool = True,
+    velocities: bool = True,
 ) -> Prediction:
     """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``).
 
@@ -137,7 +130,9 @@ def predict_volume(
     meet). ``spacing`` (mm per axis of ``image``) and ``model_spacing`` (the checkpoint's
     ``spacing``), when both given and more than 20 % apart on an axis, give a
     :class:`~napari_difftt.errors.SpacingWarning` (:func:`spacing_mismatch`). ``topology``
-    fills ``Prediction.topology`` (:func:`core.metrics.topology_report`).
+    fills ``Prediction.topology`` (:func:`core.metrics.topology_report`). ``velocities=False``
+    leaves ``Prediction.velocity``/``velocities`` None: they are only needed to replay the flow
+    (the Flow explorer), and upsampling them costs 3(T + 1) floats per voxel.
     """
     image = np.asarray(image)
     if image.ndim != model.ndim or min(image.shape) < 2:
@@ -178,7 +173,10 @@ def predict_volume(
             result = model(tensor, offset=tuple(-b for b in before), full_shape=image.shape)
             step(2, "copying the results")
             crop = tuple(slice(b, b + s) for b, s in zip(before, image.shape, strict=True))
-            result = _velocities_on_image_grid(model, result)
+            if velocities:
+                result = _velocities_on_image_grid(model, result)
+            else:
+                result = result._replace(velocity=None, velocities=None)
             arrays = [_crop(t, crop) for t in result]
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
@@ -268,17 +266,9 @@ def _available_bytes(device: torch.device) -> int | None:
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type != "cpu":
         return None
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _velocities_on_image_grid(model: TemplateTransformer, result):

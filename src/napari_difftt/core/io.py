@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "Volume",
     "VolumeError",
+    "atomic_write",
     "check_output_file",
     "check_output_folder",
     "display_transform",
@@ -153,7 +154,7 @@ def write_nifti(
     image.header.set_slope_inter(None, None)
     if labels:
         image.header["cal_min"], image.header["cal_max"] = 0, 0  # the image's window is meaningless
-    return _atomic_write(path, lambda tmp: nib.save(image, tmp), overwrite)
+    return atomic_write(path, lambda tmp: nib.save(image, tmp), overwrite=overwrite)
 
 
 def check_output_file(
@@ -223,7 +224,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     payload.pop(CHECKSUM_KEY, None)
     _check_plain("payload", payload)
     payload[CHECKSUM_KEY] = _digest(payload)
-    return _atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=True)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -321,8 +322,13 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
     return affine
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object], overwrite: bool) -> Path:
-    """Write through ``write(tmp)`` to a temporary sibling, then rename it onto ``path``."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], object], *, overwrite: bool
+) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary sibling (same
+    suffix), which is then renamed onto ``path`` (:func:`os.replace`, atomic); the temporary is
+    removed whatever happens. FileExistsError if ``path`` exists and not ``overwrite``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     # Not mkstemp: its files are private (0600); this one gets the user's usual permissions.

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write
+
 __all__ = ["Mesh", "surface_mesh", "write_mesh"]
 
 MESH_SUFFIXES = (".obj", ".stl")
@@ -82,18 +84,11 @@ def write_mesh(
         raise ValueError(f"{path}: mesh file names must end in .obj or .stl")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if suffix == ".obj":
-            _write_obj(tmp, mesh)
-        elif binary:
-            _write_stl_binary(tmp, mesh)
-        else:
-            _write_stl_ascii(tmp, mesh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    if suffix == ".obj":
+        writer = _write_obj
+    else:
+        writer = _write_stl_binary if binary else _write_stl_ascii
+    return atomic_write(path, lambda tmp: writer(tmp, mesh), overwrite=overwrite)
 
 
 def _write_obj(path: Path, mesh: Mesh) -> None:

@@ -18,6 +18,7 @@ exactly one empty     0.0      inf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,14 +28,22 @@ from scipy import ndimage
 from .flow import folding_fraction
 
 __all__ = [
+    "METRIC_KEYS",
+    "SCHEMES",
     "components",
     "dice",
     "evaluate_case",
     "folding_percent",
     "hausdorff",
     "hd95",
+    "summarise",
     "topology_report",
 ]
+
+# the metrics of one case (evaluate_case), in the order tables show them
+METRIC_KEYS = ("dice", "hausdorff", "hd95", "folding_central", "folding_digital", "components",
+               "components_full")
+SCHEMES = ("central", "digital")  # det ∇Φ ≤ 0 by central differences / the digital test
 
 
 def dice(pred, target) -> float:
@@ -70,21 +79,26 @@ def components(mask, connectivity: int = 1) -> int:
     return int(ndimage.label(mask, structure)[1])
 
 
-def folding_percent(displacement, scheme: str = "central") -> float:
+def folding_percent(displacement, scheme: str = "central", *, batched: bool = False) -> float:
     """Percentage of voxels where φ = id + u folds (det ∇φ ≤ 0), via :func:`.flow.folding_fraction`.
 
-    ``displacement`` in voxels, ``(n, *S)`` or ``(B, n, *S)`` (numpy or torch; a batch gives the
-    percentage over all its voxels). A 4D input is ``(B, 2, H, W)`` when its second axis is 2,
-    else ``(3, D, H, W)``. ``scheme`` "central" or the stricter "digital".
+    ``displacement`` in voxels (numpy or torch): one field ``(n, *S)``, or with ``batched=True``
+    a batch ``(B, n, *S)`` (the percentage over all its voxels); ``n`` must equal ``len(S)``
+    (2 or 3). The layout is stated, not guessed: ``(3, 2, 8, 9)`` is one 3D field, or with
+    ``batched`` three 2D ones. ``scheme`` "central" or the stricter "digital".
     """
     if not torch.is_tensor(displacement):
         displacement = torch.as_tensor(np.asarray(displacement))
-    field = displacement.detach()
-    unbatched = field.ndim == 3 or (field.ndim == 4 and field.shape[1] != 2)
-    field = field.unsqueeze(0) if unbatched else field
+    field = displacement.detach() if batched else displacement.detach().unsqueeze(0)
+    if field.ndim not in (4, 5) or field.shape[1] != field.ndim - 2:
+        layout = "(B, n, *S)" if batched else "(n, *S)"
+        raise ValueError(
+            f"displacement must be {layout} with n = len(S) = 2 or 3, got shape "
+            f"{tuple(displacement.shape)}" + ("" if batched else " (a batch? pass batched=True)")
+        )
     if not field.is_floating_point():
         field = field.double()
-    return 100.0 * float(folding_fraction(field.detach(), scheme).mean())
+    return 100.0 * float(folding_fraction(field, scheme).mean())
 
 
 def evaluate_case(
@@ -93,18 +107,64 @@ def evaluate_case(
     spacing: Sequence[float] | None = None,
     displacement=None,
     *,
-    connectivity: int = 1,
-    scheme: str = "central",
+    ignore_value: int | None = None,
+    scheme: str | Sequence[str] = SCHEMES,
+    topology: dict | None = None,
+    det=None,
 ) -> dict:
-    """All metrics of one case: ``{"dice", "hd", "hd95" (mm), "folds_percent" (None without a
-    displacement), "components" (of ``pred``)}``."""
-    return {
-        "dice": dice(pred, target),
-        "hd": hausdorff(pred, target, spacing),
-        "hd95": hd95(pred, target, spacing),
-        "folds_percent": None if displacement is None else folding_percent(displacement, scheme),
-        "components": components(pred, connectivity),
-    }
+    """All metrics of one case, keyed by :data:`METRIC_KEYS` (the evaluate JSON, the widgets'
+    text and the experiment scripts use these keys).
+
+    ``pred`` ``(*S)`` non-zero = inside; ``target`` ``(*S)`` labels, non-zero = inside and
+    ``ignore_value`` = unlabelled. ``"dice"`` is over the labelled voxels; ``"hausdorff"`` and
+    ``"hd95"`` (mm) are left out when some voxel is unlabelled (a surface there is unknown).
+    ``"folding_<s>"`` (% of voxels with det ∇Φ ≤ 0) for each scheme ``s`` of ``scheme``
+    ("central", "digital") when ``displacement`` ``(n, *S)`` voxels is given; without one,
+    ``det`` (det ∇Φ ``(*S)``, central differences) still gives ``"folding_central"``.
+    ``"components"`` / ``"components_full"`` count ``pred``'s face / full-connectivity
+    components. ``topology``: ``topology_report(pred, displacement)`` when already computed.
+    """
+    schemes = (scheme,) if isinstance(scheme, str) else tuple(scheme)
+    if not schemes or any(s not in SCHEMES for s in schemes):
+        raise ValueError(f"scheme must be some of {SCHEMES}, got {scheme!r}")
+    pred = _mask("pred", (pred.detach().cpu().numpy() if torch.is_tensor(pred)
+                          else np.asarray(pred)) != 0)
+    reference = target.detach().cpu().numpy() if torch.is_tensor(target) else np.asarray(target)
+    if pred.shape != reference.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {pred.shape} and {reference.shape}"
+        )
+    known = np.ones(reference.shape, bool) if ignore_value is None else reference != ignore_value
+    inside = (reference != 0) & known
+    result = {"dice": dice(pred[known], inside[known])}
+    if known.all():
+        result["hausdorff"] = hausdorff(pred, inside, spacing)
+        result["hd95"] = hd95(pred, inside, spacing)
+    report = topology_report(pred, displacement) if topology is None else topology
+    if report["folding_central"] is None and det is not None:
+        report = {**report, "folding_central": 100 * float(np.mean(np.asarray(det) <= 0))}
+    for s in schemes:
+        if report[f"folding_{s}"] is not None:
+            result[f"folding_{s}"] = float(report[f"folding_{s}"])
+    result["components"] = int(report["components"])
+    result["components_full"] = int(report["components_full"])
+    return result
+
+
+def summarise(cases: Sequence[dict], keys: Sequence[str] = METRIC_KEYS) -> dict:
+    """``{key: {"mean", "std" (population), "n"}}`` over the cases that have each key; an
+    infinite value (an empty mask's Hausdorff distance) makes the mean inf and the std nan."""
+    summary = {}
+    for key in keys:
+        values = np.array([c[key] for c in cases if key in c], dtype=np.float64)
+        if values.size:
+            finite = values[np.isfinite(values)]
+            summary[key] = {
+                "mean": float(finite.mean()) if finite.size == values.size else math.inf,
+                "std": float(finite.std()) if finite.size == values.size else math.nan,
+                "n": int(values.size),
+            }
+    return summary
 
 
 def topology_report(segmentation, displacement=None) -> dict:

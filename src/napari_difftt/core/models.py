@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_device, check_image, check_squarings
-from .flow import exp, integrate, jacobian
+from .flow import exp, gradient_penalty, integrate
+from .flow.checks import check_device, check_image, check_squarings
+from .flow.velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 from .nets import UNet
 from .prior import DEFAULT_BETA, GeneralisedGaussianPrior, ImagePrior, prior_from_dict
-from .velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 
 __all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "segmentation_loss"]
 
@@ -124,10 +124,13 @@ class TemplateTransformer(nn.Module):
         prior = self.prior.on_grid(shape, offset, full_shape, device=image.device,
                                    dtype=image.dtype)
         prior = prior.expand(batch, *prior.shape[1:])
-        out = self.net(torch.cat([image, prior], dim=1))
+        features = self.net.features(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
-            return TemplateResult(torch.sigmoid(out), prior, None, None, None)
-        fields = self.velocity_space.velocities(out, self.pieces)  # (B, T, n, *S/k) coarse
+            return TemplateResult(torch.sigmoid(self.net.head(features)), prior, None, None, None)
+        # the 1×1 head commutes with the space's block means: pool the width channels first
+        space = self.velocity_space
+        raw = self.net.head(space.pool(features))
+        fields = space.velocities_from_pooled(raw, self.pieces, shape)  # (B, T, n, *S/k) coarse
         velocities = velocity = None
         if self.kind == "stt":
             coarse = fields[:, 0]
@@ -148,7 +151,7 @@ class TemplateTransformer(nn.Module):
         u = result.displacement
         if u is None or self.smoothness == 0:
             return result.probability.new_zeros(())
-        return self.smoothness * jacobian(u).pow(2).sum((1, 2)).mean()
+        return self.smoothness * gradient_penalty(u)
 
     def config(self) -> dict:
         """Plain-dict description (checkpoint-safe); :meth:`from_config` rebuilds the module."""

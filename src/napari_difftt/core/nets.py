@@ -62,6 +62,13 @@ class UNet(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder block's output ``(B, width, *S)``, before the 1×1 ``head``.
+
+        ``head`` is affine per voxel, so it commutes with averaging over voxels: a caller that
+        only needs the output's block means may pool these features first (fewer channels)."""
         check_divisible(x, self.ndim, self.in_channels)
         pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
         mode = "bilinear" if self.ndim == 2 else "trilinear"
@@ -73,7 +80,7 @@ class UNet(nn.Module):
         for block in self.up:
             x = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
             x = block(torch.cat([x, skips.pop()], dim=1))
-        return self.head(x)
+        return x
 
 
 class FeatureCNN(nn.Module):

@@ -8,6 +8,8 @@ the same function on patches and on whole volumes (DESIGN.md §2).
 * :class:`GeneralisedGaussianPrior` — analytic p(x) = exp(−(d²)^β · ln 2),
   d² = (x − μ)ᵀ Σ⁻¹ (x − μ); p = ½ on the ellipsoid d = 1 whatever β.
 * :class:`ImagePrior` — a probability map (atlas, label image) resampled linearly.
+* :class:`WorldEllipsoid`, :func:`from_world`, :func:`to_world` — the same prior as an
+  ellipsoid in world millimetres (centre, semi-axes of the p = ½ contour, rotation angles, β).
 
 Both offer ``prior(coords)`` and ``prior.on_grid(shape, offset, full_shape, displacement)``,
 and ``to_dict()`` / :func:`prior_from_dict` for checkpoints (plain floats and lists).
@@ -16,25 +18,33 @@ and ``to_dict()`` / :func:`prior_from_dict` for checkpoints (plain floats and li
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import nn
 
-from .checks import check_field
-from .grid import identity, sample
+from .flow.checks import check_field
+from .flow.grid import identity, normalised_per_voxel, sample
 
 __all__ = [
     "DEFAULT_BETA",
     "PARAMETERISATIONS",
     "GeneralisedGaussianPrior",
     "ImagePrior",
+    "WorldEllipsoid",
+    "euler_angles",
     "fit_to_mask",
+    "from_display",
     "from_world",
     "grid_coordinates",
     "prior_from_dict",
     "rotation_matrix",
+    "to_display",
+    "to_world",
 ]
 
 PARAMETERISATIONS = ("fixed", "mean", "sigma", "diag", "full")
@@ -315,7 +325,7 @@ def grid_coordinates(
     index = identity(shape, device=device, dtype=dtype).unsqueeze(0)
     shift = index.new_tensor(offset).view(1, n, *([1] * n))
     index = index + shift if displacement is None else index + shift + displacement
-    scale = index.new_tensor([2.0 / (s - 1) for s in full_shape])
+    scale = index.new_tensor(normalised_per_voxel(full_shape))
     return index * scale.view(1, n, *([1] * n)) - 1.0
 
 
@@ -332,12 +342,10 @@ def rotation_matrix(angles_deg: float | Sequence[float], ndim: int) -> np.ndarra
             f"rotation_deg needs {expected} angle(s) for ndim={ndim}, got {angles_deg!r}"
         )
     if ndim == 2:
-        return _plane_rotation(2, 0, 1, angles[0])
-    r = np.eye(3)
-    for axis, angle in enumerate(angles):
-        a, b = [k for k in range(3) if k != axis]
-        r = r @ _plane_rotation(3, a, b, angle)
-    return r
+        return Rotation.from_euler("z", angles[0], degrees=True).as_matrix()[:2, :2]
+    # intrinsic X, Y, Z about array axes 0, 1, 2 is R₀ R₁ R₂; R₁ turns axis 0 towards axis 2,
+    # the opposite of scipy's sense about its y axis
+    return Rotation.from_euler("XYZ", angles * [1.0, -1.0, 1.0], degrees=True).as_matrix()
 
 
 def from_world(
@@ -362,7 +370,7 @@ def from_world(
     spacing = _positive_array("spacing", spacing, n)
     origin = np.zeros(n) if origin is None else _float_array("origin", origin, n)
     centre_index = (_float_array("mean_mm", mean_mm, n) - origin) / spacing
-    to_norm = 2.0 / (np.asarray(shape, dtype=np.float64) - 1)
+    to_norm = np.asarray(normalised_per_voxel(shape))
     radii = _positive_array("radii_mm", radii_mm, n)
     rot = rotation_matrix(rotation_deg, n)
     cov_mm = rot @ np.diag(radii**2) @ rot.T
@@ -390,7 +398,7 @@ def fit_to_mask(
     if len(points) < mask.ndim + 1:
         raise ValueError(f"mask needs at least {mask.ndim + 1} foreground voxels to fit a prior, "
                          f"got {len(points)}")
-    to_norm = 2.0 / (np.asarray(mask.shape, dtype=np.float64) - 1)
+    to_norm = np.asarray(normalised_per_voxel(mask.shape))
     centred = points - points.mean(0)
     cov = (mask.ndim + 2) * (centred.T @ centred) / len(points)
     return GeneralisedGaussianPrior(
@@ -432,13 +440,6 @@ def _principal_axes(ndim, radii, rotation, covariance) -> tuple[torch.Tensor, to
     return rot, scales
 
 
-def _plane_rotation(n: int, a: int, b: int, angle_deg: float) -> np.ndarray:
-    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    r = np.eye(n)
-    r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
-    return r
-
-
 def _vector(name: str, value, n: int, default: float) -> torch.Tensor:
     if value is None:
         return torch.full((n,), default, dtype=torch.float64)
@@ -477,3 +478,121 @@ def _check_type(data: dict, expected: str) -> None:
     if not isinstance(data, dict) or data.get("type") != expected:
         found = data.get("type") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"expected a prior description of type {expected!r}, got {found!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# the same prior as an ellipsoid in world millimetres (axis-aligned volumes: world = origin +
+# spacing · index per array axis), the inverse of from_world
+
+
+@dataclass(frozen=True)
+class WorldEllipsoid:
+    """The prior's ½-contour in mm, array order (z, y, x)."""
+
+    mean_mm: tuple[float, ...]  # (n,) world position of the centre
+    radii_mm: tuple[float, ...]  # (n,) semi-axes, along the rotated array axes
+    rotation_deg: tuple[float, ...]  # 1 angle in 2D, 3 in 3D (see core.prior.rotation_matrix)
+    beta: float
+
+
+def to_world(
+    prior, shape: Sequence[int], spacing: Sequence[float], origin: Sequence[float] | None = None
+) -> WorldEllipsoid:
+    """Describe a :class:`GeneralisedGaussianPrior` on a volume of ``shape`` in mm.
+
+    Inverse of ``from_world(mean_mm, radii_mm, rotation_deg, beta, shape, spacing, origin)``
+    up to the choice of principal axes (any order/sign gives the same ellipsoid).
+    """
+    n = len(shape)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    origin = np.zeros(n) if origin is None else np.asarray(origin, dtype=np.float64)
+    to_norm = np.asarray(normalised_per_voxel(shape))
+    mean = prior.mean.detach().cpu().double().numpy()
+    covariance = prior.covariance.detach().cpu().double().numpy()
+    scale = to_norm / spacing  # mm → normalised per axis
+    cov_mm = covariance / np.outer(scale, scale)
+    values, vectors = np.linalg.eigh((cov_mm + cov_mm.T) / 2)
+    # order the principal axes like the array axes they are closest to, right-handed
+    order = _closest_axes(vectors)
+    vectors, values = vectors[:, order], values[order]
+    vectors = vectors * np.where(np.diag(vectors) < 0, -1.0, 1.0)
+    if np.linalg.det(vectors) < 0:
+        vectors[:, -1] *= -1
+    return WorldEllipsoid(
+        mean_mm=tuple(float(v) for v in origin + (mean + 1.0) / to_norm * spacing),
+        radii_mm=tuple(float(math.sqrt(max(v, 0.0))) for v in values),
+        rotation_deg=euler_angles(vectors),
+        beta=float(prior.beta.detach()),
+    )
+
+
+def euler_angles(rotation: np.ndarray) -> tuple[float, ...]:
+    """Angles in degrees with ``core.prior.rotation_matrix(angles, n) == rotation``.
+
+    2D: one angle; 3D: (a₀, a₁, a₂) with R = R₀ R₁ R₂ (R_k rotates about array axis k).
+    """
+    r = np.asarray(rotation, dtype=np.float64)
+    if r.shape == (2, 2):
+        return (math.degrees(math.atan2(r[1, 0], r[0, 0])),)
+    if r.shape != (3, 3):
+        raise ValueError(f"rotation must be a 2×2 or 3×3 matrix, got shape {r.shape}")
+    with warnings.catch_warnings():  # gimbal lock (a₁ = ±90°): scipy puts a₀ ± a₂ in a₀
+        warnings.simplefilter("ignore", UserWarning)
+        a0, a1, a2 = Rotation.from_matrix(r).as_euler("XYZ", degrees=True)
+    return (float(a0), -float(a1), float(a2))
+
+
+def _closest_axes(vectors: np.ndarray) -> list[int]:
+    """Permutation of the eigenvector columns that best matches them to array axes 0…n−1."""
+    from itertools import permutations
+
+    n = vectors.shape[0]
+    weight = np.abs(vectors)
+    return list(max(permutations(range(n)), key=lambda p: sum(weight[k, p[k]] for k in range(n))))
+
+
+def from_display(
+    mean_mm: Sequence[float],
+    radii_mm: Sequence[float],
+    rotation_deg: Sequence[float],
+    beta: float,
+    shape: Sequence[int],
+    scale: Sequence[float],
+    translate: Sequence[float],
+) -> GeneralisedGaussianPrior:
+    """:func:`from_world` in a viewer's world, ``world = translate + scale · index`` per array
+    axis, where a negative ``scale`` flips its axis (napari allows it)."""
+    spacing, origin, flips = _display_geometry(scale, translate)
+    return from_world(_flip(mean_mm, flips), radii_mm, _flip_angles(rotation_deg, flips), beta,
+                      shape, spacing, _flip(origin, flips))
+
+
+def to_display(
+    prior, shape: Sequence[int], scale: Sequence[float], translate: Sequence[float]
+) -> WorldEllipsoid:
+    """:func:`to_world` in a viewer's world (see :func:`from_display`; the inverse of it)."""
+    spacing, origin, flips = _display_geometry(scale, translate)
+    world = to_world(prior, shape, spacing, _flip(origin, flips))
+    return WorldEllipsoid(_flip(world.mean_mm, flips), world.radii_mm,
+                          _flip_angles(world.rotation_deg, flips), world.beta)
+
+
+def _display_geometry(scale, translate) -> tuple[tuple[float, ...], tuple[float, ...],
+                                                 tuple[bool, ...]]:
+    """(spacing > 0, origin, flipped axes) of world = translate + scale · index."""
+    scale = np.asarray(scale, dtype=float)
+    return (tuple(np.abs(scale)), tuple(float(t) for t in translate),
+            tuple(bool(s < 0) for s in scale))
+
+
+def _flip(values, flips) -> tuple[float, ...]:
+    """Negate world coordinates on flipped axes: there world = t − |s|·i = −((−t) + |s|·i)."""
+    return tuple(-float(v) if f else float(v) for v, f in zip(values, flips, strict=True))
+
+
+def _flip_angles(angles, flips) -> tuple[float, ...]:
+    """Angles of F R F (F = diag(±1) for flipped axes), the same rotation seen in flipped axes."""
+    if not any(flips) or not any(angles):
+        return tuple(float(a) for a in angles)
+    f = np.diag([-1.0 if flip else 1.0 for flip in flips])
+    return euler_angles(f @ rotation_matrix(angles, len(flips)) @ f)

@@ -2,7 +2,7 @@
 
 The outputs are those of ``napari-difftt predict --probabilities``: ``NAME_seg.nii.gz`` and
 ``NAME_prob.nii.gz`` for each ``NAME.nii[.gz]``, with the input's affine and header (the names
-come from :mod:`napari_difftt.commands.predict`, the one place that defines them). Nothing is
+come from :data:`napari_difftt.pipeline.OUTPUTS`, the one place that defines them). Nothing is
 overwritten: existing outputs are refused before any work. Cancel acts between torch
 operations (:class:`core.interrupt.Interruptible`); files written before it are kept.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["BatchResult", "plan_folder", "predict_folder"]
+
+OUTPUTS = ("seg", "prob")  # keys of pipeline.OUTPUTS, as `predict --probabilities` writes
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,12 @@ def plan_folder(folder: Path, out: Path) -> dict[Path, dict[str, Path]]:
     Raises FileNotFoundError for a missing or empty folder, FileExistsError naming the first
     output that exists (and how many do).
     """
-    from ..commands.predict import _outputs, list_inputs
+    from ..pipeline import list_inputs, nifti_stem, output_paths
 
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder not found: {folder}")
-    planned = {path: _outputs(out, path, True, False) for path in list_inputs([folder])}
+    planned = {path: output_paths(out, nifti_stem(path), OUTPUTS)
+               for path in list_inputs([folder])}
     existing = [p for outs in planned.values() for p in outs.values() if p.exists()]
     if existing:
         raise FileExistsError(f"{existing[0]} exists ({len(existing)} output(s) in all) in {out}")
@@ -50,11 +53,9 @@ def predict_folder(
     should_stop: Callable[[], bool],
 ) -> BatchResult:
     """Segment every planned volume with one loaded model; progress is per file and layer."""
-    from ..core.inference import load_model, predict_volume
-    from ..core.interrupt import Interruptible, count_convolutions
-    from ..core.io import read_nifti, write_nifti
+    from ..pipeline import count_convolutions, export, load, nifti_stem, read_nifti, segment
 
-    loaded = load_model(checkpoint, device=device)
+    loaded = load(checkpoint, device=device)
     per_file = count_convolutions(loaded.model) + 1
     total = per_file * len(planned)
     written: list[Path] = []
@@ -64,16 +65,13 @@ def predict_folder(
         label = f"[{index + 1}/{len(planned)}] {path.name}"
         progress(start, total, label)
 
-        def convolved(done: int, start=start, label=label) -> None:
+        def report(done: int, _total: int, _message: str, start=start, label=label) -> None:
             progress(start + min(done, per_file - 1), total, f"{label}: layer {done}")
 
         volume = read_nifti(path)
-        with Interruptible(should_stop, convolved):
-            prediction = predict_volume(loaded.model, volume.array, device=loaded.device,
-                                        should_stop=should_stop)
-        written.append(write_nifti(outs["seg"], prediction.segmentation, like=volume,
-                                   labels=True))
-        written.append(write_nifti(outs["prob"], prediction.probability, like=volume))
+        result = segment(volume, loaded, progress=report, should_stop=should_stop,
+                         velocities=False)
         out = outs["seg"].parent
+        written += export(result, volume, out, nifti_stem(path), OUTPUTS)
     progress(total, total, "done")
     return BatchResult(written, len(planned), out)

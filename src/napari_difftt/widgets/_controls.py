@@ -1,11 +1,13 @@
-"""Small Qt controls shared by the dock widgets (layer pickers that follow the layer list)."""
+"""Small Qt controls shared by the dock widgets: layer pickers that follow the layer list, and
+spin boxes that stay wide enough for every value they can hold."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal
+from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QDoubleSpinBox
 
 from ._layers import layer_metadata
 from ._lifetime import Lifetime
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
 
     import napari
 
-__all__ = ["LayerChooser", "spin_box"]
+__all__ = ["LayerChooser", "show_every_value", "spin_box"]
 
 NONE_TEXT = "(none)"
 
@@ -122,4 +124,33 @@ def spin_box(
         box.setSuffix(f" {suffix}")
     if tooltip:
         box.setToolTip(tooltip)
+    show_every_value(box)
     return box
+
+
+def show_every_value(box: QAbstractSpinBox) -> None:
+    """Never let a layout squeeze ``box`` below the width of its widest value (Qt's minimum
+    size hint of a spin box ignores its range, so a tight grid clips "0.000200" to "0.00(").
+
+    The minimum width follows the size hint, which measures the range in the current style:
+    napari's stylesheet changes fonts and buttons after the widget is built.
+    """
+    box.installEventFilter(_WidestValue(box))
+    box.setMinimumWidth(box.sizeHint().width())
+
+
+class _WidestValue(QObject):
+    """Keeps a spin box's minimum width at its size hint when its style or font changes."""
+
+    EVENTS = (QEvent.Type.Polish, QEvent.Type.StyleChange, QEvent.Type.FontChange)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() in self.EVENTS:
+            QTimer.singleShot(0, self._update)  # after Qt has applied the change
+        return False
+
+    def _update(self) -> None:
+        with suppress(RuntimeError):  # the box was deleted before the timer fired
+            box = self.parent()
+            box.setMinimumWidth(0)  # the hint itself must not be held up by the old minimum
+            box.setMinimumWidth(box.sizeHint().width())

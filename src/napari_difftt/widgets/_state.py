@@ -1,9 +1,14 @@
 """One shared state object per napari viewer: what the widgets hand to each other.
 
 ``ViewerState.of(viewer)`` returns the viewer's state, creating it on first use. The registry
-is a :class:`weakref.WeakKeyDictionary` keyed by the viewer (proxies are unwrapped first), so a
-closed viewer's state is dropped with it and two viewers never share state. Widgets subscribe to
-``state.changed`` (emits the name of the field that changed) to react to each other.
+is a :class:`weakref.WeakKeyDictionary` keyed by the viewer (proxies are unwrapped first, so a
+widget's short-lived viewer proxy never holds the entry), so a closed viewer's state is dropped
+with it and two viewers never share state. Widgets subscribe to ``state.changed`` (emits the
+name of the field that changed) to react to each other.
+
+Layers are matched by their identity in the namespaced, versioned metadata
+(:func:`napari_difftt.layer_metadata.layer_id`), never by name: renaming an image keeps its
+prediction and its tuned prior. Removing the image drops them (and the prediction's arrays).
 
 Main thread only: a worker returns its result and the widget stores it from the ``returned``
 callback (see :mod:`napari_difftt.widgets._worker`).
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from psygnal import Signal
+
+from ..layer_metadata import layer_id, layer_metadata
 
 if TYPE_CHECKING:
     from napari.layers import Layer
@@ -38,6 +45,8 @@ class PredictionRecord:
     device: str  # the device actually used, e.g. "cpu" or "cuda:0"
     probability: Layer | None = None  # the layers it produced (None when not shown)
     segmentation: Layer | None = None
+    prior: dict | None = None  # to_dict() of the prior the model used (provenance)
+    kind: str | None = None  # the model kind ("bch" | "svf" | "stt" | "unet")
 
 
 class ViewerState:
@@ -50,7 +59,7 @@ class ViewerState:
     def __init__(self) -> None:
         self.prediction: PredictionRecord | None = None
         self.prior: dict | None = None  # GeneralisedGaussianPrior.to_dict() of the tuned prior
-        self.prior_source: str | None = None  # name of the image layer the prior was tuned on
+        self.prior_source: str | None = None  # layer_id of the image the prior was tuned on
         self.trained_checkpoint: Path | None = None
         self.checkpoint: Path | None = None  # the checkpoint Run model has selected
 
@@ -61,6 +70,7 @@ class ViewerState:
         state = cls._registry.get(viewer)
         if state is None:
             state = cls._registry[viewer] = cls()
+            viewer.layers.events.removed.connect(state._on_layer_removed)
         return state
 
     def set_prediction(self, record: PredictionRecord | None) -> None:
@@ -68,11 +78,18 @@ class ViewerState:
         self.prediction = record
         self.changed.emit("prediction")
 
-    def set_prior(self, prior: dict | None, source: str | None = None) -> None:
-        """Store the tuned prior (``to_dict()`` form; None = the checkpoint's own prior)."""
+    def set_prior(self, prior: dict | None, source: Layer | None = None) -> None:
+        """Store the prior tuned on the image layer ``source`` (``to_dict()`` form; None = the
+        checkpoint's own prior)."""
         self.prior = None if prior is None else dict(prior)
-        self.prior_source = source
+        self.prior_source = None if source is None else layer_id(source)
         self.changed.emit("prior")
+
+    def prior_for(self, layer: Layer) -> dict | None:
+        """The prior tuned on ``layer`` (matched by identity, whatever its name now), else None."""
+        if self.prior is None or self.prior_source != layer_id(layer):
+            return None
+        return self.prior
 
     def set_trained_checkpoint(self, path: str | Path | None) -> None:
         """Store the newest checkpoint written by the Train widget."""
@@ -83,3 +100,11 @@ class ViewerState:
         """Store the checkpoint Run model will use (the Shape prior widget resets to its prior)."""
         self.checkpoint = None if path is None else Path(path)
         self.changed.emit("checkpoint")
+
+    def _on_layer_removed(self, event) -> None:
+        """Forget what belongs to a removed image: its prediction (large arrays) and prior."""
+        removed = layer_metadata(event.value).get("id")
+        if self.prediction is not None and self.prediction.source is event.value:
+            self.set_prediction(None)
+        if removed is not None and removed == self.prior_source:
+            self.set_prior(None)

@@ -2,14 +2,19 @@
 
 :func:`start_job` runs a *generator* task in napari's ``thread_worker`` machinery: the task gets
 ``should_stop`` and yields ``(done, total, message)`` progress tuples; its return value is the
-result. :func:`callback_task` adapts a callback-style core function
-(``fn(progress, should_stop)``, e.g. ``core.inference.predict_volume``) into such a generator.
+result. :func:`callback_task` wraps a callback-style function (``fn(progress, should_stop)``,
+e.g. :func:`napari_difftt.pipeline.segment`) so that it runs in the worker's own thread, its
+progress calls emitted as the worker's ``yielded`` signal — one thread per job.
 
-Cancel sets a flag that the core polls (``should_stop``; the core raises ``Cancelled`` or stops
-after saving). Exceptions never escape the worker thread as such (superqt swallows a
-``RuntimeError`` — CUDA out-of-memory is one — as "worker deleted"): every outcome comes back
-through ``returned`` and is dispatched on the main thread. ``torch.cuda.empty_cache()`` runs in
-``finally`` in the worker.
+Cancel sets a flag that the core polls (``should_stop``; the core raises
+:class:`~napari_difftt.errors.Cancelled` or stops after saving). Abort (:meth:`Job.abort`, and
+napari's own ``quit`` when its window closes) also closes the task generator at its next yield,
+*inside the worker thread*, so its ``finally`` blocks (a trainer saving its checkpoint) run
+there. Exceptions never escape the worker thread as such (superqt swallows a ``RuntimeError`` —
+CUDA out-of-memory is one — as "worker deleted"): every outcome comes back through ``returned``
+and is dispatched on the main thread, by exception *type*; an error other than
+:class:`~napari_difftt.errors.Cancelled` is reported as that error even after Cancel.
+``torch.cuda.empty_cache()`` runs in ``finally`` in the worker.
 
 A worker must never touch, from its thread:
 
@@ -24,14 +29,16 @@ Give it plain numpy arrays, paths and configs copied before the start; take resu
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-__all__ = ["Job", "Outcome", "callback_task", "explain", "start_job"]
+from ..errors import Cancelled, CheckpointError, OutOfMemory, VolumeError
+
+__all__ = ["CallbackTask", "Job", "Outcome", "callback_task", "explain", "start_job"]
 
 Progress = tuple[int, int, str]  # (done, total, message)
 ShouldStop = Callable[[], bool]
@@ -47,17 +54,30 @@ class Outcome:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class CallbackTask:
+    """A function ``function(progress, should_stop) -> value`` to run as a job."""
+
+    function: Callable[[Callable[..., None], ShouldStop], Any]
+
+
 class Job:
     """A running task: the napari worker (signals ``yielded``, ``returned``, ``finished``) and
-    its stop flag."""
+    its stop and abort flags."""
 
-    def __init__(self, worker, stop: threading.Event) -> None:
+    def __init__(self, worker, stop: threading.Event, abort: threading.Event) -> None:
         self.worker = worker
         self._stop = stop
+        self._abort = abort
 
     def cancel(self) -> None:
         """Ask the task to stop at its next check (it reports back as cancelled)."""
         self._stop.set()
+
+    def abort(self) -> None:
+        """Cancel, and close the task generator at its next yield, in the worker thread."""
+        self._stop.set()
+        self._abort.set()
 
     @property
     def cancel_requested(self) -> bool:
@@ -65,7 +85,7 @@ class Job:
 
 
 def start_job(
-    task: Task,
+    task: Task | CallbackTask,
     *,
     on_progress: Callable[[int, int, str], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
@@ -79,10 +99,11 @@ def start_job(
     ``on_done(value)``, ``on_error(error)`` (default: a napari error notification from
     :func:`explain`) or ``on_cancelled()``; then ``on_finished()`` whatever happened.
     """
-    from napari.qt.threading import create_worker
-
-    stop = threading.Event()
-    worker = create_worker(_guarded, task, stop, _start_thread=False)
+    stop, abort, relay = threading.Event(), threading.Event(), []
+    worker = _worker_class()(_guarded, task, stop, abort, relay)
+    relay.append(worker.yielded.emit)  # how a callback task's progress reaches the GUI thread
+    job = Job(worker, stop, abort)
+    worker.abort_job = job.abort
 
     def dispatch(outcome: Outcome) -> None:
         if outcome.cancelled:
@@ -104,53 +125,28 @@ def start_job(
     if on_finished is not None:
         worker.finished.connect(on_finished)
     worker.start()
-    return Job(worker, stop)
+    return job
 
 
-def callback_task(function: Callable[[Callable[[int, int, str], None], ShouldStop], Any]) -> Task:
-    """Adapt ``function(progress, should_stop) -> value`` into a generator task.
-
-    The function runs in a helper thread; its progress calls are relayed as yields.
-    """
-
-    def task(should_stop: ShouldStop) -> Generator[Progress, None, Any]:
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = function(lambda d, t, m="": events.put((d, t, m)), should_stop)
-            except BaseException as error:  # handed to the generator below, re-raised there
-                box["error"] = error
-            finally:
-                events.put(None)
-
-        thread = threading.Thread(target=target, name="napari-difftt task", daemon=True)
-        thread.start()
-        try:
-            while (item := events.get()) is not None:
-                yield item
-        finally:
-            thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return task
+def callback_task(function: Callable[[Callable[..., None], ShouldStop], Any]) -> CallbackTask:
+    """``function(progress, should_stop) -> value`` as a task: it runs in the worker's thread
+    (no helper thread) and each ``progress(done, total, message="")`` call is emitted as the
+    worker's ``yielded`` signal."""
+    return CallbackTask(function)
 
 
 def explain(error: BaseException) -> str:
-    """A user-facing sentence: what happened and what to do."""
+    """A user-facing sentence: what happened and what to do (chosen by the error's type)."""
     name = type(error).__name__
     text = str(error) or name
-    if name == "OutOfMemory":  # core.inference's message already says what to do
+    if isinstance(error, OutOfMemory):  # its message already says what to do
         return text
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+    if _is_cuda_out_of_memory(error):
         return (f"The GPU ran out of memory ({text.splitlines()[0]}). Choose 'cpu' in the device "
                 "list, close other GPU programs, or crop the image.")
-    if name == "CheckpointError":
+    if isinstance(error, CheckpointError):
         return f"Cannot use this checkpoint: {text}. Pick another file or the bundled default."
-    if name == "VolumeError":
+    if isinstance(error, VolumeError):
         return f"Cannot read the volume: {text}."
     if isinstance(error, FileNotFoundError):
         return f"{text}. Check the path."
@@ -161,15 +157,56 @@ def explain(error: BaseException) -> str:
     return f"{name}: {text}"
 
 
-def _guarded(task: Task, stop: threading.Event) -> Generator[Progress, None, Outcome]:
-    """Run the task; turn every ending into an :class:`Outcome`; free cached GPU memory."""
+def _guarded(
+    task: Task | CallbackTask, stop: threading.Event, abort: threading.Event, relay: list
+) -> Generator[Progress, None, Outcome]:
+    """Run the task; turn every ending into an :class:`Outcome`; free cached GPU memory.
+
+    On abort the task generator is closed here, in the worker thread. ``relay[0]`` emits a
+    callback task's progress.
+    """
     try:
-        value = yield from task(stop.is_set)
+        if isinstance(task, CallbackTask):
+            emit = relay[0]
+            value = task.function(lambda d, t, m="": emit((d, t, m)), stop.is_set)
+            return Outcome(value=value)
+        steps = task(stop.is_set)
+        try:
+            item = next(steps)
+            while True:
+                yield item
+                if abort.is_set():
+                    steps.close()  # GeneratorExit at the task's yield: its cleanup runs here
+                    return Outcome(cancelled=True)
+                item = next(steps)
+        except StopIteration as done:
+            return Outcome(value=done.value)
+    except Cancelled:
+        return Outcome(cancelled=True)
     except Exception as error:
-        return Outcome(error=error, cancelled=stop.is_set())
+        return Outcome(error=error)
     finally:
         _empty_cuda_cache()
-    return Outcome(value=value)
+
+
+@cache
+def _worker_class() -> type:
+    """napari's generator worker whose ``quit`` (napari's abort, e.g. when its window closes)
+    aborts the job instead of dropping the task generator suspended in the thread."""
+    from napari.qt.threading import GeneratorWorker
+
+    class Worker(GeneratorWorker):
+        abort_job: Callable[[], None]
+
+        def quit(self) -> None:
+            self.abort_job()
+
+    return Worker
+
+
+def _is_cuda_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
 
 
 def _empty_cuda_cache() -> None:

@@ -1,17 +1,18 @@
-"""Export dock widget: segmentation, probability, Jacobian determinant and displacement to NIfTI
-with the source image's affine and header, and the segmentation surface as an OBJ/STL mesh.
+"""Export dock widget: segmentation, probability and Jacobian determinant to NIfTI with the
+source image's affine and header, the displacement, and the segmentation surface as a mesh.
 
-Files are named ``<stem>_<what>.nii.gz`` in the chosen folder. Existing files are never
-replaced silently: one QMessageBox asks once for all of them (tests monkeypatch
-``QMessageBox.question``). The folder defaults to the segmentation's source file's folder.
-The Jacobian determinant and displacement come from the last prediction in the viewer state
-(:func:`core.flow.jacobian_det`, central differences); the displacement is written as one file
-per array axis, ``_displacement_{z,y,x}_mm``, in millimetres (voxels × spacing).
+The files are those of ``napari-difftt predict`` (one contract,
+:data:`napari_difftt.pipeline.OUTPUTS`, written by :func:`napari_difftt.pipeline.export`):
+``<stem>_seg.nii.gz``, ``<stem>_prob.nii.gz``, ``<stem>_jacdet.nii.gz`` (det ∇Φ, central
+differences), ``<stem>_displacement.npy`` (``(n, *S)`` float32, voxels) and
+``<stem>_surface.stl|.obj``. Existing files are never replaced silently: one QMessageBox asks
+once for all of them (tests monkeypatch ``QMessageBox.question``). The folder defaults to the
+segmentation's source file's folder. The Jacobian determinant and displacement come from the
+last prediction in the viewer state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +31,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..layer_metadata import layer_metadata, layer_volume
+from ..pipeline import Result, export, output_paths
 from ._controls import LayerChooser
-from ._layers import layer_metadata, layer_volume, spacing_of
 from ._lifetime import Lifetime
 from ._state import ViewerState
 from ._worker import explain
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportWidget"]
 
-AXES = ("z", "y", "x")
 MESH_TIPS = {True: "the segmentation's surface as a triangle mesh in world mm",
              False: "a 2D segmentation has no surface: the mesh needs a 3D segmentation"}
 
@@ -58,7 +59,7 @@ class ExportWidget(QWidget):
         self.want_segmentation = QCheckBox("segmentation (NIfTI)")
         self.want_probability = QCheckBox("probability (NIfTI)")
         self.want_jacobian = QCheckBox("Jacobian determinant (NIfTI)")
-        self.want_displacement = QCheckBox("displacement, mm per axis (NIfTI)")
+        self.want_displacement = QCheckBox("displacement, voxels (.npy)")
         self.want_mesh = QCheckBox("surface mesh")
         self.mesh_format = QComboBox()
         self.mesh_format.addItems([".stl", ".obj"])
@@ -74,12 +75,12 @@ class ExportWidget(QWidget):
             (self.want_segmentation, "labels 0/1 with the source's affine and header"),
             (self.want_probability, "the model's probability, float32"),
             (self.want_jacobian, "det ∇Φ by central differences (≤ 0: folded)"),
-            (self.want_displacement, "Φ(x) − x in mm, one file per array axis"),
+            (self.want_displacement, "Φ(x) − x in voxels, (n, *S) float32 in array order"),
             (self.want_mesh, MESH_TIPS[True]),
             (self.mesh_format, "mesh file format"),
             (self.folder, "output folder (default: the source file's folder)"),
             (self.browse_button, "Choose the output folder"),
-            (self.stem, "file names start with this, e.g. <stem>_segmentation.nii.gz"),
+            (self.stem, "file names start with this, e.g. <stem>_seg.nii.gz"),
             (self.export_button, "Write every ticked output; asks once before replacing files"),
             (self.probability, "the probability layer to export"),
         ):
@@ -107,23 +108,24 @@ class ExportWidget(QWidget):
         from napari.utils.notifications import show_error, show_info
 
         try:
-            jobs = self._jobs()
+            result, volume, what = self._inputs()
+            paths = output_paths(self._folder(), self.stem.text().strip(), what,
+                                 self.mesh_format.currentText())
         except (ValueError, FileNotFoundError) as error:
             show_error(f"Export: {explain(error)}")
             self.message.setText(explain(error))
             return []
-        existing = [path for path, _ in jobs if path.exists()]
+        existing = [path for path in paths.values() if path.exists()]
         replace = not existing or self._confirm_overwrite(existing)
-        written, skipped = [], []
-        for path, write in jobs:
-            overwrite = path.exists()
-            if overwrite and not replace:
-                skipped.append(path)
-                continue
+        skipped = [] if replace else existing
+        kept = [key for key, path in paths.items() if path not in skipped]
+        written = []
+        if kept:
             try:
-                written.append(write(path, overwrite))
+                written = export(result, volume, self._folder(), self.stem.text().strip(), kept,
+                                 overwrite=True, mesh_format=self.mesh_format.currentText())
             except (OSError, ValueError) as error:
-                show_error(f"Export: {path.name}: {explain(error)}")
+                show_error(f"Export: {explain(error)}")
         text = f"wrote {len(written)} file(s) to {self._folder()}"
         if skipped:
             text += f"; kept {len(skipped)} existing file(s): {', '.join(p.name for p in skipped)}"
@@ -132,53 +134,32 @@ class ExportWidget(QWidget):
         return written
 
     # ------------------------------------------------------------------ internals
-    def _jobs(self) -> list[tuple[Path, Callable[[Path, bool], Path]]]:
-        """(path, write(path, overwrite) -> Path) for every checked output, inputs checked."""
-        from ..core.io import write_nifti
-
-        folder, stem = self._folder(), self.stem.text().strip()
-        if not stem:
-            raise ValueError("enter a file name stem")
+    def _inputs(self):
+        """(result to export, volume giving the affine and header, output keys), checked."""
+        folder = self._folder()
         if not folder.is_dir():
             raise FileNotFoundError(f"output folder not found: {folder}")
+        boxes = (("seg", self.want_segmentation), ("jacdet", self.want_jacobian),
+                 ("displacement", self.want_displacement), ("mesh", self.want_mesh))
+        what = [key for key, box in boxes if box.isChecked()]
+        probability = self.probability.layer()
+        if self.want_probability.isChecked() and probability is not None:
+            what.insert(1, "prob")
         segmentation = self.segmentation.layer()
-        record = self.state.prediction
-        jobs = []
-        needs_segmentation = self.want_segmentation.isChecked() or self.want_mesh.isChecked()
-        if needs_segmentation and segmentation is None:
+        if {"seg", "mesh"} & set(what) and segmentation is None:
             raise ValueError("choose a segmentation (Labels) layer, or untick it and the mesh")
-        if self.want_segmentation.isChecked():
-            like = layer_volume(segmentation)
-            jobs.append((folder / f"{stem}_segmentation.nii.gz",
-                         lambda p, o: write_nifti(p, like.array, like, labels=True, overwrite=o)))
-        if self.want_probability.isChecked() and self.probability.layer() is not None:
-            prob = layer_volume(self.probability.layer())
-            jobs.append((folder / f"{stem}_probability.nii.gz",
-                         lambda p, o: write_nifti(p, prob.array, prob, overwrite=o)))
-        fields_wanted = self.want_jacobian.isChecked() or self.want_displacement.isChecked()
+        record = self.state.prediction
         displacement = None if record is None else record.prediction.displacement
-        if fields_wanted and displacement is None:
+        if {"jacdet", "displacement"} & set(what) and displacement is None:
             raise ValueError("the Jacobian and displacement need a prediction with a flow: run "
                              "a bch/svf/stt model first, or untick them")
-        if fields_wanted:
-            source = layer_volume(record.source, np.zeros(displacement.shape[1:], np.float32))
-        if self.want_jacobian.isChecked():
-            jobs.append((folder / f"{stem}_jacobian.nii.gz",
-                         lambda p, o: write_nifti(p, _jacobian_det(displacement), source,
-                                                  overwrite=o)))
-        if self.want_displacement.isChecked():
-            spacing = spacing_of(record.source)
-            n = displacement.shape[0]
-            for k, axis in enumerate(AXES[3 - n :]):
-                component = (displacement[k] * spacing[k]).astype(np.float32)
-                jobs.append((folder / f"{stem}_displacement_{axis}_mm.nii.gz",
-                             lambda p, o, c=component: write_nifti(p, c, source, overwrite=o)))
-        if self.want_mesh.isChecked():
-            jobs.append((folder / f"{stem}_surface{self.mesh_format.currentText()}",
-                         lambda p, o: _write_surface(p, segmentation, o)))
-        if not jobs:
+        if not what:
             raise ValueError("nothing to export: tick at least one output")
-        return jobs
+        volume = layer_volume(segmentation if segmentation is not None else record.source)
+        result = Result.of_arrays(
+            None if segmentation is None else np.asarray(segmentation.data), volume.affine,
+            None if "prob" not in what else np.asarray(probability.data), displacement)
+        return result, volume, what
 
     def _confirm_overwrite(self, paths: list[Path]) -> bool:
         """One question for every file that exists: replace them all, or keep them all."""
@@ -247,19 +228,3 @@ class ExportWidget(QWidget):
         layout.addWidget(self.message)
         layout.addStretch(1)
 
-
-def _jacobian_det(displacement: np.ndarray) -> np.ndarray:
-    """det J of Φ = id + u, u ``(n, *S)`` in voxels → ``(*S)`` float32 (central differences)."""
-    import torch
-
-    from ..core.flow import jacobian_det
-
-    field = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
-    return jacobian_det(field)[0].numpy().astype(np.float32)
-
-
-def _write_surface(path: Path, layer, overwrite: bool) -> Path:
-    from ..core.mesh import surface_mesh, write_mesh
-
-    volume = layer_volume(layer)
-    return write_mesh(path, surface_mesh(volume.array, volume.affine), overwrite=overwrite)

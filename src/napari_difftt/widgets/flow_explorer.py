@@ -1,11 +1,16 @@
 """Flow explorer: the prior warped along the flow, S(φ(t)(x)), scrubbed with napari's t slider.
 
-The frames are a lazy :class:`core.frames.FlowFrames` array ``(K, *S)``: napari renders only the
-frame the slider shows, each frame is computed once and cached. After "Show flow" a worker fills
-the cache in the background (with progress, cancellable) so playback is smooth; lazy access
-alone already works, so cancelling loses nothing. The t axis has scale 1/(K − 1): the world
-coordinate on the slider is t itself. Optional: the displacement at the current t as a
-subsampled Vectors layer (arrow from x to φ(t)(x), where the output samples the prior).
+The frames are a lazy :class:`core.flow.frames.FlowFrames` array ``(K, *S)``
+(:func:`napari_difftt.pipeline.flow_frames`, from the prediction's own prior): napari renders
+only the frame the slider shows, each frame is computed once and cached. "Show flow" builds the
+frames in a worker (checking the velocities, tens to hundreds of ms) and renders frame 0 there
+too (the prior on the whole grid), so that napari's first read when the layer is added on the
+GUI thread is a cache hit; a second pass then fills the cache in the background (with
+progress, cancellable) so playback is smooth; lazy access alone already works, so cancelling
+that pass loses nothing. A newer Show flow supersedes a build still running. The t axis has scale
+1/(K − 1): the world coordinate on the slider is t itself. Optional: the displacement at the
+current t as a subsampled Vectors layer (arrow from x to φ(t)(x), where the output samples the
+prior).
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layers import derived_kwargs, layer_metadata
+from ..layer_metadata import layer_id, layer_metadata
+from ..pipeline import PATHS, arrows, endpoint_gap, flow_frames
+from ._layers import derived_kwargs
 from ._lifetime import Lifetime
+from ._shortcuts import key_text, register
 from ._state import ViewerState
 
 if TYPE_CHECKING:
@@ -36,19 +44,14 @@ if TYPE_CHECKING:
 
     import napari
 
-    from ..core.frames import FlowFrames
-    from ._state import PredictionRecord
+    from ..pipeline import FlowFrames
+    from ._worker import Job
 
 __all__ = ["FlowExplorerWidget", "current_frame", "flow_layer"]
 
 FRAMES_ROLE = "flow_frames"
 VECTORS_ROLE = "flow_vectors"
-PATH_LABELS = {
-    "piecewise": "piecewise time-dependent: v₁ … v_T in turn",
-    "stationary": "stationary: exp(t·z) of the combined velocity",
-}
 NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then show its flow."
-MAX_ARROWS_PER_AXIS = 24
 
 
 class FlowExplorerWidget(QWidget):
@@ -62,11 +65,14 @@ class FlowExplorerWidget(QWidget):
         self.layer: Layer | None = None
         self.vectors: Layer | None = None
         self.job = None
+        self._passes = 0  # building and precomputing passes started and not yet finished
+        self._shown = 0  # Show flow requests so far: a build's result is used only if latest
+        self._building = False
 
         self.info = QLabel(NO_PREDICTION)
         self.info.setWordWrap(True)
         self.path = QComboBox()
-        for key, label in PATH_LABELS.items():
+        for key, label in PATHS.items():
             self.path.addItem(label, key)
         self.count = QSpinBox()
         self.count.setRange(2, 201)
@@ -81,7 +87,9 @@ class FlowExplorerWidget(QWidget):
                                      "prior (pull-back)")
         self.show_button.setToolTip("Show φ(t)∘S as a layer with a t slider; frames are "
                                     "precomputed in the background")
-        self.cancel_button.setToolTip("Stop precomputing (frames are still computed on demand)")
+        self.cancel_button.setToolTip("Stop precomputing (frames are still computed on demand; "
+                                      f"{key_text('cancel')}). {key_text('t_back')} / "
+                                      f"{key_text('t_forward')} step t")
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.status = QLabel("")
@@ -108,37 +116,70 @@ class FlowExplorerWidget(QWidget):
         self.state.changed.connect(self._on_state)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self.lifetime = Lifetime(self, self._on_closed)
+        register(napari_viewer, self, {"cancel": self.cancel, "t_forward": (self.step_t, 1),
+                                       "t_back": (self.step_t, -1)})
         self._on_state("prediction")
 
     # ---------------------------------------------------------------- public API
-    def show_flow(self) -> Layer | None:
-        """Build the frames for the current prediction and show them; returns the layer."""
+    def show_flow(self) -> Job | None:
+        """Start building the frames of the current prediction in a worker; the layer
+        (:attr:`layer`) is added or updated when they are ready, then the remaining frames are
+        precomputed. Returns the build's job, or None without a prediction."""
+        from ._worker import start_job
+
         record = self.state.prediction
         if record is None:
             show_warning(NO_PREDICTION)
             self.status.setText(NO_PREDICTION)
             return None
-        try:
-            override = self.state.prior if self.state.prior_source == record.source.name else None
-            frames = build_frames(record, self.path.currentData(), self.count.value(), override)
-        except ValueError as error:
-            show_warning(str(error))
-            self.status.setText(str(error))
-            return None
+        count, path = self.count.value(), self.path.currentData()
+
+        def build(should_stop):
+            from ..pipeline import Interruptible
+
+            yield 0, count, "building the frames"
+            frames = flow_frames(record, count, path)  # checks the velocities: not cheap
+            with Interruptible(should_stop):
+                frames.frame(0)  # cached: napari's first read on the GUI thread is free
+            return frames
+
         self.cancel()
-        self.frames = frames
-        self.layer = self._show_layer(record.source, frames)
-        self.status.setText(
-            f"{len(frames)} frames, t = 0 (prior) … 1 (prediction); drag or play the t slider."
-        )
-        self._update_vectors()
-        self._precompute()
-        return self.layer
+        self._shown += 1
+        request = self._shown
+        self._building = True
+        self._start_pass(count, "building the frames")
+        live = self.lifetime.guard  # weak and closed-aware; the lambdas add the request only
+        built, failed = live(self._on_built), live(self._on_build_error)
+        stopped = live(self._on_build_cancelled)
+        self.job = start_job(
+            build, on_progress=live(self._on_progress),
+            on_done=lambda frames: built(request, record, frames),
+            on_error=lambda error: failed(request, error),
+            on_cancelled=lambda: stopped(request),
+            on_finished=live(self._on_finished))
+        return self.job
+
+    @property
+    def building(self) -> bool:
+        """True while the frames of the latest Show flow are being built (no layer yet)."""
+        return self._building
 
     def cancel(self) -> None:
-        """Stop precomputing frames (frames are still computed when the slider reaches them)."""
+        """Stop building or precomputing frames (frames are still computed when the slider
+        reaches them)."""
         if self.job is not None:
             self.job.cancel()
+
+    def step_t(self, delta: int = 1) -> int | None:
+        """Move the t slider ``delta`` frames (clipped to 0 … K − 1); the frame now shown, or
+        None when no flow layer is shown."""
+        layer = self.layer
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        frame = int(np.clip(current_frame(self.viewer, layer) + delta, 0, len(layer.data) - 1))
+        axis = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(axis, layer.translate[0] + frame * layer.scale[0])
+        return frame
 
     # ---------------------------------------------------------------- layers
     def _show_layer(self, source: Layer, frames: FlowFrames) -> Layer:
@@ -147,8 +188,11 @@ class FlowExplorerWidget(QWidget):
         kwargs["scale"] = (1.0 / (len(frames) - 1), *kwargs["scale"][1:])
         kwargs["axis_labels"] = ("t", *("z", "y", "x")[3 - source.ndim :])
         kwargs["units"] = ("", *kwargs["units"][1:])
-        existing = flow_layer(self.viewer, source.name)
+        existing = flow_layer(self.viewer, source)
         if existing is not None:
+            # t = 0 first: napari slices the new data at the current t, and any t but 0 is a
+            # whole frame rendered on the GUI thread (t = 0 is the identity: the prior alone)
+            self.viewer.dims.set_current_step(self.viewer.dims.ndim - existing.ndim, 0)
             existing.data = frames
             existing.scale = kwargs["scale"]
             existing.refresh()
@@ -193,13 +237,55 @@ class FlowExplorerWidget(QWidget):
             self.viewer.layers.selection.active = self.layer
 
     # ---------------------------------------------------------------- background frames
-    def _precompute(self) -> None:
+    def _on_built(self, request: int, record, frames: FlowFrames) -> None:
+        if request != self._shown:
+            return  # a newer Show flow superseded this build
+        if self.job is not None and self.job.cancel_requested:  # Stop came after its last check
+            self._on_build_cancelled(request)
+            return
+        self._building = False
+        if record.source not in self.viewer.layers:
+            self.status.setText("The image of this prediction was removed; nothing to show.")
+            return
+        self.frames = frames
+        self.layer = self._show_layer(record.source, frames)
+        self.status.setText(
+            f"{len(frames)} frames, t = 0 (prior) … 1 (prediction); drag or play the t slider."
+        )
+        self._update_vectors()
+        self._precompute(record)
+
+    def _on_build_error(self, request: int, error: BaseException) -> None:
+        if request != self._shown:
+            return
+        self._building = False
+        if isinstance(error, ValueError):  # what the prediction lacks for this path: as it is
+            show_warning(str(error))
+            self.status.setText(str(error))
+        else:
+            self._on_error(error)
+
+    def _on_build_cancelled(self, request: int) -> None:
+        if request == self._shown:
+            self._building = False
+            self.status.setText("Stopped before the frames were shown.")
+
+    def _start_pass(self, total: int, message: str) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.progress.setFormat(message)
+        self.progress.setVisible(True)
+        self.cancel_button.setEnabled(True)
+        self.lifetime.watch(self)
+        self._passes += 1
+
+    def _precompute(self, record) -> None:
         from ._worker import start_job
 
-        frames, record = self.frames, self.state.prediction
+        frames = self.frames
 
         def task(should_stop):
-            from ..core.interrupt import Interruptible
+            from ..pipeline import Interruptible
 
             for k in range(len(frames)):
                 with Interruptible(should_stop):  # Stop acts within a frame, not after it
@@ -207,11 +293,7 @@ class FlowExplorerWidget(QWidget):
                 yield k + 1, len(frames), f"frame {k + 1} of {len(frames)}"
             return endpoint_gap(frames, record.prediction.displacement)
 
-        self.progress.setRange(0, len(frames))
-        self.progress.setValue(0)
-        self.progress.setVisible(True)
-        self.cancel_button.setEnabled(True)
-        self.lifetime.watch(self)
+        self._start_pass(len(frames), f"frame 0 of {len(frames)}")
         live = self.lifetime.guard
         self.job = start_job(task, on_progress=live(self._on_progress), on_done=live(self._on_done),
                              on_error=live(self._on_error), on_finished=live(self._on_finished))
@@ -239,8 +321,9 @@ class FlowExplorerWidget(QWidget):
         self.status.setText(message)
 
     def _on_finished(self) -> None:
-        if self.job is not None and self.job.worker.is_running:
-            return  # a cancelled earlier pass ended; the newer one is still running
+        self._passes -= 1
+        if self._passes > 0:  # a cancelled earlier pass ended; the newer one is still running
+            return  # (its worker may not have started yet, so is_running cannot tell)
         self.job = None
         self.cancel_button.setEnabled(False)
         self.progress.setVisible(False)
@@ -269,100 +352,17 @@ class FlowExplorerWidget(QWidget):
         self.viewer.dims.events.current_step.disconnect(self._on_step)
 
 
-def build_frames(
-    record: PredictionRecord, path: str, count: int, prior_override: dict | None = None
-) -> FlowFrames:
-    """Lazy frames S(φ(t_k)) of a prediction along ``path`` ("piecewise" | "stationary").
+def flow_layer(viewer: napari.Viewer, source: Layer | None = None) -> Layer | None:
+    """The flow-frames layer this plugin made (from the layer ``source`` when given), else None;
+    matched by the source's :func:`~napari_difftt.layer_metadata.layer_id`, not its name."""
+    from ..pipeline import FlowFrames
 
-    The prior is evaluated analytically at φ(t)(x) when :func:`analytic_prior` finds the one
-    used, else the prior array is resampled. Raises ValueError saying what is missing when the
-    model has no such flow.
-    """
-    import torch
-
-    from ..core.frames import (
-        FlowFrames,
-        evaluate_prior,
-        piecewise_path,
-        stationary_path,
-        warp_prior,
-    )
-
-    prediction = record.prediction
-    shape = tuple(prediction.prior.shape)
-    if path == "piecewise":
-        if prediction.velocities is None:
-            raise ValueError(
-                "This prediction has no piecewise velocities (the model is not time-dependent): "
-                "choose the stationary path, or run a 'bch' model."
-            )
-        flow = piecewise_path(torch.from_numpy(np.asarray(prediction.velocities))[None])
-    elif path == "stationary":
-        if prediction.velocity is None:
-            raise ValueError(
-                "This prediction has no velocity field (a 'stt' or 'unet' model predicts no flow): "
-                "run a 'bch' or 'svf' model to explore its flow."
-            )
-        velocity = torch.from_numpy(np.asarray(prediction.velocity))[None]
-        endpoint = None
-        if prediction.displacement is not None:
-            endpoint = torch.from_numpy(np.asarray(prediction.displacement))[None]
-        flow = stationary_path(velocity, endpoint)
-    else:
-        raise ValueError(f"path must be one of {sorted(PATH_LABELS)}, got {path!r}")
-    prior = analytic_prior(record, prior_override)
-    render = warp_prior(prediction.prior) if prior is None else evaluate_prior(prior, shape)
-    return FlowFrames(flow, count, render, shape)
-
-
-def analytic_prior(record: PredictionRecord, override: dict | None = None):
-    """The analytic prior module the prediction used, or None when it cannot be identified.
-
-    Candidates: ``override`` (the tuned prior of the Shape prior widget), then the checkpoint's
-    own prior. One is accepted only if it reproduces ``prediction.prior`` on the grid (so a
-    prior tuned after the run is never mistaken for the one used); otherwise the frames resample
-    the prior array instead (exact at the voxels, linear in between).
-    """
-    import torch
-
-    from ..core.io import load_checkpoint
-    from ..core.prior import prior_from_dict
-
-    candidates = [override] if override is not None else []
-    try:
-        candidates.append(load_checkpoint(record.checkpoint)["model"]["prior"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    expected = np.asarray(record.prediction.prior)
-    for description in candidates:
-        try:
-            prior = prior_from_dict(description)
-            with torch.inference_mode():
-                values = prior.on_grid(expected.shape, dtype=torch.float32)[0, 0].numpy()
-        except (ValueError, TypeError, KeyError):
-            continue
-        if np.allclose(values, expected, atol=1e-5):
-            return prior
-    return None
-
-
-def endpoint_gap(frames: FlowFrames, displacement: np.ndarray | None) -> float:
-    """Largest distance (voxels) between the last frame's φ(1) and the model's Φ (0 if unknown)."""
-    if displacement is None:
-        return 0.0
-    difference = frames.displacement(len(frames) - 1) - np.asarray(displacement)
-    return float(np.sqrt((difference**2).sum(0)).max())
-
-
-def flow_layer(viewer: napari.Viewer, source: str | None = None) -> Layer | None:
-    """The flow-frames layer this plugin made (of ``source`` when given), else None."""
-    from ..core.frames import FlowFrames
-
+    wanted = None if source is None else layer_id(source)
     for layer in reversed(viewer.layers):
         entry = layer_metadata(layer)
         if entry.get("role") != FRAMES_ROLE or not isinstance(layer.data, FlowFrames):
             continue
-        if source is None or entry.get("source") == source:
+        if wanted is None or entry.get("source_id") == wanted:
             return layer
     return None
 
@@ -372,28 +372,3 @@ def current_frame(viewer: napari.Viewer, layer: Layer) -> int:
     axis = viewer.dims.ndim - layer.ndim
     t = (viewer.dims.point[axis] - layer.translate[0]) / layer.scale[0]
     return int(np.clip(round(t), 0, layer.data.shape[0] - 1))
-
-
-def arrows(displacement: np.ndarray) -> np.ndarray:
-    """Napari vectors ``(N, 2, n)`` of a displacement ``(n, *S)`` voxels on a subsampled grid.
-
-    Every slice along the first axis of a 3D volume keeps its arrows (so each 2D view has some);
-    in-plane axes are subsampled to at most ~24 arrows per axis. An arrow that would leave the
-    volume is shortened (same direction) to end on its border, so the arrows never widen the
-    viewer's dims range.
-    """
-    n = displacement.shape[0]
-    shape = displacement.shape[1:]
-    steps = [max(1, int(np.ceil(size / MAX_ARROWS_PER_AXIS))) for size in shape]
-    if n == 3:
-        steps[0] = 1
-    index = tuple(slice(step // 2, None, step) for step in steps)
-    grid = np.stack(np.meshgrid(*[np.arange(size)[i] for size, i in zip(shape, index, strict=True)],
-                                indexing="ij"), axis=-1).reshape(-1, n)
-    vectors = displacement[(slice(None), *index)].reshape(n, -1).T
-    top = np.asarray(shape, dtype=float) - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(vectors > 0, (top - grid) / vectors, np.where(vectors < 0, -grid / vectors,
-                                                                      np.inf))
-    vectors = vectors * np.clip(room.min(axis=1, keepdims=True), 0.0, 1.0)
-    return np.stack([grid, vectors], axis=1).astype(np.float32)

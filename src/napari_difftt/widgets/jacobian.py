@@ -15,13 +15,13 @@ lines appear shifted towards −x — the grid moves against u, as the prior's s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ..pipeline import JacobianReport, jacobian_report
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
@@ -32,94 +32,11 @@ if TYPE_CHECKING:
 
     import napari
 
-__all__ = ["JacobianStats", "JacobianWidget", "fold_centres", "jacobian_stats", "log_det_display"]
+__all__ = ["JacobianWidget"]
 
 NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then compute det J."
 TARGETS = {"final": "Φ, the predicted transformation", "current": "φ(t) at the flow explorer's t"}
-# display floor for det J ≤ 0 and the narrowest symmetric contrast range, in log₂ units
-MIN_RANGE = 0.05
-GRID_EVERY = 8  # voxels between the lines of the deformed grid
 GRID_ROLE = "deformed_grid"
-
-
-@dataclass(frozen=True)
-class JacobianStats:
-    """det ∇φ of one displacement and its folding statistics."""
-
-    det: np.ndarray  # (*S) float32, central differences
-    minimum: float
-    maximum: float
-    folded_central: float  # % of voxels with det ≤ 0 (central differences)
-    folded_digital: float  # % of interior voxels failing any one-sided simplex test
-    folds: tuple[tuple[float, ...], ...] = ()  # centre (voxels) of each face-connected fold
-    grid: np.ndarray | None = None  # (*S) float32 grid lines pulled back through φ
-
-    def describe(self, what: str) -> str:
-        return (
-            f"det J of {what}: min {self.minimum:.3g}, max {self.maximum:.3g}\n"
-            f"folded (det J ≤ 0): {self.folded_central:.3f} % by central differences, "
-            f"{self.folded_digital:.3f} % by the digital test (one-sided simplices)\n"
-            f"{len(self.folds)} folded region(s) (det J ≤ 0, face-connected)"
-        )
-
-
-def jacobian_stats(displacement: np.ndarray) -> JacobianStats:
-    """det J and folds of φ = id + ``displacement`` ``(n, *S)`` voxels (array order)."""
-    import torch
-
-    from ..core.flow import folding_fraction, jacobian_det
-    from ..core.grid import warp
-
-    u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
-    with torch.inference_mode():
-        det = jacobian_det(u)[0].numpy()
-        central = float(folding_fraction(u, "central")[0]) * 100
-        digital = float(folding_fraction(u, "digital")[0]) * 100
-        grid = warp(torch.from_numpy(grid_lines(det.shape))[None, None], u, padding="border")
-    return JacobianStats(det, float(det.min()), float(det.max()), central, digital,
-                         fold_centres(det <= 0), grid[0, 0].numpy())
-
-
-def grid_lines(shape: tuple[int, ...], every: int = GRID_EVERY) -> np.ndarray:
-    """A ``(*S)`` float32 image of lines (1) every ``every`` voxels along each axis, 0 between.
-
-    In 3D the lines lie in the (y, x) planes, so each displayed slice shows a square grid."""
-    lines = np.zeros(shape, np.float32)
-    for axis in range(len(shape) - 2, len(shape)):
-        index = [slice(None)] * len(shape)
-        index[axis] = slice(0, None, every)
-        lines[tuple(index)] = 1.0
-    return lines
-
-
-def fold_centres(folded: np.ndarray) -> tuple[tuple[float, ...], ...]:
-    """Centre of mass (voxels, array order) of each face-connected region of ``folded``,
-    largest region first."""
-    from scipy import ndimage
-
-    regions, count = ndimage.label(folded)
-    if not count:
-        return ()
-    indices = range(1, count + 1)
-    sizes = ndimage.sum_labels(folded, regions, indices)
-    centres = ndimage.center_of_mass(folded, regions, indices)
-    order = np.argsort(-np.asarray(sizes), kind="stable")
-    return tuple(tuple(float(c) for c in centres[k]) for k in order)
-
-
-def log_det_display(det: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-    """log₂(det J) ``(*S)`` float32 and a contrast range (−m, m) symmetric around 0.
-
-    m is the 99.5th percentile of |log₂ det| over non-folded voxels (at least 0.05); det ≤ 0
-    is set to −m, the most compressed colour (the folds layer marks those voxels).
-    """
-    positive = det > 0
-    log_det = np.full(det.shape, np.nan, dtype=np.float32)
-    log_det[positive] = np.log2(det[positive])
-    finite = np.abs(log_det[positive])
-    m = max(float(np.percentile(finite, 99.5)) if finite.size else 0.0, MIN_RANGE)
-    log_det[~positive] = -m
-    return log_det, (-m, m)
 
 
 class JacobianWidget(QWidget):
@@ -130,7 +47,7 @@ class JacobianWidget(QWidget):
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
         self.job = None
-        self.stats: JacobianStats | None = None
+        self.stats: JacobianReport | None = None
         self.image_layer: Layer | None = None
         self.folds_layer: Layer | None = None
         self.grid_layer: Layer | None = None
@@ -175,12 +92,13 @@ class JacobianWidget(QWidget):
             displacement = record.prediction.displacement
             what = "Φ"
             if displacement is None:
+                kind = f"a {record.kind!r}" if record.kind else "this"
                 return self._tell(
-                    "This prediction has no transformation (a 'unet' model segments directly): "
+                    f"This prediction has no transformation ({kind} model segments directly): "
                     "run a template-transformer model to inspect its Jacobian."
                 )
         else:
-            layer = flow_layer(self.viewer, record.source.name)
+            layer = flow_layer(self.viewer, record.source)
             if layer is None:
                 return self._tell(
                     "No flow frames of this prediction: open the Flow explorer and press "
@@ -213,7 +131,7 @@ class JacobianWidget(QWidget):
 
         def task(should_stop):
             yield 0, 1, f"det J of {what}"
-            return jacobian_stats(displacement)
+            return jacobian_report(displacement)
 
         self._target = (source, what)
         self.compute_button.setEnabled(False)
@@ -223,7 +141,7 @@ class JacobianWidget(QWidget):
         self.job = start_job(task, on_done=live(self._on_done), on_error=live(self._on_error),
                              on_finished=live(self._on_finished))
 
-    def _on_done(self, stats: JacobianStats) -> None:
+    def _on_done(self, stats: JacobianReport) -> None:
         source, what = self._target
         self._show(source, stats, what)
 
@@ -236,13 +154,13 @@ class JacobianWidget(QWidget):
         self.job = None
         self.compute_button.setEnabled(True)
 
-    def _show(self, source: Layer, stats: JacobianStats, what: str) -> None:
+    def _show(self, source: Layer, stats: JacobianReport, what: str) -> None:
         if source not in self.viewer.layers:
             return self._tell(f"The image {source.name!r} was closed; det J is not shown.")
         self.stats = stats
-        log_det, limits = log_det_display(stats.det)
+        limits = stats.limits
         self.image_layer = add_derived(
-            self.viewer, "image", log_det, source, f"log₂ det J {source.name}", "jacobian",
+            self.viewer, "image", stats.log_det, source, f"log₂ det J {source.name}", "jacobian",
             colormap="PiYG", contrast_limits=limits, blending="translucent",
         )
         self.image_layer.colorbar.visible = True  # the legend of log₂ det J, on the canvas

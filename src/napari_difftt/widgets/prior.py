@@ -4,12 +4,17 @@ The prior is edited as an ellipsoid in the image's napari world coordinates (mm)
 semi-axes of the p = ½ contour, optional rotation (full Σ) and β. Every change re-renders at
 once (no debounce) an Image layer of p and a Labels layer of its p ≥ ½ region drawn as a
 contour — at reduced resolution for big volumes (≤ ``PREVIEW_VOXELS`` voxels): first the slice
-napari displays (written in place), then, after pending events, the whole volume on a cached
-coordinate grid. The preview layers are created once per image, updated in place (no layer
-property is set again), and removed with their image, when another image is chosen, or with
-the widget. The tuned prior is stored in :class:`~napari_difftt.widgets._state.ViewerState`
-and Run model uses it for the image it was tuned on. Maths: :func:`core.prior.from_world`,
-:func:`core.prior.fit_to_mask`, :func:`core.ellipsoid.to_world`.
+napari displays, evaluated and written in place on the GUI thread at once, then the whole
+volume on a cached coordinate grid in a worker (a few hundred ms at 128³ on two cores), written
+back on the GUI thread when it ends. Latest value wins: a change while the volume is computed
+cancels that computation (between torch operations) and only the newest prior is computed next;
+a result that a newer change has superseded is never written. The preview layers are created
+once per image, updated in place (no layer property is set again), and removed with their
+image, when another image is chosen, or with the widget. The tuned prior is stored in
+:class:`~napari_difftt.widgets._state.ViewerState` and Run model uses it for the image it was
+tuned on (matched by layer identity, not name).
+Maths: :func:`core.prior.from_display`, :func:`core.prior.fit_to_mask`,
+:func:`core.prior.to_display`, through :mod:`napari_difftt.pipeline`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -34,6 +38,7 @@ from ._controls import LayerChooser, spin_box
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
+from ._worker import callback_task, start_job
 
 if TYPE_CHECKING:
     from napari.layers import Image, Labels
@@ -54,10 +59,10 @@ class PriorWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
-        self._volume_timer = QTimer(self)  # the whole volume, after the displayed slice
-        self._volume_timer.setSingleShot(True)
-        self._volume_timer.setInterval(0)
-        self._volume_timer.timeout.connect(self._render_volume)
+        self._lifetime = Lifetime(self, self._on_closed)  # before the first preview's worker
+        self._volume_job = None  # the worker computing the whole preview volume
+        self._volume_next = None  # (request, prior, grid, layers) to compute when it ends
+        self._requested = self._written = 0  # latest volume request; latest one written
         self._loading = False  # True while fields are set programmatically
         self._store = True  # whether an edit makes the prior Run model's (not after Reset)
         self._layers: tuple | None = None  # (source, probability, contour) preview layers
@@ -93,7 +98,6 @@ class PriorWidget(QWidget):
         self.fit_button.clicked.connect(self.fit_to_labels)
         self._rotation_toggled(False)
         self.viewer.layers.events.removed.connect(self._on_removed)
-        self._lifetime = Lifetime(self, self._on_closed)
         self.reset()
 
     # ------------------------------------------------------------------ public actions
@@ -136,13 +140,11 @@ class PriorWidget(QWidget):
 
     def prior(self):
         """The :class:`GeneralisedGaussianPrior` the fields describe, for the chosen image."""
-        from ..core.prior import from_world
+        from ..pipeline import prior_from_display
 
         layer = self._image()
-        mean, radii, angles, beta = self.parameters()
-        spacing, origin, flips = _geometry(layer)
-        return from_world(_flip(mean, flips), radii, _flip_angles(angles, flips), beta,
-                          layer.data.shape, spacing, _flip(origin, flips))
+        return prior_from_display(*self.parameters(), layer.data.shape, layer.scale,
+                                  layer.translate)
 
     def reset(self) -> None:
         """Back to the default prior: the selected checkpoint's, else the centred default.
@@ -165,7 +167,7 @@ class PriorWidget(QWidget):
         """Fit the prior's ½-contour to the chosen Labels layer (non-zero voxels)."""
         from napari.utils.notifications import show_error
 
-        from ..core.prior import fit_to_mask
+        from ..pipeline import fit_to_mask
 
         layer, labels = self._image(), self.labels.layer()
         if labels is None:
@@ -185,27 +187,26 @@ class PriorWidget(QWidget):
                             f"'{layer.name}'.")
 
     def update_preview(self, store: bool = True) -> None:
-        """Render the preview now: the displayed slice at once, the whole volume after pending
-        events; ``store`` makes the prior the one Run model uses for this image."""
+        """Render the preview now: the displayed slice at once, the whole volume in a worker
+        (:attr:`preview_complete` once written); ``store`` makes the prior the one Run model
+        uses for this image."""
         layer = self.image.layer()
         if layer is None or layer.ndim not in (2, 3):
             return
         self._prior = self.prior()
         probability, contour = self._preview_layers(layer)
         axis = self._sliced_axis(probability)
-        if axis is None:
-            self._render_volume()
-        else:
-            self._render(probability, contour, axis)
-            self._volume_timer.start()
+        if axis is not None:
+            self._render_slice(probability, contour, axis)
+        self._request_volume(probability, contour)
         if store:
-            self.state.set_prior(self._prior.to_dict(), source=layer.name)
+            self.state.set_prior(self._prior.to_dict(), source=layer)
             self.status.setText(f"Run model uses this prior on '{layer.name}'.")
 
     @property
     def preview_complete(self) -> bool:
-        """False while the whole-volume preview still waits behind the displayed slice."""
-        return not self._volume_timer.isActive()
+        """False until the whole-volume preview of the latest change is written."""
+        return self._written == self._requested
 
     def preview_layers(self) -> tuple[Image, Labels] | None:
         """The (probability, ½-contour) preview layers of the chosen image, if shown."""
@@ -229,7 +230,7 @@ class PriorWidget(QWidget):
             if probability in self.viewer.layers and contour in self.viewer.layers:
                 return probability, contour
         self._remove_preview()
-        from ..core.prior import grid_coordinates
+        from ..pipeline import grid_coordinates
 
         shape = _preview_shape(layer.data.shape)
         self._grid = grid_coordinates(shape)
@@ -260,35 +261,77 @@ class PriorWidget(QWidget):
         index = round(float(layer.world_to_data(dims.point)[axis]))
         return (axis, index) if 0 <= index < layer.data.shape[axis] else None
 
-    def _render(self, probability: Image, contour: Labels, plane=None) -> None:
-        """Evaluate the prior on the cached grid (one plane, or all) and write it in place."""
-        import torch
+    def _render_slice(self, probability: Image, contour: Labels, plane: tuple[int, int]) -> None:
+        """Evaluate the prior on one plane of the cached grid and write it in place."""
+        from ..pipeline import prior_values
 
-        where = (Ellipsis,) if plane is None else (
-            (slice(None),) * plane[0] + (slice(plane[1], plane[1] + 1),))
-        coords = self._grid[(slice(None), slice(None), *where)]
-        threads = torch.get_num_threads()
-        if plane is not None:  # one plane is too little work to share: a second thread only
-            torch.set_num_threads(1)  # waits for a core (tens of ms on a busy machine)
-        try:
-            with torch.inference_mode():
-                values = self._prior(coords.contiguous())[0, 0].numpy()
-        finally:
-            torch.set_num_threads(threads)
+        where = (slice(None),) * plane[0] + (slice(plane[1], plane[1] + 1),)
+        # one plane is too little work to share: a second thread only waits for a core
+        values = prior_values(self._prior, self._grid, where, one_thread=True)
+        self._write(probability, contour, where, values, values >= 0.5, thumbnail=False)
+
+    def _write(self, probability, contour, where, values, inside, *, thumbnail: bool) -> None:
         probability.data[where] = values
-        contour.data[where] = values >= 0.5
+        contour.data[where] = inside
         for preview in (probability, contour):
-            preview.refresh(thumbnail=plane is None, extent=False, highlight=False)
+            preview.refresh(thumbnail=thumbnail, extent=False, highlight=False)
 
-    def _render_volume(self) -> None:
-        layers = self.preview_layers()
-        if layers is not None and all(layer in self.viewer.layers for layer in layers):
-            self._render(*layers)
+    def _request_volume(self, probability: Image, contour: Labels) -> None:
+        """Compute the whole preview volume of the current prior in a worker (latest wins)."""
+        self._requested += 1
+        self._volume_next = (self._requested, self._prior, self._grid, (probability, contour))
+        if self._volume_job is not None:
+            self._volume_job.cancel()  # superseded: the newest prior is computed when it ends
+        else:
+            self._start_volume()
+
+    def _start_volume(self) -> None:
+        request, prior, grid, layers = self._volume_next
+        self._volume_next = None
+
+        def compute(progress, should_stop):
+            from ..pipeline import Interruptible, prior_values
+
+            with Interruptible(should_stop):
+                values = prior_values(prior, grid)
+            return values, (values >= 0.5).astype(np.uint8)
+
+        self._lifetime.watch(self)
+        live = self._lifetime.guard  # weak and closed-aware; the lambdas add the request only
+        done, failed = live(self._on_volume), live(self._on_volume_error)
+        self._volume_job = start_job(
+            callback_task(compute), on_done=lambda result: done(request, layers, result),
+            on_error=lambda error: failed(request, error),
+            on_finished=live(self._on_volume_finished))
+
+    def _on_volume(self, request: int, layers: tuple, result) -> None:
+        if request != self._requested:
+            return  # a newer change superseded this result: never written
+        self._written = request
+        if self._layers is not None and tuple(self._layers[1:]) == tuple(layers) and all(
+                layer in self.viewer.layers for layer in layers):
+            self._write(*layers, (Ellipsis,), *result, thumbnail=True)
+
+    def _on_volume_error(self, request: int, error: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        from ._worker import explain
+
+        if request == self._requested:
+            self._written = request
+            show_error(f"Shape prior preview: {explain(error)}")
+
+    def _on_volume_finished(self) -> None:
+        self._volume_job = None
+        if self._volume_next is not None:
+            self._start_volume()
 
     def _remove_preview(self, *_) -> None:
         """Remove the preview layers this widget made (those still in the viewer)."""
         layers, self._layers, self._grid = self._layers, None, None
-        self._volume_timer.stop()
+        self._volume_next, self._written = None, self._requested  # nothing left to show
+        if self._volume_job is not None:
+            self._volume_job.cancel()
         for preview in (layers or ())[1:]:
             if preview in self.viewer.layers:
                 self.viewer.layers.remove(preview)
@@ -307,18 +350,15 @@ class PriorWidget(QWidget):
         self._edited()
 
     def _show_prior(self, prior, layer: Image, *, store: bool) -> None:
-        from ..core.ellipsoid import to_world
+        from ..pipeline import prior_to_display
 
-        spacing, origin, flips = _geometry(layer)
-        world = to_world(prior, layer.data.shape, spacing, _flip(origin, flips))
+        world = prior_to_display(prior, layer.data.shape, layer.scale, layer.translate)
         self._set_ranges(layer)
-        self.set_parameters(_flip(world.mean_mm, flips), world.radii_mm,
-                            _flip_angles(world.rotation_deg, flips), world.beta, store=store)
+        self.set_parameters(world.mean_mm, world.radii_mm, world.rotation_deg, world.beta,
+                            store=store)
 
     def _default_prior(self, ndim: int):
-        from ..core.inference import default_checkpoint
-        from ..core.io import load_checkpoint
-        from ..core.prior import GeneralisedGaussianPrior, prior_from_dict
+        from ..pipeline import GeneralisedGaussianPrior, checkpoint_prior, default_checkpoint
 
         record = self.state.prediction
         path = self.state.checkpoint or (record.checkpoint if record is not None else None)
@@ -326,14 +366,10 @@ class PriorWidget(QWidget):
             path = Path(path or default_checkpoint())
         except FileNotFoundError:
             path = None
-        if path is not None:
-            try:
-                described = load_checkpoint(path)["model"]["prior"]
-                if described.get("type") == "generalised_gaussian" and described["ndim"] == ndim:
-                    self._default_source = f"from {path.name}"
-                    return prior_from_dict(described)
-            except (OSError, ValueError, KeyError):
-                pass  # fall back to the centred default below
+        prior = None if path is None else checkpoint_prior(path, ndim)
+        if prior is not None:
+            self._default_source = f"from {path.name}"
+            return prior
         self._default_source = "centred, half the extent"
         return GeneralisedGaussianPrior(ndim)
 
@@ -400,29 +436,6 @@ class PriorWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.status)
         layout.addStretch(1)
-
-
-def _geometry(layer: Image) -> tuple[tuple[float, ...], tuple[float, ...], tuple[bool, ...]]:
-    """(spacing > 0, origin, flipped axes) of napari's world = translate + scale · index."""
-    scale = np.asarray(layer.scale, dtype=float)
-    return (tuple(np.abs(scale)), tuple(float(t) for t in layer.translate),
-            tuple(bool(s < 0) for s in scale))
-
-
-def _flip(values, flips) -> tuple[float, ...]:
-    """Negate world coordinates on flipped axes: there world = t − |s|·i = −((−t) + |s|·i)."""
-    return tuple(-float(v) if f else float(v) for v, f in zip(values, flips, strict=True))
-
-
-def _flip_angles(angles, flips) -> tuple[float, ...]:
-    """Angles of F R F (F = diag(±1) for flipped axes), the same rotation seen in flipped axes."""
-    if not any(flips) or not any(angles):
-        return tuple(float(a) for a in angles)
-    from ..core.ellipsoid import euler_angles
-    from ..core.prior import rotation_matrix
-
-    f = np.diag([-1.0 if flip else 1.0 for flip in flips])
-    return euler_angles(f @ rotation_matrix(angles, len(flips)) @ f)
 
 
 def _preview_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -5,17 +5,16 @@ same scale/translate/affine/metadata), keeps the :class:`~core.inference.Predict
 viewer's :class:`~napari_difftt.widgets._state.ViewerState` for the Flow explorer, Jacobian and
 Export widgets, shows the prediction's topology report (fold fractions, central and digital;
 components at face and full connectivity) and, given a ground-truth Labels layer, shows Dice,
-HD, HD95, % det J ≤ 0 and connected components (:func:`core.metrics.evaluate_case`). Problems
+HD, HD95, % det J ≤ 0 and connected components (:func:`core.metrics.evaluate_case`). The work is
+:func:`napari_difftt.pipeline.segment`; this widget only orchestrates. Problems
 (4D/RGB image, shape mismatch, bad checkpoint, CUDA out of memory, cancel) end in a
 notification saying what to do; no user layer is modified or deleted.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -32,9 +31,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..layer_metadata import layer_volume
+from ..pipeline import Result, format_metrics, format_topology, segment
 from ._controls import LayerChooser
-from ._layers import add_derived, spacing_of
+from ._layers import add_derived
 from ._lifetime import Lifetime
+from ._shortcuts import key_text, register
 from ._state import PredictionRecord, ViewerState
 from ._worker import Job, callback_task, explain, start_job
 
@@ -43,30 +45,9 @@ if TYPE_CHECKING:
 
     import napari
 
-__all__ = ["METRIC_LABELS", "RunModelWidget", "RunResult"]
+__all__ = ["RunModelWidget"]
 
-# evaluate_case keys shown, in this order, with their labels
-METRIC_LABELS = {
-    "dice": "Dice",
-    "hd": "HD (mm)",
-    "hd95": "HD95 (mm)",
-    "folds_percent": "% det J ≤ 0 (central differences)",
-    "components": "components",
-}
 SEGMENTATION_COLOURS = {1: "magenta", None: "transparent"}  # ground truth is lime (sample data)
-STAGES = 4  # predict_volume's progress stages; the network's layers are counted in between
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What the worker hands back to the GUI thread."""
-
-    prediction: Any  # core.inference.Prediction
-    metrics: dict | None  # core.metrics.evaluate_case output, None without ground truth
-    device: str  # the device actually used
-    checkpoint: Path
-    seconds: float
-    warning: str | None = None  # e.g. the image's spacing differs from the training spacing
 
 
 class RunModelWidget(QWidget):
@@ -77,7 +58,7 @@ class RunModelWidget(QWidget):
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
         self.job: Job | None = None
-        self.last_result: RunResult | None = None
+        self.last_result: Result | None = None
         self._checkpoint: Path | None = None  # None: the bundled default
         self._running_on: Image | None = None  # the image layer of the current run
 
@@ -94,15 +75,15 @@ class RunModelWidget(QWidget):
         self.folder_in = QLineEdit()
         self.folder_in.setPlaceholderText("folder of .nii/.nii.gz volumes")
         self.folder_out = QLineEdit()
-        self.folder_out.setPlaceholderText("output folder (NAME_seg / NAME_prob .nii.gz)")
+        self.folder_out.setPlaceholderText("output folder")
         self.folder_button = QPushButton("Run folder")
         for control, tip in (
             (self.browse_button, "Choose a checkpoint file (.pt) written by Train or the CLI"),
             (self.default_button, "Use the bundled model again"),
             (self.device, "where the model runs: auto picks a GPU when there is one"),
-            (self.run_button, "Segment the chosen image in the background"),
+            (self.run_button, f"Segment the chosen image in the background ({key_text('run')})"),
             (self.cancel_button, "Stop the running prediction within about a second; "
-                                 "nothing is added to the viewer"),
+                                 f"nothing is added to the viewer ({key_text('cancel')})"),
             (self.truth, "optional ground truth: Dice, HD and HD95 against it"),
             (self.folder_in, "every NIfTI volume in this folder is segmented"),
             (self.folder_out, "outputs get the names `napari-difftt predict --probabilities` "
@@ -135,6 +116,7 @@ class RunModelWidget(QWidget):
         self.set_checkpoint(self.state.trained_checkpoint)
         self.state.changed.connect(self._on_state)
         self.lifetime = Lifetime(self, self._on_closed)
+        register(napari_viewer, self, {"run": self.run, "cancel": self.cancel})
 
     # ------------------------------------------------------------------ public API
     def checkpoint(self) -> Path:
@@ -142,7 +124,7 @@ class RunModelWidget(QWidget):
         chosen image's dimensionality)."""
         if self._checkpoint is not None:
             return self._checkpoint
-        from ..core.inference import default_checkpoint
+        from ..pipeline import default_checkpoint
 
         layer = self.image.layer()
         return Path(default_checkpoint(2 if layer is not None and layer.ndim == 2 else 3))
@@ -179,15 +161,14 @@ class RunModelWidget(QWidget):
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             show_error(f"Run model: {explain(error)}")
             return None
-        prior = self.state.prior if self.state.prior_source == image.name else None
-        data = np.asarray(image.data)
+        prior = self.state.prior_for(image)
+        volume = layer_volume(image, np.asarray(image.data))
         truth_data = None if truth is None else np.asarray(truth.data)
-        spacing = spacing_of(image)
         device = self.device.currentData()
 
-        def work(progress, should_stop) -> RunResult:
-            return _predict(data, truth_data, spacing, checkpoint, device, prior,
-                            progress, should_stop)
+        def work(progress, should_stop) -> Result:
+            return segment(volume, checkpoint, prior, truth_data, progress, should_stop,
+                           device=device)
 
         self._busy(True, f"running on {image.name}…")
         self._running_on = image
@@ -249,7 +230,7 @@ class RunModelWidget(QWidget):
         if message:
             self.message.setText(message)
 
-    def _on_done(self, result: RunResult) -> None:
+    def _on_done(self, result: Result) -> None:
         from napari.utils.notifications import show_info
 
         image = self._running_on
@@ -271,11 +252,11 @@ class RunModelWidget(QWidget):
         segmentation.contour = 2  # an outline, so the image and a ground truth show through
         self.state.set_prediction(PredictionRecord(
             prediction, image, result.checkpoint, result.device, probability, segmentation,
+            prior=result.prior, kind=result.kind,
         ))
         self.device_used.setText(result.device)
         self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
-        report = getattr(prediction, "topology", None)
-        self.topology.setText(format_topology(report) if report else "")
+        self.topology.setText(format_topology(result.topology) if result.topology else "")
         text = f"done in {result.seconds:.1f} s on {result.device}"
         if result.warning:
             from napari.utils.notifications import show_warning
@@ -364,7 +345,7 @@ class RunModelWidget(QWidget):
             self.progress.setRange(0, 1)
 
     def _fill_devices(self) -> None:
-        from ..core.device import list_devices
+        from ..pipeline import list_devices
 
         self.device.clear()
         for info in list_devices():
@@ -414,72 +395,3 @@ class RunModelWidget(QWidget):
         layout.addWidget(self.metrics)
         layout.addStretch(1)
 
-
-def format_metrics(metrics: dict) -> str:
-    """Metrics as "label: value" lines, the known ones first in METRIC_LABELS order."""
-    lines = []
-    for key, label in METRIC_LABELS.items():
-        if metrics.get(key) is not None:
-            lines.append(f"{label}: {_format_value(metrics[key])}")
-    return "\n".join(lines)
-
-
-def format_topology(report: dict) -> str:
-    """The topology report (:func:`core.metrics.topology_report`) as lines: folds, components."""
-    face, full = report["connectivity"]
-    lines = [f"components: {report['components']} ({face}-connectivity), "
-             f"{report['components_full']} ({full}-connectivity)"]
-    if report.get("folding_central") is not None:
-        lines.insert(0, f"folds (det J ≤ 0): {_format_value(report['folding_central'])} % "
-                        f"central, {_format_value(report['folding_digital'])} % digital")
-    verdict = "holds" if report.get("holds") else "does not hold"
-    lines.append(f"topology promise (one component, no digital fold): {verdict}")
-    return "\n".join(lines)
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool | int | np.integer):
-        return str(int(value))
-    value = float(value)
-    return "∞" if np.isinf(value) else f"{value:.3f}"
-
-
-def _predict(image, truth, spacing, checkpoint, device, prior, progress, should_stop) -> RunResult:
-    """Worker body: load, predict, evaluate — core calls only, no Qt or napari.
-
-    The forward pass runs under :class:`core.interrupt.Interruptible`: Cancel takes effect
-    between torch operations, and progress advances with every convolution of the network.
-    """
-    from ..core.inference import load_model, predict_volume, spacing_mismatch
-    from ..core.interrupt import Interruptible, count_convolutions
-    from ..core.metrics import evaluate_case
-
-    start = time.perf_counter()
-    loaded = load_model(checkpoint, device=device)
-    model_ndim = getattr(loaded.model, "ndim", image.ndim)
-    if model_ndim != image.ndim:
-        raise ValueError(f"{checkpoint.name} is a {model_ndim}D model but the image is "
-                         f"{image.ndim}D; choose a {image.ndim}D checkpoint")
-    if prior is not None:
-        from ..core.prior import prior_from_dict
-
-        loaded.model.prior = prior_from_dict(prior).to(loaded.device)
-    convolutions = count_convolutions(loaded.model)
-    total = convolutions + STAGES
-
-    def stage(done: int, _total: int, message: str) -> None:  # predict_volume's 0…STAGES
-        progress(done if done <= 1 else done + convolutions, total, message)
-
-    def convolved(done: int) -> None:
-        progress(1 + min(done, convolutions), total, f"network: {done} of {convolutions} layers")
-
-    with Interruptible(should_stop, convolved):
-        prediction = predict_volume(loaded.model, image, device=loaded.device, progress=stage,
-                                    should_stop=should_stop)
-    metrics = None
-    if truth is not None:
-        metrics = evaluate_case(prediction.segmentation, truth != 0, spacing,
-                                displacement=prediction.displacement)
-    warning = spacing_mismatch(spacing, loaded.checkpoint.get("spacing"))
-    return RunResult(prediction, metrics, str(loaded.device), Path(checkpoint),
-                     time.perf_counter() - start, warning)

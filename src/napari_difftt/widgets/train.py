@@ -5,7 +5,9 @@ generator worker (:func:`._worker.start_job`) and every step's :class:`TrainEven
 GUI through the worker's ``yielded`` signal only (the progress slot carries the event). The loss
 and validation Dice are plotted live; the validation volume's probability is refreshed in place
 as an Image layer every "validate every" steps. Stop (or closing the viewer) asks the trainer to
-stop after the current step, and the trainer saves its checkpoint before it ends. Every
+stop after the current step, and the trainer saves its checkpoint before it ends, in the worker
+thread (the GUI thread never waits for it). The settings start at :class:`TrainConfig`'s
+defaults, and the data are checked and split by :mod:`core.data`. Every
 checkpoint written becomes the viewer's trained model at once (:class:`ViewerState`), so Run
 model can use it. Validation: with two or more pairs the last one is held out; with one, the
 training volume itself is validated (the label says so).
@@ -13,8 +15,8 @@ training volume itself is validated (the label says so).
 
 from __future__ import annotations
 
-import inspect
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._controls import LayerChooser, spin_box
+from ._controls import LayerChooser, show_every_value, spin_box
 from ._layers import add_derived, spacing_kwargs, spacing_of
 from ._lifetime import Lifetime
 from ._plot import LossPlot
@@ -56,11 +58,10 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainWidget", "layer_sample"]
 
-KINDS = ("bch", "svf", "stt", "unet")  # core.train.KINDS (not imported: torch loads lazily)
-PARAMETERISATIONS = ("fixed", "mean", "sigma", "diag", "full")  # core.prior.PARAMETERISATIONS
 PREVIEW_ROLE = "training_preview"
-IGNORE_VALUE = 255
-CLOSE_WAIT_MS = 60_000  # how long closing the viewer waits for the stopped run to save
+# the widget's own default (TrainConfig's is 0, only at the end): the live plot and preview
+# need a validation, and each one a checkpoint, every so many steps
+VALIDATE_EVERY = 50
 USER_ROLE = Qt.ItemDataRole.UserRole
 DICE_LABELS = {True: "validation Dice", False: "Dice on the training image"}  # by held_out
 
@@ -89,7 +90,7 @@ class TrainWidget(QWidget):
         self.preview_layer: Layer | None = None
         self._preview_source: Layer | None = None
         self._started = 0.0
-        self._running: dict = {}  # "events": the running Trainer.events() generator
+        self._running: dict = {}  # "held_out": whether validation uses held-out pairs
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._data_box())
@@ -150,27 +151,31 @@ class TrainWidget(QWidget):
         return box
 
     def _settings_box(self) -> QGroupBox:
-        from ..core.device import list_devices
+        from ..pipeline import DEFAULTS, KINDS, PARAMETERISATIONS, list_devices
 
         box = QGroupBox("settings")
         self.kind = QComboBox()
         self.kind.addItems(KINDS)
+        self.kind.setCurrentText(DEFAULTS.kind)
         self.kind.setToolTip("bch: time-dependent diffeomorphic flow; svf: stationary; stt: "
                              "displacement (not diffeomorphic); unet: direct segmentation")
-        self.iterations = _int_box(1, 1_000_000, 1000)
+        self.iterations = _int_box(1, 1_000_000, DEFAULTS.iterations)
         self.iterations.setToolTip("training steps (one random patch each)")
-        self.patch = QLineEdit("64, 64, 64")
+        self.patch = QLineEdit(", ".join(map(str, DEFAULTS.patch_size)))
         self.patch.setToolTip("patch size in voxels, array order: D, H, W (3D) or H, W (2D)")
-        self.lr = spin_box(1e-6, 1.0, 2e-4, step=1e-4, decimals=6, tooltip="Adam learning rate")
-        self.width = _int_box(2, 64, 8)
+        self.lr = spin_box(1e-6, 1.0, DEFAULTS.lr, step=1e-4, decimals=6,
+                           tooltip="Adam learning rate")
+        self.width = _int_box(2, 64, DEFAULTS.width)
         self.width.setToolTip("U-Net base width (channels at full resolution)")
-        self.pieces = _int_box(1, 16, 4)
+        self.pieces = _int_box(1, 16, DEFAULTS.pieces)
         self.pieces.setToolTip("T: velocity fields of the time-dependent flow (bch only)")
         self.prior = QComboBox()
         self.prior.addItems(PARAMETERISATIONS)
+        self.prior.setCurrentText(DEFAULTS.prior)
         self.prior.setToolTip("which prior parameters train: fixed (none), the mean, one "
                               "scale, the radii (diagonal Σ) or the full covariance")
         self.train_beta = QCheckBox("train β")
+        self.train_beta.setChecked(DEFAULTS.train_beta)
         self.train_beta.setToolTip("also learn the prior's shape exponent β")
         prior_row = QHBoxLayout()
         prior_row.addWidget(self.prior, 1)
@@ -178,10 +183,11 @@ class TrainWidget(QWidget):
         self.device = QComboBox()
         for info in list_devices():
             self.device.addItem(info.label, info.spec)
+        self.device.setCurrentIndex(max(self.device.findData(DEFAULTS.device), 0))
         self.device.setToolTip("where training runs: auto picks a GPU when there is one")
-        self.seed = _int_box(0, 2**31 - 1, 0)
+        self.seed = _int_box(0, 2**31 - 1, DEFAULTS.seed)
         self.seed.setToolTip("random seed: the same seed and data give the same run")
-        self.val_every = _int_box(1, 100_000, 50)
+        self.val_every = _int_box(1, 100_000, VALIDATE_EVERY)
         self.val_every.setToolTip("steps between validations, preview updates and checkpoints")
         self.checkpoint_dir = QLineEdit(str(Path.home() / "napari-difftt-checkpoints"))
         self.checkpoint_dir.setToolTip("where checkpoints are written (one file per run)")
@@ -259,14 +265,14 @@ class TrainWidget(QWidget):
         running = self._running = {}  # the task must not reference the widget itself
 
         def task(should_stop):
-            from ..core.train import Trainer
+            from ..pipeline import Trainer
 
             train, val = load()
             running["held_out"] = val[0] is not train[-1]  # one pair: validated on itself
             trainer = Trainer(config, train, val)
-            running["events"] = events = trainer.events(should_stop)
-            for event in events:
-                yield event.step, event.total, event
+            with closing(trainer.events(should_stop)) as events:  # closed in this thread on abort
+                for event in events:
+                    yield event.step, event.total, event
             return trainer.step
 
         self.lifetime.watch(self)
@@ -285,7 +291,7 @@ class TrainWidget(QWidget):
     # ---------------------------------------------------------------- inputs
     def _prepare(self):
         """Config, a loader of (train, val) samples for the worker, and the preview's layer."""
-        from ..core.train import TrainConfig
+        from ..pipeline import TrainConfig, parse_size, split_validation
 
         folder = Path(self.checkpoint_dir.text()).expanduser()
         if not self.checkpoint_dir.text().strip():
@@ -304,8 +310,8 @@ class TrainWidget(QWidget):
             if not images.is_dir() or not labels.is_dir():
                 raise FileNotFoundError(f"{root} must hold imagesTr/ and labelsTr/ folders")
             ndim, preview_source = None, None
-            load = lambda: _split(_load_folder(images, labels))  # noqa: E731
-        patch = _parse_patch(self.patch.text(), ndim)
+            load = lambda: split_validation(_load_folder(images, labels))  # noqa: E731
+        patch = parse_size(self.patch.text(), ndim, what="patch size")
         folder.mkdir(parents=True, exist_ok=True)
         config = TrainConfig(
             kind=kind, iterations=self.iterations.value(), patch_size=patch, lr=self.lr.value(),
@@ -314,11 +320,12 @@ class TrainWidget(QWidget):
             width=self.width.value(),
             pieces=self.pieces.value(), checkpoint=str(checkpoint),
             checkpoint_every=self.val_every.value(), val_every=self.val_every.value(),
-            ignore_value=IGNORE_VALUE,
         )
         return config, load, preview_source
 
     def _layer_samples(self):
+        from ..pipeline import split_validation
+
         pairs = [self.pairs.item(i).data(USER_ROLE) for i in range(self.pairs.count())]
         if not pairs:
             image, labels = self.image_choice.layer(), self.labels_choice.layer()
@@ -334,7 +341,7 @@ class TrainWidget(QWidget):
             samples.append(layer_sample(image, labels))
         if len({sample.image.ndim for sample in samples}) > 1:
             raise ValueError("training pairs mix 2D and 3D images; use one kind")
-        train, val = _split(samples)
+        train, val = split_validation(samples)
         preview_source = self.viewer.layers[pairs[-1].image]
         return train, val, preview_source
 
@@ -408,10 +415,10 @@ class TrainWidget(QWidget):
 def layer_sample(image: Layer, labels: Layer):
     """A :class:`core.data.Sample` from an Image and a Labels layer (copied, normalised).
 
-    Raises ValueError naming the layer for RGB, multiscale, 4D+ images, shape mismatches and
-    labels other than 0, 1 and the ignore value 255.
+    Raises ValueError naming the layer for RGB, multiscale and 4D+ images; shapes and label
+    values are checked by :func:`core.data.array_sample`.
     """
-    from ..core.data import Sample, normalise_intensity
+    from ..pipeline import DEFAULTS, array_sample
 
     if getattr(image, "rgb", False):
         raise ValueError(f"image {image.name!r} is RGB; Train needs a grey-scale 2D or 3D image")
@@ -422,74 +429,32 @@ def layer_sample(image: Layer, labels: Layer):
             f"image {image.name!r} is {image.ndim}D; Train needs a 2D or 3D volume "
             "(split time series or channels into separate layers)"
         )
-    data, mask = np.asarray(image.data), np.asarray(labels.data)
-    if mask.shape != data.shape:
-        raise ValueError(
-            f"labels {labels.name!r} {mask.shape} and image {image.name!r} {data.shape} differ "
-            "in shape; pair each image with its own labels"
-        )
-    values = np.unique(mask)
-    unexpected = sorted(set(values.tolist()) - {0, 1, IGNORE_VALUE})
-    if unexpected:
-        raise ValueError(
-            f"labels {labels.name!r} hold values {unexpected[:5]}; Train segments one structure: "
-            f"use 0 (background), 1 (structure) and {IGNORE_VALUE} (unlabelled)"
-        )
-    return Sample(normalise_intensity(data), mask.astype(np.uint8), spacing_of(image), image.name)
-
-
-def _split(samples: list) -> tuple[list, list]:
-    """Hold the last sample out for validation when there are two or more; else validate on it."""
-    if len(samples) >= 2:
-        return samples[:-1], samples[-1:]
-    return samples, samples
+    return array_sample(image.data, labels.data, spacing_of(image), image.name,
+                        DEFAULTS.ignore_value)
 
 
 def _load_folder(images: Path, labels: Path) -> list:
-    from ..core.data import load_nifti_folder
+    from ..pipeline import DEFAULTS, load_nifti_folder
 
-    return load_nifti_folder(images, labels, ignore_value=IGNORE_VALUE)
-
-
-def _parse_patch(text: str, ndim: int | None) -> tuple[int, ...]:
-    try:
-        patch = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"patch size {text!r} must be integers like '64, 64, 64'") from None
-    if ndim is not None and len(patch) != ndim:
-        raise ValueError(f"patch size {patch} has {len(patch)} numbers but the images are {ndim}D")
-    return patch
+    return load_nifti_folder(images, labels, ignore_value=DEFAULTS.ignore_value)
 
 
 def _int_box(low: int, high: int, value: int) -> QSpinBox:
     box = QSpinBox()
     box.setRange(low, high)
     box.setValue(value)
+    show_every_value(box)
     return box
 
 
 def _stop_on_close(widget: TrainWidget) -> None:
-    """The viewer closed: stop a running job and make sure its checkpoint is written.
-
-    napari aborts running workers when its window closes: the worker then simply stops
-    iterating, leaving the trainer suspended between steps without saving. So: ask the trainer
-    to stop, wait for the worker thread (its running flag, no event loop needed, at most
-    ``CLOSE_WAIT_MS``), then close a still-suspended trainer generator, which saves.
+    """The viewer closed: abort a running job. Its worker thread closes the trainer's generator
+    at the next step (GeneratorExit in ``Trainer.events``: it saves the work done so far); Qt's
+    thread pool lets it finish before the application exits — nothing waits on the GUI thread.
     """
     job = widget.job
     if job is None:
         return
-    job.cancel()
-    deadline = time.monotonic() + CLOSE_WAIT_MS / 1000
-    while job.worker.is_running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    events = widget._running.pop("events", None)
-    if job.worker.is_running:
-        show_warning("Train: the viewer closed during training; the run is stopping and "
-                     f"will write its checkpoint to {widget.checkpoint}.")
-        return
-    if events is not None and inspect.getgeneratorstate(events) == inspect.GEN_SUSPENDED:
-        events.close()  # GeneratorExit in Trainer.events: it saves the work done so far
-    widget.job = None
-    show_warning("Train: the viewer closed during training; the run was stopped and "
-                 f"its checkpoint saved to {widget.checkpoint}.")
+    job.abort()
+    show_warning("Train: the viewer closed during training; the run stops after this step and "
+                 f"writes its checkpoint to {widget.checkpoint}.")

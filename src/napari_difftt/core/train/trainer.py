@@ -1,4 +1,4 @@
-"""Training: configuration, the step loop as a stream of events, checkpoints, resume, DDP.
+"""The trainer: the step loop as a stream of events, validation, checkpoints, resume.
 
 A :class:`Trainer` draws random patches (:func:`core.data.sample_patch`), runs the template
 transformer on them, and minimises the binary cross-entropy of its output against the labels
@@ -10,144 +10,38 @@ new remaining steps; resuming with the same ``iterations`` continues the schedul
 Validation predicts whole volumes (:func:`core.inference.predict_volume`) and reports the Dice
 coefficient.
 
-Launched under ``torchrun`` (environment RANK/WORLD_SIZE/LOCAL_RANK), the trainer joins the
-process group (nccl on CUDA, gloo on the CPU), wraps the model in DistributedDataParallel,
-draws different patches on each rank (seed + rank), and lets only rank 0 validate, print and
-write checkpoints. A stop request on any rank stops every rank at the same step.
-
-Checkpoints (:func:`core.io.save_checkpoint`, atomic) are plain dicts; ``training`` holds the
-config, step, optimizer/scheduler/RNG states and metrics so a run resumes exactly where it was.
+Under ``torchrun`` (:class:`.distributed.Distributed`) each rank draws different patches
+(seed + rank) and only rank 0 validates, prints and writes checkpoints
+(:func:`.checkpoint.training_payload`). A stop request on any rank stops every rank at the
+same step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import __version__
-from .data import Patch, Sample, sample_patch
-from .device import resolve_device
-from .inference import predict_volume
-from .io import check_output_file, load_checkpoint, save_checkpoint
-from .metrics import dice
-from .models import KINDS, TemplateTransformer, segmentation_loss
-from .prior import DEFAULT_BETA, GeneralisedGaussianPrior, fit_to_mask
-from .velocity import DEFAULT_SPACE, VelocitySpace
+from ..data import Patch, Sample, sample_patch
+from ..device import resolve_device
+from ..inference import predict_volume
+from ..io import check_output_file, load_checkpoint, save_checkpoint
+from ..metrics import dice
+from ..models import TemplateTransformer, segmentation_loss
+from ..prior import GeneralisedGaussianPrior, fit_to_mask
+from .checkpoint import training_payload
+from .config import TrainConfig
+from .distributed import Distributed
 
-__all__ = [
-    "KINDS",
-    "TrainConfig",
-    "TrainEvent",
-    "TrainResult",
-    "Trainer",
-    "build_model",
-    "export_checkpoint",
-    "slim_checkpoint",
-]
-
-PRIOR_INITS = ("labels", "centre")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in every checkpoint)."""
-
-    kind: str = "bch"  # bch | svf | stt | unet
-    iterations: int = 1000
-    patch_size: tuple[int, ...] = (64, 64, 64)  # (D, H, W) or (H, W) voxels
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    batch_size: int = 1
-    seed: int = 0
-    device: str = "auto"
-    spacing: float | None = None  # mm; data resampled to this isotropic spacing (None: as is)
-    prior: str = "fixed"  # fixed | mean | sigma | diag | full (GeneralisedGaussianPrior)
-    train_beta: bool = False
-    prior_beta: float = DEFAULT_BETA  # initial β of the prior (core.prior.DEFAULT_BETA)
-    prior_init: str = "labels"  # "labels": fit μ, Σ to the training masks; "centre": default
-    width: int = 8
-    pieces: int = 4
-    bch_order: int = 2
-    # where velocities live (core.velocity.VelocitySpace; defaults from its ablation)
-    velocity: str = DEFAULT_SPACE.parameterisation  # dense | bspline
-    velocity_factor: int = DEFAULT_SPACE.factor  # image voxels per coarse voxel: 1, 2 or 4
-    velocity_lattice: int | None = None  # B-spline control spacing, voxels (None: 4 for bspline)
-    velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
-    alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
-    smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
-    checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
-    checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
-    val_every: int = 0  # steps between validations (0: only at the end, when val is given)
-    ignore_value: int = 255
-
-    def __post_init__(self) -> None:
-        self.patch_size = tuple(int(s) for s in self.patch_size)
-        self.betas = tuple(float(b) for b in self.betas)
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 4:
-            raise ValueError(
-                f"patch_size must be (D, H, W) or (H, W) with >= 4 voxels per axis, "
-                f"got {self.patch_size}"
-            )
-        for name in ("iterations", "batch_size", "width", "pieces"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("checkpoint_every", "val_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.spacing is not None and not self.spacing > 0:
-            raise ValueError(
-                f"spacing must be a positive number of mm or None, got {self.spacing!r}"
-            )
-        if self.prior_init not in PRIOR_INITS:
-            raise ValueError(f"prior_init must be one of {PRIOR_INITS}, got {self.prior_init!r}")
-        if not self.smoothness >= 0:
-            raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
-        self.velocity_space()  # validates the velocity settings
-
-    def velocity_space(self) -> VelocitySpace:
-        """The :class:`VelocitySpace` these settings describe."""
-        return VelocitySpace(self.velocity, self.velocity_factor, self.velocity_lattice,
-                             self.velocity_sigma, self.alpha)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.patch_size)
-
-    def to_dict(self) -> dict:
-        """Plain dict (lists instead of tuples) for checkpoints and JSON."""
-        data = asdict(self)
-        data["patch_size"] = list(self.patch_size)
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict, **overrides: Any) -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output (unknown keys are refused), then apply overrides."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}")
-        return cls(**{**data, **overrides})
-
+__all__ = ["TrainEvent", "TrainResult", "Trainer", "build_model", "prior_masks"]
 
 @dataclass(frozen=True)
 class TrainEvent:
@@ -201,13 +95,10 @@ class Trainer:
         _check_samples("val", self.val, config.ndim, config.ignore_value)
         if config.checkpoint is not None:
             check_output_file(config.checkpoint, overwrite=True, what="checkpoint")
-        self.rank, self.world_size, local_rank = _distributed_env()
-        self.device = resolve_device(config.device)
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", local_rank)
+        self.ddp = Distributed()
+        self.device = self.ddp.place(resolve_device(config.device))
         self._log = log if log is not None else (lambda message: None)
         self._stop = threading.Event()
-        self._own_group = False
         self._resume = Path(resume) if resume is not None else None
         self._ready = False
         self.step = 0
@@ -219,7 +110,15 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         """True on the process that validates, prints and writes checkpoints (rank 0)."""
-        return self.rank == 0
+        return self.ddp.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.ddp.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.ddp.world_size
 
     def stop(self) -> None:
         """Ask the run to stop after the current step (it saves a checkpoint first)."""
@@ -237,7 +136,7 @@ class Trainer:
         saved_at = self.step if self._resume is not None else -1
         try:
             while self.step < config.iterations:
-                if self._any_rank(self._stop.is_set() or bool(should_stop and should_stop())):
+                if self.ddp.any(self._stop.is_set() or bool(should_stop and should_stop())):
                     checkpoint = self._save() if saved_at != self.step else self._saved_path()
                     saved_at = self.step
                     loss = self.history[-1]["loss"] if self.history else math.nan
@@ -246,7 +145,7 @@ class Trainer:
                     )
                     return
                 started = time.perf_counter()
-                loss = self._mean_over_ranks(self._train_step())
+                loss = self.ddp.mean(self._train_step())
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
                 record = {"step": self.step, "loss": loss}
@@ -268,7 +167,7 @@ class Trainer:
                 self._save()
             raise
         finally:
-            self._teardown()
+            self.ddp.leave()
 
     def run(
         self,
@@ -299,26 +198,16 @@ class Trainer:
         if self._ready:
             return
         config = self.config
-        if self.world_size > 1:
-            self._init_distributed()
+        self.ddp.join()
         torch.manual_seed(config.seed)
         checkpoint = self._load_resume() if self._resume is not None else None
         if checkpoint is None:
-            self.model = build_model(config, _prior_masks(self.train, config.ignore_value))
+            self.model = build_model(config, prior_masks(self.train, config.ignore_value))
         else:
             self.model = TemplateTransformer.from_config(checkpoint["model"])
             self.model.load_state_dict(checkpoint["state_dict"])
         self.model.to(self.device).train()
-        self.network = self.model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # a U-Net bottleneck of one voxel (16-voxel patches) gets no gradient: instance
-            # norm of a single value is constant, so those parameters must be allowed
-            self.network = DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=True
-            )
+        self.network = self.ddp.wrap(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=config.betas)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -379,22 +268,6 @@ class Trainer:
             f"over the {remaining} new step(s)"
         )
 
-    def _init_distributed(self) -> None:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self._own_group = True
-
-    def _teardown(self) -> None:
-        if self._own_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self._own_group = False
-
     # ---------------------------------------------------------------- steps
     def _train_step(self) -> float:
         """One optimiser step over ``batch_size`` patches; returns the mean loss (this rank)."""
@@ -408,10 +281,7 @@ class Trainer:
             image = torch.from_numpy(patch.image).unsqueeze(0).to(self.device)
             labels = torch.from_numpy(patch.labels).unsqueeze(0).to(self.device)
             last = item == config.batch_size - 1
-            sync = (
-                contextlib.nullcontext() if last or self.world_size == 1 else self.network.no_sync()
-            )
-            with sync:
+            with self.ddp.accumulating(self.network, last):
                 result = self.network(image, offset=patch.offset, full_shape=patch.full_shape)
                 loss = segmentation_loss(result.probability, labels, config.ignore_value)
                 loss = loss + self.model.regularisation(result)
@@ -426,26 +296,6 @@ class Trainer:
         self.scheduler.step()
         return total / config.batch_size
 
-    def _any_rank(self, flag: bool) -> bool:
-        """True if ``flag`` is true on any rank (every rank gets the same answer)."""
-        if self.world_size == 1:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
-
-    def _mean_over_ranks(self, loss: float) -> float:
-        """The loss averaged over ranks (what the all-reduced gradients optimise)."""
-        if self.world_size == 1:
-            return loss
-        import torch.distributed as dist
-
-        value = torch.tensor([loss], device=self.device, dtype=torch.float64)
-        dist.all_reduce(value)
-        return float(value.item()) / self.world_size
-
     def _validate(self) -> tuple[float | None, np.ndarray | None]:
         """Dice over the validation volumes (mean) and the first one's probability (rank 0)."""
         if not self.is_main:
@@ -455,7 +305,8 @@ class Trainer:
         try:
             for sample in self.val:
                 prediction = predict_volume(
-                    self.model, sample.image, device=self.device, normalise=False, topology=False
+                    self.model, sample.image, device=self.device, normalise=False, topology=False,
+                    velocities=False,
                 )
                 known = sample.labels != self.config.ignore_value
                 scores.append(dice(prediction.segmentation[known], sample.labels[known] == 1))
@@ -472,10 +323,16 @@ class Trainer:
         """Write the checkpoint (rank 0 only, atomically); returns its path."""
         if self.config.checkpoint is None:
             return None
-        states = self._gather_rng_states()
+        states = self.ddp.gather(self.rng.bit_generator.state)
         if not self.is_main:
             return None
-        path = save_checkpoint(self.config.checkpoint, self._payload(states))
+        payload = training_payload(
+            self.model, self.config, optimizer=self.optimizer, scheduler=self.scheduler,
+            step=self.step, history=self.history, val_dice=self.last_val_dice,
+            rng_states=states, world_size=self.world_size, seconds=self.elapsed,
+            device=self.device, train=self.train, val=self.val,
+        )
+        path = save_checkpoint(self.config.checkpoint, payload)
         self._log(f"step {self.step}: checkpoint {path}")
         return path
 
@@ -483,46 +340,6 @@ class Trainer:
         if self.config.checkpoint is None or not self.is_main:
             return None
         return Path(self.config.checkpoint)
-
-    def _gather_rng_states(self) -> list[dict]:
-        state = self.rng.bit_generator.state
-        if self.world_size == 1:
-            return [state]
-        import torch.distributed as dist
-
-        states: list[Any] = [None] * self.world_size
-        dist.all_gather_object(states, state)
-        return states
-
-    def _payload(self, rng_states: list[dict]) -> dict:
-        config = self.config
-        metrics = {
-            "loss": self.history[-1]["loss"] if self.history else None,
-            "val_dice": self.last_val_dice,
-            "history": self.history,
-        }
-        prior = getattr(self.model, "prior", None)
-        return {
-            "model": self.model.config(),
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "prior": prior.to_dict() if prior is not None else None,
-            "spacing": [float(s) for s in self.train[0].spacing],
-            "training": {
-                "config": config.to_dict(),
-                "step": self.step,
-                "seed": config.seed,
-                "world_size": self.world_size,
-                "seconds": self.elapsed,
-                "device": str(self.device),
-                "train_cases": [s.name for s in self.train],
-                "val_cases": [s.name for s in self.val],
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": {"numpy": rng_states, "torch": torch.get_rng_state()},
-                "metrics": metrics,
-            },
-            "versions": versions(),
-        }
 
 
 # ------------------------------------------------------------------------------------------
@@ -560,60 +377,8 @@ def build_model(config: TrainConfig, masks: Sequence[np.ndarray] = ()) -> torch.
     )
 
 
-def slim_checkpoint(checkpoint: dict, *, half: bool = False) -> dict:
-    """A copy without optimizer/scheduler/RNG states, for shipping a model (not resumable).
-
-    ``half=True`` stores floating weights as float16 (half the size; loading casts them back
-    into the model's float32 parameters).
-    """
-    slim = dict(checkpoint)
-    slim["training"] = {
-        k: v
-        for k, v in checkpoint.get("training", {}).items()
-        if k not in ("optimizer", "scheduler", "rng")
-    }
-    if half:
-        slim["state_dict"] = {
-            k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
-        }
-        slim["training"]["exported"] = "float16 weights"
-    return slim
-
-
-def export_checkpoint(
-    source: str | os.PathLike,
-    target: str | os.PathLike,
-    *,
-    half: bool = True,
-    overwrite: bool = False,
-) -> Path:
-    """Write :func:`slim_checkpoint` of ``source`` to ``target`` (atomically); returns it."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    return save_checkpoint(target, slim_checkpoint(load_checkpoint(source), half=half))
-
-
-def versions() -> dict:
-    """Versions of what produced a checkpoint."""
-    return {
-        "napari_difftt": __version__,
-        "torch": str(torch.__version__),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
 # ------------------------------------------------------------------------------------------
 # helpers
-
-
-def _distributed_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _check_samples(name: str, samples: list, ndim: int, ignore_value: int) -> None:
@@ -639,7 +404,7 @@ def _check_samples(name: str, samples: list, ndim: int, ignore_value: int) -> No
             )
 
 
-def _prior_masks(samples: list, ignore_value: int) -> list[np.ndarray]:
+def prior_masks(samples: Sequence[Sample], ignore_value: int) -> list[np.ndarray]:
     """Foreground masks of the fully labelled samples with enough foreground to fit a prior."""
     masks = []
     for sample in samples:

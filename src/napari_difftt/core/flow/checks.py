@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_device", "check_field", "check_image", "check_same_field", "check_squarings"]
+__all__ = [
+    "check_count",
+    "check_device",
+    "check_field",
+    "check_image",
+    "check_same_field",
+    "check_squarings",
+]
 
 
 def check_image(name: str, image: object, *, finite: bool = True) -> torch.Tensor:
@@ -69,6 +76,14 @@ def check_device(name: str, tensor: torch.Tensor, module: torch.nn.Module) -> No
             f"{name} is on {tensor.device} but the model {type(module).__name__} is on "
             f"{parameter.device}: move one of them (e.g. {name}.to('{parameter.device}'))"
         )
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """Check ``value`` is an int (not a bool) of at least ``minimum``; returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return value
 
 
 def check_squarings(squarings: object) -> int:

@@ -10,7 +10,7 @@ with U(r) = r² log r² in 2D and U(r) = r in 3D (the biharmonic kernels). It pa
 every control value exactly, reproduces affine functions exactly and, because it is linear in
 the values, precomputes to one ``(voxels, controls)`` matrix: a dense field is then a single
 matrix product. Used for TPS spatial transformers: control-point displacements (voxels) →
-dense displacement (voxels) → :func:`napari_difftt.core.grid.warp`.
+dense displacement (voxels) → :func:`napari_difftt.core.flow.grid.warp`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .grid import identity
+from ..flow.grid import identity, normalised_per_voxel
 
 __all__ = ["ThinPlateSpline", "control_points", "tps_basis"]
 
@@ -110,7 +110,7 @@ def _kernel(distance: torch.Tensor, ndim: int) -> torch.Tensor:
 def _normalised_pixels(shape: tuple[int, ...]) -> torch.Tensor:
     """Normalised array-order coordinates of every voxel, ``(prod(shape), ndim)``."""
     coords = identity(shape, dtype=torch.float64)
-    scale = torch.tensor([2.0 / (s - 1) for s in shape], dtype=torch.float64)
+    scale = torch.tensor(normalised_per_voxel(shape), dtype=torch.float64)
     coords = coords * scale.view(-1, *[1] * len(shape)) - 1.0
     return coords.reshape(len(shape), math.prod(shape)).T
 

@@ -110,14 +110,20 @@ class VelocitySpace:
     def velocities(self, raw: torch.Tensor, pieces: int) -> torch.Tensor:
         """Network output ``(B, pieces·n, *S)`` → velocities ``(B, pieces, n, *S / factor)`` in
         coarse voxels, each bounded by ``bound`` image voxels."""
-        batch, shape = raw.shape[0], tuple(raw.shape[2:])
-        ndim = len(shape)
+        return self.velocities_from_pooled(self.pool(raw), pieces, tuple(raw.shape[2:]))
+
+    def pool(self, raw: torch.Tensor) -> torch.Tensor:
+        """Step 1 alone: block means of ``raw`` ``(B, C, *S)`` over ``factor`` (``"dense"``) or
+        ``lattice`` (``"bspline"``) image voxels per axis → ``(B, C, *S / block)``."""
+        return _average_pool(raw, self.factor if self.parameterisation == "dense" else self.lattice)
+
+    def velocities_from_pooled(self, pooled: torch.Tensor, pieces: int, shape: tuple[int, ...]
+                               ) -> torch.Tensor:
+        """Steps 2–4: :meth:`pool` output ``(B, pieces·n, …)`` of a raw field on the image grid
+        ``shape`` → velocities ``(B, pieces, n, *shape / factor)`` in coarse voxels."""
+        batch, ndim = pooled.shape[0], len(shape)
         coarse = self.coarse_shape(shape)
-        if self.parameterisation == "dense":
-            field = _average_pool(raw, self.factor)
-        else:
-            field = _average_pool(raw, self.lattice)
-        field = (self.bound / self.factor) * torch.tanh(field)
+        field = (self.bound / self.factor) * torch.tanh(pooled)
         if self.parameterisation == "bspline":
             field = _bspline(field, coarse, self.lattice, self.factor)
         if self.sigma > 0:
@@ -176,16 +182,19 @@ def _bspline_basis(points: int, controls: int, lattice: int, factor: int,
 
 @lru_cache(maxsize=32)
 def _bspline_basis_cpu(points: int, controls: int, lattice: int, factor: int) -> torch.Tensor:
-    """:func:`_bspline_basis` in float64 on the CPU, built once per grid (read-only)."""
-    position = torch.arange(points, dtype=torch.float64) * factor + (factor - 1) / 2
-    knot = (position - (lattice - 1) / 2) / lattice  # in control indices
-    basis = torch.zeros(points, controls, dtype=torch.float64)
-    first = torch.floor(knot).long() - 1
-    for shift in range(4):
-        index = first + shift
-        weight = _cubic_bspline(knot - index.double())
-        basis.index_put_((torch.arange(points), index.clamp(0, controls - 1)), weight,
-                         accumulate=True)
+    """:func:`_bspline_basis` in float64 on the CPU, built once per grid (read-only). Built as a
+    normal tensor even when first asked for under ``torch.inference_mode`` (an inference tensor
+    could not be saved for backward by later training steps)."""
+    with torch.inference_mode(False):
+        position = torch.arange(points, dtype=torch.float64) * factor + (factor - 1) / 2
+        knot = (position - (lattice - 1) / 2) / lattice  # in control indices
+        basis = torch.zeros(points, controls, dtype=torch.float64)
+        first = torch.floor(knot).long() - 1
+        for shift in range(4):
+            index = first + shift
+            weight = _cubic_bspline(knot - index.double())
+            basis.index_put_((torch.arange(points), index.clamp(0, controls - 1)), weight,
+                             accumulate=True)
     return basis
 
 

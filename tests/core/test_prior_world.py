@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_difftt.core.ellipsoid import euler_angles, to_world
-from napari_difftt.core.prior import fit_to_mask, from_world, rotation_matrix
+from napari_difftt.core.prior import (
+    euler_angles,
+    fit_to_mask,
+    from_world,
+    rotation_matrix,
+    to_world,
+)
 
 
 @pytest.mark.parametrize("angles", [(0, 0, 0), (10, -20, 35), (170, 5, -60), (0, 90, 0),
@@ -47,3 +52,24 @@ def test_fit_to_mask_in_mm():
     world = to_world(fit_to_mask(mask), mask.shape, (2.0, 1.0, 0.5))
     np.testing.assert_allclose(world.mean_mm, (30.0, 20.0, 12.5), atol=1e-6)
     np.testing.assert_allclose(world.radii_mm, (12.0, 10.0, 7.0), rtol=0.05)
+
+
+def test_display_world_with_a_flipped_axis():
+    """napari allows a negative scale: world = translate + scale · index flips that axis."""
+    import torch
+
+    from napari_difftt.core.prior import from_display, to_display
+
+    shape, scale, translate = (20, 30, 40), (2.0, -1.0, 0.5), (0.0, 29.0, -5.0)
+    prior = from_display((20.0, 14.0, 4.0), (6.0, 5.0, 4.0), (20.0, 0.0, 0.0), 2.0, shape,
+                         scale, translate)
+    # the centre lies where world (20, 14, 4) is: index (10, 15, 18)
+    centre = torch.tensor([10.0, 15.0, 18.0]) * 2 / (torch.tensor(shape) - 1) - 1
+    np.testing.assert_allclose(prior.mean.detach(), centre, atol=1e-6)
+    back = to_display(prior, shape, scale, translate)
+    np.testing.assert_allclose(back.mean_mm, (20.0, 14.0, 4.0), atol=1e-5)
+    np.testing.assert_allclose(back.radii_mm, (6.0, 5.0, 4.0), rtol=1e-5)
+    np.testing.assert_allclose(back.rotation_deg, (20.0, 0.0, 0.0), atol=1e-4)
+    unflipped = from_display((20.0, 14.0, 4.0), (6.0, 5.0, 4.0), (20.0, 0.0, 0.0), 2.0, shape,
+                             (2.0, 1.0, 0.5), translate)
+    assert not np.allclose(unflipped.covariance.detach(), prior.covariance.detach())

@@ -26,8 +26,10 @@ from .checks import check_field, check_image, check_same_field
 
 __all__ = [
     "compose",
+    "compose_unchecked",
     "identity",
     "normalised_identity",
+    "normalised_per_voxel",
     "sample",
     "sample_backward",
     "to_normalised",
@@ -74,6 +76,15 @@ def normalised_identity(
         torch.device(device or "cpu"),
         dtype or torch.get_default_dtype(),
     )
+
+
+def normalised_per_voxel(shape: Sequence[int]) -> tuple[float, ...]:
+    """One voxel in normalised units along each array axis: 2 / (N_k − 1) (voxel 0 is −1 and
+    voxel N_k − 1 is +1, ``align_corners=True``). Multiply voxels by it; divide to go back."""
+    shape = tuple(int(size) for size in shape)
+    if min(shape, default=0) < 2:
+        raise ValueError(f"normalised coordinates need >= 2 voxels per axis, got {shape}")
+    return tuple(2.0 / (size - 1) for size in shape)
 
 
 def to_normalised(displacement: torch.Tensor) -> torch.Tensor:
@@ -205,6 +216,11 @@ def compose(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
     check_field("u_outer", u_outer)
     check_field("u_inner", u_inner)
     check_same_field("u_outer", u_outer, "u_inner", u_inner)
+    return compose_unchecked(u_outer, u_inner)
+
+
+def compose_unchecked(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
+    """:func:`compose` without the argument checks (for callers that have checked)."""
     return sample(u_outer, _grid_from_displacement(u_inner), padding="border", add_to=u_inner)
 
 
@@ -219,16 +235,17 @@ def _grid_from_displacement(displacement: torch.Tensor) -> torch.Tensor:
 def _normalised_identity(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    axes = [torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype) for size in shape]
-    mesh = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack(mesh[::-1], dim=-1).unsqueeze(0)
+    """Cached: built as a normal tensor even under ``torch.inference_mode`` (see
+    :func:`normalised_identity`), so later autograd may save it."""
+    with torch.inference_mode(False):
+        axes = [torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype) for size in shape]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return torch.stack(mesh[::-1], dim=-1).unsqueeze(0)
 
 
 def _voxel_to_normalised_scale(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """Factors 2 / (N_k − 1) in (x, y, z) order: one voxel in normalised units per axis."""
-    return torch.tensor(
-        [2.0 / (size - 1) for size in reversed(shape)], device=like.device, dtype=like.dtype
-    )
+    """:func:`normalised_per_voxel` in (x, y, z) order, as a tensor like ``like``."""
+    return torch.tensor(normalised_per_voxel(shape)[::-1], device=like.device, dtype=like.dtype)
 
 
 def _cpu_chunks(image: torch.Tensor, grid: torch.Tensor) -> int:

@@ -8,7 +8,15 @@ A flow path maps a time t ∈ [0, 1] to the displacement of φ(t) ``(1, n, *S)``
   s = tT − (k−1) ∈ [0, 1]. At t = 1 this is Φ composed piece by piece (equal to the model's Φ for
   the "compose" combination, within the BCH truncation error for "bch").
 * :func:`stationary_path` — φ(t) = exp(t·z) of one velocity z (the BCH-combined velocity, or
-  the single velocity of a stationary model); at t = 1 it is the model's Φ.
+  the single velocity of a stationary model); at t = 1 it is the model's Φ. Given the number
+  of time ``steps`` (frames − 1), frame k is exp(z/steps) composed k times (DESIGN.md §2: one
+  exponential, then compositions), by binary powers so any frame costs at most log₂(steps)
+  compositions. Measured against one exponential per frame on smooth fields (96², |u| up to
+  10.5 voxels; 40³, |u| 3.4; 20 frames, float32) the frames differ by at most 0.17 voxels
+  (1.7 % of |u|); their distance to a float64 reference with 14 squarings is 0.05–0.33 voxels
+  against 0.06–0.27 for one exponential per frame, in a sixth to two thirds of the time.
+* The piecewise path keeps one exponential per frame: its frames fall at arbitrary times inside
+  the pieces (t·T need not be a multiple of any common step), so no single exp(v_k/m) serves.
 
 :class:`FlowFrames` renders frame k at t_k = k/(K − 1) on demand and keeps the last few in an
 LRU cache. It is a sequence of frames *and* an array-like ``(K, *S)`` with ``shape``,
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 
 from .checks import check_field
-from .flow import exp, flow_at
+from .exponential import exp, flow_at
 from .grid import compose, warp
 
 __all__ = [
@@ -44,13 +52,20 @@ Path = Callable[[float], torch.Tensor]  # t ↦ displacement of φ(t), (1, n, *S
 Render = Callable[[torch.Tensor], np.ndarray]  # displacement (1, n, *S) ↦ frame (*S)
 
 
-def stationary_path(velocity: torch.Tensor, endpoint: torch.Tensor | None = None) -> Path:
+def stationary_path(
+    velocity: torch.Tensor, endpoint: torch.Tensor | None = None, *, steps: int | None = None
+) -> Path:
     """Path t ↦ exp(t·z) for a velocity z ``(1, n, *S)`` voxels.
 
     ``endpoint`` ``(1, n, *S)``, when given, is returned at t = 1 as it stands: the model's own Φ,
     computed with its number of squarings, so the last frame is exactly its prediction.
+    ``steps``: the path is asked only at t = k/steps (a :class:`FlowFrames` of steps + 1 frames)
+    and answers with exp(z/steps) composed k times; other times are refused (ValueError).
+    Without it, every t costs one exponential.
     """
     check_field("velocity", velocity)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int (frames − 1), got {steps!r}")
     if endpoint is not None:
         check_field("endpoint", endpoint)
         if endpoint.shape != velocity.shape:
@@ -59,11 +74,31 @@ def stationary_path(velocity: torch.Tensor, endpoint: torch.Tensor | None = None
                 f"{tuple(velocity.shape)}"
             )
 
+    powers: list[torch.Tensor] = []  # powers[j]: displacement of exp(z/steps) composed 2^j times
+    lock = threading.Lock()
+
+    def power(j: int) -> torch.Tensor:
+        with lock:
+            if not powers:
+                powers.append(exp(velocity / steps))
+            while len(powers) <= j:
+                powers.append(compose(powers[-1], powers[-1]))
+            return powers[j]
+
     def at(t: float) -> torch.Tensor:
         _check_time(t)
         if t == 1 and endpoint is not None:
             return endpoint
-        return flow_at(velocity, t)
+        if steps is None:
+            return flow_at(velocity, t)
+        k = round(t * steps)
+        if abs(t * steps - k) > 1e-6:
+            raise ValueError(f"t = {t!r} is not a multiple of 1/{steps} (steps={steps})")
+        displacement = None
+        for j in range(k.bit_length()):  # the powers commute: all are exp of multiples of z
+            if k >> j & 1:
+                displacement = power(j) if displacement is None else compose(power(j), displacement)
+        return torch.zeros_like(velocity) if displacement is None else displacement
 
     return at
 

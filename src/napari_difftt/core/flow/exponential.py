@@ -1,10 +1,10 @@
-"""Diffeomorphic flows of velocity fields: exponentials, Lie brackets, BCH, trees, Jacobians.
+"""Exponentials of velocity fields, Lie brackets, BCH and the piecewise tree.
 
 All fields are ``(B, n, *S)`` in voxels, component k along array axis k (see :mod:`.grid`).
-Derivatives are central differences in voxel units (one-sided on the outermost voxels).
-Every function is differentiable with respect to its tensor inputs (exp, and what uses it, to
-first order). Every public function checks its fields the same way (:func:`.checks.check_field`:
-a floating ``(B, n, *S)`` tensor, B >= 1, n = 2 or 3 matching the spatial axes, finite values).
+Derivatives are central differences in voxel units (:mod:`.jacobian`). Every function is
+differentiable with respect to its tensor inputs (exp, and what uses it, to first order). Every
+public function checks its fields the same way (:func:`.checks.check_field`: a floating
+``(B, n, *S)`` tensor, B >= 1, n = 2 or 3 matching the spatial axes, finite values).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import SquaringCapWarning
-from ._squaring import scaling_and_squaring
+from ...errors import SquaringCapWarning
 from .checks import check_field, check_same_field, check_squarings
-from .grid import compose, identity, normalised_identity, sample, to_normalised
+from .grid import compose, compose_unchecked
+from .jacobian import derivative
+from .squaring import scaling_and_squaring
 
 __all__ = [
     "Integrated",
@@ -28,10 +29,7 @@ __all__ = [
     "exp",
     "flow_at",
     "flow_frames",
-    "folding_fraction",
     "integrate",
-    "jacobian",
-    "jacobian_det",
     "lie_bracket",
 ]
 
@@ -97,20 +95,6 @@ def flow_frames(velocity: torch.Tensor, n: int, squarings: int | None = None) ->
     return torch.stack(frames)
 
 
-def jacobian(field: torch.Tensor) -> torch.Tensor:
-    """Spatial derivatives ∂f_i/∂x_j of ``field`` ``(B, n, *S)`` → ``(B, n, n, *S)`` (per voxel).
-
-    Central differences inside, one-sided differences on the first and last voxel of each axis.
-    """
-    check_field("field", field)
-    return _jacobian(field)
-
-
-def _jacobian(field: torch.Tensor) -> torch.Tensor:
-    """:func:`jacobian` without the argument checks."""
-    return torch.stack([_derivative(field, axis) for axis in range(field.ndim - 2)], dim=2)
-
-
 def lie_bracket(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Lie bracket [v, w] = (Dv)·w − (Dw)·v of two fields ``(B, n, *S)`` voxels (same shape).
 
@@ -158,36 +142,8 @@ def integrate(
         if squarings is not None:
             check_squarings(squarings)
         exps = [_exp(v, _choose_squarings(v) if squarings is None else squarings) for v in pieces]
-        return Integrated(_tree(exps, _compose_unchecked), None)
+        return Integrated(_tree(exps, compose_unchecked), None)
     raise ValueError(f"method must be 'bch' or 'compose', got {method!r}")
-
-
-def jacobian_det(displacement: torch.Tensor, scheme: str = "central") -> torch.Tensor:
-    """det ∇φ of φ = id + ``displacement`` ``(B, n, *S)`` voxels → ``(B, *S)``.
-
-    ``scheme="central"``: central differences (as in published tables), one-sided at the borders.
-    """
-    check_field("displacement", displacement)
-    if scheme != "central":
-        raise ValueError(f"jacobian_det supports scheme='central', got {scheme!r}")
-    return _det(_identity_plus(_jacobian(displacement)))
-
-
-def folding_fraction(displacement: torch.Tensor, scheme: str = "central") -> torch.Tensor:
-    """Fraction (0…1) of voxels with det ∇φ ≤ 0, per batch item → ``(B,)``.
-
-    ``"central"`` counts every voxel of :func:`jacobian_det`. ``"digital"`` is stricter: a voxel
-    folds if any one-sided difference Jacobian at it is ≤ 0 — the 4 corner triangles in 2D; in
-    3D the 8 corner tetrahedra plus the 2 central tetrahedra of the cube starting at the voxel
-    (10 in all) — the tests of a digital diffeomorphism that central differences can miss. Only
-    voxels with a neighbour on both sides along every axis are counted.
-    """
-    check_field("displacement", displacement)
-    if scheme == "central":
-        return (jacobian_det(displacement) <= 0).flatten(1).float().mean(1)
-    if scheme == "digital":
-        return _digital_folds(displacement).flatten(1).float().mean(1)
-    raise ValueError(f"scheme must be 'central' or 'digital', got {scheme!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +152,7 @@ def folding_fraction(displacement: torch.Tensor, scheme: str = "central") -> tor
 
 def _exp(velocity: torch.Tensor, squarings: int) -> torch.Tensor:
     """Scaling and squaring in normalised units (each squaring is one add and one sample); under
-    autograd a custom function that stores one field per squaring (see :mod:`._squaring`)."""
+    autograd a custom function that stores one field per squaring (see :mod:`.squaring`)."""
     return scaling_and_squaring(velocity, squarings)
 
 
@@ -223,30 +179,14 @@ def _choose_squarings(velocity: torch.Tensor, max_step: float = 0.5) -> int:
     return needed
 
 
-def _compose_unchecked(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
-    base = normalised_identity(u_inner.shape[2:], device=u_inner.device, dtype=u_inner.dtype)
-    return sample(u_outer, base + to_normalised(u_inner), padding="border", add_to=u_inner)
-
-
-def _derivative(field: torch.Tensor, axis: int) -> torch.Tensor:
-    """∂field/∂x_axis in voxel units, ``(B, n, *S)``: central inside, one-sided at both ends."""
-    dim = axis + 2
-    size = field.shape[dim]
-    first = field.narrow(dim, 1, 1) - field.narrow(dim, 0, 1)
-    last = field.narrow(dim, size - 1, 1) - field.narrow(dim, size - 2, 1)
-    if size == 2:
-        return torch.cat([first, last], dim)
-    inner = (field.narrow(dim, 2, size - 2) - field.narrow(dim, 0, size - 2)) / 2
-    return torch.cat([first, inner, last], dim)
-
-
 def _lie_bracket(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return _apply(_jacobian(v), w) - _apply(_jacobian(w), v)
-
-
-def _apply(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """Per-voxel matrix ``(B, n, n, *S)`` times vector ``(B, n, *S)`` → ``(B, n, *S)``."""
-    return (matrix * vector.unsqueeze(1)).sum(2)
+    """[v, w] = Σ_j (∂_j v · w_j − ∂_j w · v_j), one axis at a time: the same sum as
+    (Dv)·w − (Dw)·v without building the ``(B, n, n, *S)`` Jacobians."""
+    bracket = torch.zeros_like(v)
+    for axis in range(v.ndim - 2):
+        bracket += derivative(v, axis) * w[:, axis : axis + 1]
+        bracket -= derivative(w, axis) * v[:, axis : axis + 1]
+    return bracket
 
 
 def _bch(v: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
@@ -295,59 +235,3 @@ def _tree(items: list[torch.Tensor], merge) -> torch.Tensor:
             merged.append(items[-1])
         items = merged
     return items[0]
-
-
-def _identity_plus(grad: torch.Tensor) -> torch.Tensor:
-    """I + ∇u for ∇u ``(B, n, n, *S)``."""
-    n = grad.shape[1]
-    eye = torch.eye(n, dtype=grad.dtype, device=grad.device).view(1, n, n, *([1] * (grad.ndim - 3)))
-    return grad + eye
-
-
-def _det(m: torch.Tensor) -> torch.Tensor:
-    """Determinant of per-voxel matrices ``(B, n, n, *S)`` → ``(B, *S)`` (closed form, n = 2, 3)."""
-    if m.shape[1] == 2:
-        return m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
-    return (
-        m[:, 0, 0] * (m[:, 1, 1] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 1])
-        - m[:, 0, 1] * (m[:, 1, 0] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 0])
-        + m[:, 0, 2] * (m[:, 1, 0] * m[:, 2, 1] - m[:, 1, 1] * m[:, 2, 0])
-    )
-
-
-def _digital_folds(displacement: torch.Tensor) -> torch.Tensor:
-    """Boolean ``(B, *S − 2)`` on interior voxels: any one-sided (simplex) Jacobian ≤ 0."""
-    phi = displacement + _identity_like(displacement)
-    n = phi.ndim - 2
-    interior = [slice(None), slice(None)] + [slice(1, -1)] * n
-
-    def shifted(offsets: Sequence[int]) -> torch.Tensor:
-        index = [slice(None), slice(None)]
-        index += [slice(1 + o, phi.shape[2 + a] - 1 + o) for a, o in enumerate(offsets)]
-        return phi[tuple(index)]
-
-    centre = phi[tuple(interior)]
-    dets = []
-    for signs in torch.cartesian_prod(*[torch.tensor([-1, 1])] * n).tolist():
-        # corner simplex at the voxel: edges to its neighbour along each axis, oriented ±
-        columns = []
-        for axis, sign in enumerate(signs):
-            step = [0] * n
-            step[axis] = sign
-            columns.append((shifted(step) - centre) * sign)
-        dets.append(_det(torch.stack(columns, dim=2)))
-    if n == 3:
-        # central tetrahedra of the cube [x, x + 1]³, both parities; identity edges give det ±2
-        for origin, apexes in (
-            ((0, 0, 0), ((0, 1, 1), (1, 0, 1), (1, 1, 0))),
-            ((1, 1, 1), ((1, 0, 0), (0, 1, 0), (0, 0, 1))),
-        ):
-            base = shifted(origin)
-            columns = [shifted(apex) - base for apex in apexes]
-            sign = 0.5 if origin == (0, 0, 0) else -0.5
-            dets.append(sign * _det(torch.stack(columns, dim=2)))
-    return (torch.stack(dets) <= 0).any(0)
-
-
-def _identity_like(field: torch.Tensor) -> torch.Tensor:
-    return identity(field.shape[2:], device=field.device, dtype=field.dtype).unsqueeze(0)

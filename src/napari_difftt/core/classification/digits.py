@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .grid import normalised_identity, sample
+from ..flow.grid import normalised_identity, normalised_per_voxel, sample
 
 __all__ = [
     "Digits",
@@ -209,8 +209,8 @@ def rotate_images(images: torch.Tensor, angles: torch.Tensor | Sequence[float]) 
     height, width = images.shape[1:]
     base = normalised_identity((height, width), device=images.device, dtype=images.dtype)
     # voxel offsets from the centre; grid channel 0 is x (columns), channel 1 is y (rows)
-    x = base[..., 0] * (width - 1) / 2
-    y = base[..., 1] * (height - 1) / 2
+    per_y, per_x = normalised_per_voxel((height, width))
+    x, y = base[..., 0] / per_x, base[..., 1] / per_y
     out = torch.empty_like(images)
     for start in range(0, len(images), _ROTATION_CHUNK):
         theta = torch.deg2rad(angles[start:start + _ROTATION_CHUNK]).view(-1, 1, 1)
@@ -219,7 +219,7 @@ def rotate_images(images: torch.Tensor, angles: torch.Tensor | Sequence[float]) 
         # displayed (rows grow downwards), so the content turns θ counter-clockwise
         source_x = cos * x - sin * y
         source_y = sin * x + cos * y
-        grid = torch.stack([source_x * 2 / (width - 1), source_y * 2 / (height - 1)], dim=-1)
+        grid = torch.stack([source_x * per_x, source_y * per_y], dim=-1)
         chunk = images[start:start + _ROTATION_CHUNK].unsqueeze(1)
         out[start:start + _ROTATION_CHUNK] = sample(chunk, grid, padding="zeros").squeeze(1)
     return out

@@ -15,7 +15,7 @@ Zero heads make every transformer the identity at initialisation.
 Transformer outputs are in normalised half-extent units (1 = half the image along that axis)
 and converted to voxels, so a layer works at any resolution; every field it returns is
 ``(B, n, *S)`` in voxels (project convention) and the input is warped with
-:func:`napari_difftt.core.grid.warp` (zeros outside).
+:func:`napari_difftt.core.flow.grid.warp` (zeros outside).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_device, check_image, check_squarings
-from .flow import exp, jacobian
-from .grid import warp
+from ..flow import exp, gradient_penalty
+from ..flow.checks import check_device, check_image, check_squarings
+from ..flow.grid import normalised_per_voxel, warp
+from ..flow.velocity import VelocitySpace
 from .tps import ThinPlateSpline
 
 __all__ = [
@@ -156,6 +157,12 @@ class DiffeomorphicSTN(nn.Module):
     or None for the paper's ‖v‖/2^N ≤ ½-voxel rule). ``integrate=False`` (the non-diffeomorphic
     baseline): the field is used directly as the displacement. Returns
     ``STNOutput(warped, displacement, velocity)`` so callers can compute det J and penalties.
+
+    ``velocity`` (a :class:`~napari_difftt.core.flow.velocity.VelocitySpace`, as the template
+    transformers use): the upsampled lattice is the raw field of that space instead — pooled to
+    its coarse grid, bounded by ``bound`` voxels (tanh), optionally smoothed, integrated there
+    and brought back to S; the returned velocity is then on S in voxels too. None (default, the
+    paper's protocol): the lattice values are half-extent units, unbounded, integrated on S.
     """
 
     def __init__(
@@ -166,6 +173,7 @@ class DiffeomorphicSTN(nn.Module):
         integrate: bool = True,
         grid: int = 5,
         squarings: int | None = None,
+        velocity: VelocitySpace | None = None,
     ) -> None:
         super().__init__()
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
@@ -174,21 +182,31 @@ class DiffeomorphicSTN(nn.Module):
             check_squarings(squarings)
         self.localisation = ConvFeatures(ndim, channels)
         self.head = _zero_linear(FEATURES, ndim * grid**ndim)
+        if velocity is not None and not isinstance(velocity, VelocitySpace):
+            raise TypeError(f"velocity must be a VelocitySpace or None, got {velocity!r}")
         self.ndim, self.grid, self.integrate, self.squarings = ndim, grid, integrate, squarings
+        self.velocity_space = velocity
 
     def forward(self, image: torch.Tensor) -> STNOutput:
         _check_input(image, self.ndim, self)
         shape = tuple(image.shape[2:])
-        coarse = self.head(self.localisation(image))
-        coarse = coarse.view(image.shape[0], self.ndim, *[self.grid] * self.ndim)
+        lattice = self.head(self.localisation(image))
+        lattice = lattice.view(image.shape[0], self.ndim, *[self.grid] * self.ndim)
         mode = "bilinear" if self.ndim == 2 else "trilinear"
-        fine = F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
-        velocity = _to_voxels(fine, shape)
-        displacement = exp(velocity, self.squarings) if self.integrate else velocity
+        fine = F.interpolate(lattice, size=shape, mode=mode, align_corners=True)
+        space = self.velocity_space
+        if space is None:
+            velocity = _to_voxels(fine, shape)
+            displacement = exp(velocity, self.squarings) if self.integrate else velocity
+        else:
+            coarse = space.velocities(fine, 1)[:, 0]  # (B, n, *S / factor) coarse voxels
+            flow = exp(coarse, self.squarings) if self.integrate else coarse
+            velocity, displacement = space.to_fine(coarse, shape), space.to_fine(flow, shape)
         return STNOutput(warp(image, displacement), displacement, velocity)
 
     def extra_repr(self) -> str:
-        return f"ndim={self.ndim}, grid={self.grid}, integrate={self.integrate}"
+        space = "" if self.velocity_space is None else f", velocity={self.velocity_space}"
+        return f"ndim={self.ndim}, grid={self.grid}, integrate={self.integrate}{space}"
 
 
 class STNClassifier(nn.Module):
@@ -222,14 +240,10 @@ class STNClassifier(nn.Module):
         return loss
 
 
-def gradient_penalty(field: torch.Tensor) -> torch.Tensor:
-    """Mean over batch and voxels of ‖∇u‖²_F for ``field`` ``(B, n, *S)`` (voxel units) → ``()``."""
-    return jacobian(field).square().sum(dim=(1, 2)).mean()
-
-
 def build_classifier(name: str, shape: Sequence[int] = (28, 28), channels: int = 1,
-                     classes: int = 10) -> STNClassifier:
-    """One of :data:`MODEL_NAMES` for images ``(B, channels, *shape)``."""
+                     classes: int = 10, velocity: VelocitySpace | None = None) -> STNClassifier:
+    """One of :data:`MODEL_NAMES` for images ``(B, channels, *shape)``; ``velocity`` is the
+    velocity space of the field transformers (see :class:`DiffeomorphicSTN`)."""
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     classifier = SmallCNN(ndim, channels, classes)
@@ -238,7 +252,9 @@ def build_classifier(name: str, shape: Sequence[int] = (28, 28), channels: int =
     if name.startswith("tps") and name in MODEL_LABELS:
         return STNClassifier(TPSTransformer(shape, int(name[3:]), channels), classifier)
     if name in ("diffeo", "nondiffeo", "diffeo-reg"):
-        transformer = DiffeomorphicSTN(ndim, channels, integrate=name != "nondiffeo")
+        transformer = DiffeomorphicSTN(
+            ndim, channels, integrate=name != "nondiffeo", velocity=velocity
+        )
         return STNClassifier(transformer, classifier, PENALTY if name == "diffeo-reg" else 0.0)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
@@ -256,7 +272,8 @@ def _check_input(image: torch.Tensor, ndim: int, module: nn.Module) -> None:
 
 def _to_voxels(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Half-extent units → voxels: component k times (S_k − 1)/2, for ``(B, n, …)`` fields."""
-    scale = torch.tensor([(s - 1) / 2 for s in shape], dtype=field.dtype, device=field.device)
+    per_voxel = normalised_per_voxel(shape)
+    scale = torch.tensor([1 / step for step in per_voxel], dtype=field.dtype, device=field.device)
     return field * scale.view(1, -1, *[1] * (field.ndim - 2))
 
 

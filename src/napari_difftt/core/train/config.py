@@ -1,0 +1,125 @@
+"""The settings of a training run: :class:`TrainConfig`, its defaults and its validation.
+
+The one place training defaults are written: the CLI's ``train`` options and the Train widget
+read theirs from :data:`DEFAULTS` (``TrainConfig()``), and every checkpoint stores
+:meth:`TrainConfig.to_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..flow.checks import check_count
+from ..flow.velocity import DEFAULT_SPACE, VelocitySpace
+from ..models import KINDS
+from ..prior import DEFAULT_BETA, PARAMETERISATIONS
+
+__all__ = [
+    "BCH_ORDERS",
+    "DEFAULTS",
+    "KINDS",
+    "PARAMETERISATIONS",
+    "PRIOR_INITS",
+    "TrainConfig",
+]
+
+PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training masks; centre: default
+BCH_ORDERS = (1, 2, 3, 4)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in every checkpoint)."""
+
+    kind: str = "bch"  # bch | svf | stt | unet
+    iterations: int = 1000
+    patch_size: tuple[int, ...] = (64, 64, 64)  # (D, H, W) or (H, W) voxels
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 1
+    seed: int = 0
+    device: str = "auto"
+    spacing: float | None = None  # mm; data resampled to this isotropic spacing (None: as is)
+    prior: str = "fixed"  # fixed | mean | sigma | diag | full (GeneralisedGaussianPrior)
+    train_beta: bool = False
+    prior_beta: float = DEFAULT_BETA  # initial β of the prior (core.prior.DEFAULT_BETA)
+    prior_init: str = "labels"  # "labels": fit μ, Σ to the training masks; "centre": default
+    width: int = 8
+    pieces: int = 4
+    bch_order: int = 2
+    # where velocities live (core.velocity.VelocitySpace; defaults from its ablation)
+    velocity: str = DEFAULT_SPACE.parameterisation  # dense | bspline
+    velocity_factor: int = DEFAULT_SPACE.factor  # image voxels per coarse voxel: 1, 2 or 4
+    velocity_lattice: int | None = None  # B-spline control spacing, voxels (None: 4 for bspline)
+    velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
+    alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
+    smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
+    checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
+    checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
+    val_every: int = 0  # steps between validations (0: only at the end, when val is given)
+    ignore_value: int = 255
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(int(s) for s in self.patch_size)
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 4:
+            raise ValueError(
+                f"patch_size must be (D, H, W) or (H, W) with >= 4 voxels per axis, "
+                f"got {self.patch_size}"
+            )
+        for name in ("iterations", "batch_size", "width", "pieces"):
+            check_count(name, getattr(self, name))
+        for name in ("checkpoint_every", "val_every"):
+            check_count(name, getattr(self, name), minimum=0)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.spacing is not None and not self.spacing > 0:
+            raise ValueError(
+                f"spacing must be a positive number of mm or None, got {self.spacing!r}"
+            )
+        if self.prior not in PARAMETERISATIONS:
+            raise ValueError(f"prior must be one of {PARAMETERISATIONS}, got {self.prior!r}")
+        if self.bch_order not in BCH_ORDERS:
+            raise ValueError(f"bch_order must be one of {BCH_ORDERS}, got {self.bch_order!r}")
+        if self.prior_init not in PRIOR_INITS:
+            raise ValueError(f"prior_init must be one of {PRIOR_INITS}, got {self.prior_init!r}")
+        if check_count("ignore_value", self.ignore_value, minimum=2) > 255:
+            raise ValueError(f"ignore_value must be in 2..255 (labels are uint8), got "
+                             f"{self.ignore_value}")
+        if not self.smoothness >= 0:
+            raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
+        self.velocity_space()  # validates the velocity settings
+
+    def velocity_space(self) -> VelocitySpace:
+        """The :class:`VelocitySpace` these settings describe."""
+        return VelocitySpace(self.velocity, self.velocity_factor, self.velocity_lattice,
+                             self.velocity_sigma, self.alpha)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.patch_size)
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists instead of tuples) for checkpoints and JSON."""
+        data = asdict(self)
+        data["patch_size"] = list(self.patch_size)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides: Any) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output (unknown keys are refused), then apply overrides."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}")
+        return cls(**{**data, **overrides})
+
+
+DEFAULTS = TrainConfig()  # the defaults, for option parsers and forms

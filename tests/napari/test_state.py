@@ -1,0 +1,167 @@
+"""Cross-widget state: one per viewer, layers matched by identity (not name), arrays released
+with their layers; the workers' endings."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from napari_difftt.layer_metadata import META_KEY, layer_id
+from napari_difftt.widgets._state import PredictionRecord, ViewerState
+
+TIMEOUT_MS = 120_000
+
+
+def _record(image, shape):
+    """A hand-made prediction of ``image`` with a flow (zero displacement)."""
+    from napari_difftt.core.inference import Prediction
+
+    zeros = np.zeros(shape, np.float32)
+    flow = np.zeros((len(shape), *shape), np.float32)
+    prediction = Prediction(zeros, zeros.astype(np.uint8), flow, flow, flow[None], zeros)
+    return PredictionRecord(prediction, image, "none.pt", "cpu", kind="svf")
+
+
+def test_the_state_is_the_viewers_not_its_proxys(viewer):
+    """Widgets get a short-lived proxy of the viewer: the state must be keyed by the viewer."""
+    import wrapt
+
+    state = ViewerState.of(wrapt.ObjectProxy(viewer))  # the proxy is dropped at once
+    gc.collect()
+    assert ViewerState.of(viewer) is state
+
+
+def test_renaming_an_image_keeps_its_prediction_and_prior(viewer, dock, tiny_phantom, qtbot):
+    image, _ = tiny_phantom
+    state = ViewerState.of(viewer)
+    record = _record(image, image.data.shape)
+    state.set_prediction(record)
+    state.set_prior({"type": "generalised_gaussian"}, source=image)
+    explorer = dock("Flow explorer")
+    explorer.path.setCurrentIndex(explorer.path.findData("stationary"))
+    explorer.count.setValue(2)
+    explorer.show_flow()  # the frames are built in a worker; the layer comes with them
+    qtbot.waitUntil(lambda: explorer.job is None, timeout=TIMEOUT_MS)
+    frames = explorer.layer
+
+    image.name = "renamed"
+    assert state.prediction is record
+    assert state.prior_for(image) == {"type": "generalised_gaussian"}
+    assert frames.metadata[META_KEY]["source_id"] == layer_id(image)
+    count = len(viewer.layers)
+    explorer.show_flow()
+    qtbot.waitUntil(lambda: explorer.job is None, timeout=TIMEOUT_MS)
+    assert explorer.layer == frames and len(viewer.layers) == count  # found by identity
+
+    other = viewer.add_image(np.zeros_like(image.data), name="tiny")  # the old name, another id
+    assert state.prior_for(other) is None
+
+
+def test_run_model_uses_the_prior_tuned_on_a_renamed_image(viewer, dock, tiny_phantom,
+                                                           tiny_checkpoint, qtbot):
+    from napari_difftt.core.prior import GeneralisedGaussianPrior
+
+    image, _ = tiny_phantom
+    tuned = GeneralisedGaussianPrior(3, mean=(0.2, 0.0, -0.1), beta=2.0).to_dict()
+    ViewerState.of(viewer).set_prior(tuned, source=image)
+    image.name = "renamed"
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_device("cpu")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    record = ViewerState.of(viewer).prediction
+    assert record.prior == widget.last_result.prior == tuned  # provenance: the prior used
+    assert record.kind == "bch"
+
+
+def test_removing_the_image_releases_its_prediction(viewer, tiny_phantom):
+    image, _ = tiny_phantom
+    state = ViewerState.of(viewer)
+    state.set_prediction(_record(image, image.data.shape))
+    state.set_prior({"type": "generalised_gaussian"}, source=image)
+    displacement = weakref.ref(state.prediction.prediction.displacement)
+    seen = []
+    state.changed.connect(seen.append)
+    viewer.layers.remove(image)
+    gc.collect()
+    assert state.prediction is None and state.prior is None
+    assert displacement() is None  # the large arrays are gone
+    assert seen == ["prediction", "prior"]
+
+
+def test_an_error_after_cancel_is_reported_as_that_error(qtbot):
+    from napari_difftt.widgets._worker import start_job
+
+    seen = []
+
+    def task(should_stop):
+        yield 0, 1, "working"
+        while not should_stop():
+            pass
+        raise OSError("disk full while stopping")
+
+    job = start_job(task, on_error=seen.append, on_cancelled=lambda: seen.append("cancelled"))
+    qtbot.waitUntil(lambda: job.worker.is_running, timeout=TIMEOUT_MS)
+    job.cancel()
+    qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT_MS)
+    assert isinstance(seen[0], OSError) and "disk full" in str(seen[0])
+
+
+def test_abort_closes_the_task_in_its_own_thread_and_callbacks_use_no_helper_thread(
+        qtbot, monkeypatch):
+    import threading
+
+    from napari_difftt.widgets._worker import callback_task, start_job
+
+    closed_in, ran_in, progress = [], [], []
+
+    def task(should_stop):
+        try:
+            while True:
+                yield 0, 1, "step"
+        finally:
+            closed_in.append(threading.current_thread())
+
+    job = start_job(task)
+    qtbot.waitUntil(lambda: job.worker.is_running, timeout=TIMEOUT_MS)
+    job.worker.quit()  # napari's abort, e.g. its window closing
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=TIMEOUT_MS)
+    assert len(closed_in) == 1 and closed_in[0] is not threading.main_thread()
+
+    def work(report, should_stop):
+        ran_in.append(threading.current_thread())
+        report(1, 2, "half")
+        return 42
+
+    def no_helper(self):
+        raise AssertionError(f"a job started a second thread {self.name!r}")
+
+    monkeypatch.setattr(threading.Thread, "start", no_helper)
+    done = []
+    job = start_job(callback_task(work), on_progress=lambda *p: progress.append(p),
+                    on_done=done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: bool(progress), timeout=TIMEOUT_MS)
+    assert done == [42] and progress == [(1, 2, "half")]
+    assert ran_in[0] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("error, expected", [
+    ("checkpoint", "Cannot use this checkpoint"),
+    ("volume", "Cannot read the volume"),
+    ("memory", "crop it"),
+])
+def test_explain_dispatches_on_the_error_type(error, expected):
+    from napari_difftt.errors import CheckpointError, OutOfMemory, VolumeError
+    from napari_difftt.widgets._worker import explain
+
+    errors = {"checkpoint": CheckpointError("x.pt is damaged"),
+              "volume": VolumeError("y.nii is 4D"), "memory": OutOfMemory("crop it")}
+    assert explain(errors[error]).startswith(expected)
+    # the same name on an unrelated type is not mistaken for it
+    impostor = type("CheckpointError", (Exception,), {})("not ours")
+    assert not explain(impostor).startswith("Cannot use this checkpoint")
