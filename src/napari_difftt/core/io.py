@@ -242,7 +242,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"GLOBAL (\S+)", str(error))
+        # torch >= 2.4 names the object "GLOBAL module.name", older ones "Unsupported class …"
+        refused = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", str(error))
         if refused is None:
             raise CheckpointError(f"{path} is corrupt or truncated: {error}") from error
         raise CheckpointError(

@@ -38,7 +38,7 @@ def check_image(name: str, image: object, *, finite: bool = True) -> torch.Tenso
             f"{name} needs at least 2 voxels along every spatial axis, got {tuple(image.shape)}"
         )
     # a "meta" tensor carries no values to check (it is used to test device mismatches)
-    if finite and image.device.type != "meta" and not bool(torch.isfinite(image).all()):
+    if finite and image.device.type != "meta" and not bool(torch.isfinite(image.detach()).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return image
 
