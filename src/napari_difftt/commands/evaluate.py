@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..pipeline import OUTPUTS, nifti_stem
+from ..pipeline import OUTPUTS, is_nifti, nifti_stem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -131,7 +131,7 @@ def match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
     labels = {
         nifti_stem(p): p
         for p in sorted(label_dir.iterdir())
-        if p.is_file() and p.name.endswith((".nii", ".nii.gz"))
+        if is_nifti(p)
     }
     if not labels:
         raise FileNotFoundError(f"--labels {label_dir}: folder holds no .nii/.nii.gz files")

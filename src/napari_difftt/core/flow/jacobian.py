@@ -20,7 +20,6 @@ __all__ = [
     "gradient_penalty",
     "jacobian",
     "jacobian_det",
-    "jacobian_unchecked",
 ]
 
 
@@ -30,11 +29,6 @@ def jacobian(field: torch.Tensor) -> torch.Tensor:
     Central differences inside, one-sided differences on the first and last voxel of each axis.
     """
     check_field("field", field)
-    return jacobian_unchecked(field)
-
-
-def jacobian_unchecked(field: torch.Tensor) -> torch.Tensor:
-    """:func:`jacobian` without the argument checks."""
     return torch.stack([derivative(field, axis) for axis in range(field.ndim - 2)], dim=2)
 
 
