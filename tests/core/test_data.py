@@ -372,3 +372,23 @@ def test_parse_size_names_what_is_wrong():
     assert parse_size("1x1") == (1, 1)
     with pytest.raises(ValueError, match="at least 2 voxel"):
         parse_size("1x1", minimum=2)
+
+
+@pytest.mark.parametrize("shape", [(48, 48, 48), (96, 96)])
+def test_lobed_phantoms_are_one_filled_non_convex_component(shape):
+    from skimage.morphology import convex_hull_image
+
+    solidities = []
+    for seed in range(4):
+        mask = make_phantom(shape, seed=seed, organ="lobed").labels.astype(bool)
+        assert ndimage.label(mask)[1] == 1
+        assert np.array_equal(ndimage.binary_fill_holes(mask), mask)
+        assert not mask[0].any() and not mask[-1].any()  # well inside the volume
+        solidities.append(mask.sum() / convex_hull_image(mask).sum())
+    # lobes and dents: clearly less solid than an ellipsoid (solidity ≈ 1)
+    assert np.mean(solidities) < 0.85
+
+
+def test_make_phantom_refuses_an_unknown_organ():
+    with pytest.raises(ValueError, match="organ must be one of"):
+        make_phantom((16, 16, 16), organ="kidney")

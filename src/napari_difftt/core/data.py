@@ -19,6 +19,7 @@ from .io import Volume, read_nifti, write_nifti
 from .paths import NIFTI_SUFFIXES, nifti_stem
 
 __all__ = [
+    "ORGANS",
     "Patch",
     "Phantom",
     "Sample",
@@ -35,6 +36,7 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
+ORGANS = ("ellipsoid", "lobed")  # the organ shapes of make_phantom
 _CHANNEL = re.compile(r"(.+)_(\d{4})$")  # nnU-Net image names: case_0000 ↔ label case
 
 
@@ -90,21 +92,33 @@ def normalise_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99
 
 
 def make_phantom(
-    shape: Sequence[int] = (64, 64, 64), seed: int = 0, spacing: Sequence[float] | None = None
+    shape: Sequence[int] = (64, 64, 64),
+    seed: int = 0,
+    spacing: Sequence[float] | None = None,
+    organ: str = "ellipsoid",
 ) -> Phantom:
-    """A seeded phantom: one organ (a smoothly deformed, randomly placed and rotated ellipsoid,
-    brighter and finer-textured) in a smooth textured background, times a smooth bias field,
-    plus Gaussian noise. 2D when ``len(shape) == 2``.
+    """A seeded phantom: one organ (brighter and finer-textured) in a smooth textured
+    background, times a smooth bias field, plus Gaussian noise. 2D when ``len(shape) == 2``.
 
-    The organ is star-shaped about its centre and well inside the volume; the mask is checked to
-    be one face-connected component without holes (the largest component, filled, is kept in the
-    rare case discretisation breaks that). The organ is drawn in normalised coordinates;
-    ``spacing`` (mm per axis, default 1) is only recorded.
+    ``organ`` (one of :data:`ORGANS`):
+
+    * ``"ellipsoid"`` — a smoothly deformed, randomly placed and rotated ellipsoid, star-shaped
+      about its centre;
+    * ``"lobed"`` — a small body (≈ 10–17 voxels across at 48³) with 2–4 lobes of 6–12 voxels
+      joined to it and a dent carved into it: lobes, necks and concavities, 10–40 voxels across
+      in all at 48³, the shapes one deformed ellipsoid fits worst.
+
+    Either organ is well inside the volume; the mask is checked to be one face-connected
+    component without holes (the largest component, filled, is kept where discretisation breaks
+    that). The organ is drawn in normalised coordinates; ``spacing`` (mm per axis, default 1) is
+    only recorded.
     """
     shape = _check_shape(shape)
     spacing = (1.0,) * len(shape) if spacing is None else _check_spacing(spacing, len(shape))
+    if organ not in ORGANS:
+        raise ValueError(f"organ must be one of {ORGANS}, got {organ!r}")
     rng = np.random.default_rng(seed)
-    labels = _organ(shape, rng)
+    labels = _organ(shape, rng) if organ == "ellipsoid" else _lobed_organ(shape, rng)
     edge = ndimage.gaussian_filter(labels.astype(np.float32), 0.7)  # partial-volume boundary
     background = 0.30 + 0.06 * _smooth_noise(rng, shape, 4.0)
     organ = 0.70 + 0.05 * _smooth_noise(rng, shape, 1.0)
@@ -276,11 +290,13 @@ def write_phantom_dataset(
     shape: Sequence[int] = (64, 64, 64),
     seed: int = 0,
     spacing: Sequence[float] | None = None,
+    organ: str = "ellipsoid",
 ) -> Path:
     """Write phantoms as ``root/imagesTr, labelsTr, imagesTs, labelsTs`` (``phantom_NNN.nii.gz``,
     images float32, labels uint8) with a diagonal affine of ``spacing``; return ``root``.
 
-    Phantom k (train first, then test) uses seed ``seed + k``. Existing files are not replaced.
+    Phantom k (train first, then test) uses seed ``seed + k`` and the ``organ`` of
+    :func:`make_phantom`. Existing files are not replaced.
     """
     root = Path(root)
     shape = _check_shape(shape)
@@ -292,7 +308,9 @@ def write_phantom_dataset(
         for folder in (f"images{split}", f"labels{split}"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         for index in range(first, first + count):
-            phantom = make_phantom(shape, seed=seed + index, spacing=spacing)
+            phantom = make_phantom(
+                shape, seed=seed + index, spacing=spacing, organ=organ
+            )
             name = f"phantom_{index:03d}.nii.gz"
             write_nifti(root / f"images{split}" / name, phantom.image, affine=affine)
             write_nifti(root / f"labels{split}" / name, phantom.labels, affine=affine, labels=True)
@@ -327,6 +345,44 @@ def _organ(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         delta += np.sin(rng.uniform(1.0, 3.0) * projection + rng.uniform(0, 2 * np.pi))
     mask = rho <= 1.0 + (0.25 / waves) * delta
     return _single_filled_component(mask).astype(np.uint8)
+
+
+def _lobed_organ(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """uint8 mask of a body ellipsoid ∪ 2–4 lobe ellipsoids − one dent, normalised coordinates.
+
+    Each lobe's centre lies just inside the body's surface along a random direction, so it joins
+    the body through a neck; the dent is a ball centred on the surface along another direction.
+    """
+    ndim = len(shape)
+    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
+    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+    centre = rng.uniform(-0.12, 0.12, ndim)
+    body = rng.uniform(0.2, 0.35, ndim)
+    mask = _ellipsoid(grids, centre, body, _random_rotation(ndim, rng))
+    for _ in range(int(rng.integers(2, 5))):
+        direction = _unit(rng, ndim)
+        radii = rng.uniform(0.12, 0.25, ndim)
+        where = centre + direction * body * rng.uniform(1.0, 1.6)
+        where = np.clip(where, -0.85 + radii.max(), 0.85 - radii.max())
+        mask |= _ellipsoid(grids, where, radii, _random_rotation(ndim, rng))
+    dent = centre + _unit(rng, ndim) * body
+    mask &= ~_ellipsoid(grids, dent, np.full(ndim, rng.uniform(0.08, 0.14)), np.eye(ndim))
+    return _single_filled_component(mask).astype(np.uint8)
+
+
+def _ellipsoid(grids: list[np.ndarray], centre: np.ndarray, radii: np.ndarray,
+               rotation: np.ndarray) -> np.ndarray:
+    """Boolean mask of {‖diag(1/r) Rᵀ (x − c)‖ ≤ 1} on the broadcast ``grids``."""
+    ndim = len(grids)
+    shifted = [g - c for g, c in zip(grids, centre, strict=True)]
+    local = [sum(rotation[k, j] * shifted[k] for k in range(ndim)) / radii[j]
+             for j in range(ndim)]
+    return sum(q * q for q in local) <= 1.0
+
+
+def _unit(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    vector = rng.normal(size=ndim)
+    return vector / np.linalg.norm(vector)
 
 
 def _single_filled_component(mask: np.ndarray) -> np.ndarray:
