@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(model, "--prior-init", "labels: fit μ, Σ to the training masks; centre: centred, "
             "radii 0.5", choices=PRIOR_INITS)
     _option(model, "--smoothness", "weight of the λ‖∇u‖² penalty", type=float, metavar="LAMBDA")
+    _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
+            "linear velocity field, places the prior before the velocities deform it (flow "
+            "models)", action=argparse.BooleanOptionalAction)
     run = parser.add_argument_group("optimisation")
     _option(run, "--iterations", "optimiser steps", type=int)
     _option(run, "--patch-size", "patch size D H W (3D) or H W (2D) in voxels", type=int,

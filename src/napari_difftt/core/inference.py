@@ -58,6 +58,7 @@ class Prediction(NamedTuple):
     velocities: np.ndarray | None  # (T, n, *S) float32 voxels (svf, bch)
     prior: np.ndarray  # (*S) float32, the unwarped prior
     topology: dict | None = None  # core.metrics.topology_report of segmentation and displacement
+    pose: np.ndarray | None = None  # (n + 1, n + 1) the model's pose of the prior (core.pose)
 
 
 def default_checkpoint(ndim: int = 3) -> Path:
@@ -177,7 +178,8 @@ def predict_volume(
                 result = _velocities_on_image_grid(model, result)
             else:
                 result = result._replace(velocity=None, velocities=None)
-            arrays = [_crop(t, crop) for t in result]
+            pose = None if result.pose is None else result.pose[0].double().cpu().numpy()
+            arrays = [_crop(t, crop) for t in result[:-1]]
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
             f"the GPU ran out of memory for a {image.shape} volume (padded to {padded_shape}): "
@@ -195,6 +197,7 @@ def predict_volume(
         None if velocity is None else velocity[0],
         None if velocities is None else velocities[0],
         prior,
+        pose=pose,
     )
     if topology:
         from .metrics import topology_report

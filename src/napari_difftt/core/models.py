@@ -29,7 +29,14 @@ from .flow import exp, gradient_penalty, integrate
 from .flow.checks import check_device, check_image, check_squarings
 from .flow.velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 from .nets import UNet
-from .prior import DEFAULT_BETA, GeneralisedGaussianPrior, ImagePrior, prior_from_dict
+from .pose import PoseHead, apply_pose
+from .prior import (
+    DEFAULT_BETA,
+    GeneralisedGaussianPrior,
+    ImagePrior,
+    grid_coordinates,
+    prior_from_dict,
+)
 
 __all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "segmentation_loss"]
 
@@ -47,6 +54,8 @@ class TemplateResult(NamedTuple):
     velocities: torch.Tensor | None  # (B, T, n, *S/k) (svf: T = 1; stt/unet: None)
     velocity: torch.Tensor | None  # (B, n, *S/k), exp(velocity) = Φ (svf, bch+"bch")
     displacement: torch.Tensor | None  # (B, n, *S) voxels, Φ = id + displacement (not unet)
+    # (B, n + 1, n + 1) homogeneous matrix of the pose A (core.pose); O(x) = S(A(Φ(x)))
+    pose: torch.Tensor | None = None
 
 
 class TemplateTransformer(nn.Module):
@@ -59,6 +68,10 @@ class TemplateTransformer(nn.Module):
     ``width`` is the U-Net base width; ``smoothness`` λ ≥ 0 weights the λ‖∇u‖² penalty of
     :meth:`regularisation`; ``squarings`` fixes the number of squarings (None: chosen per field).
     ``image_channels`` is the number of image channels (the prior adds one more network input).
+    ``pose`` adds the pose level (:mod:`.pose`): an affine map per image, the exact flow of a
+    linear velocity field, placing the prior before the velocities deform it (flow kinds with a
+    generalised Gaussian prior only); ``probability`` is then S(A(Φ(x))) and ``prior`` the
+    posed prior S∘A.
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class TemplateTransformer(nn.Module):
         method: str = "bch",
         squarings: int | None = None,
         image_channels: int = 1,
+        pose: bool = False,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -104,6 +118,10 @@ class TemplateTransformer(nn.Module):
         self.prior = prior
         out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
         self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet")
+        if pose and (kind == "unet" or not isinstance(prior, GeneralisedGaussianPrior)):
+            raise ValueError("pose needs a flow kind (bch, svf, stt) and a generalised Gaussian "
+                             f"prior, got kind={kind!r} with {type(prior).__name__}")
+        self.pose_head = PoseHead(ndim, width) if pose else None
 
     def forward(
         self,
@@ -127,6 +145,12 @@ class TemplateTransformer(nn.Module):
         features = self.net.features(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
             return TemplateResult(torch.sigmoid(self.net.head(features)), prior, None, None, None)
+        pose = None
+        if self.pose_head is not None:
+            where = grid_coordinates(shape, offset, full_shape, device=image.device,
+                                     dtype=image.dtype)
+            pose = self.pose_head(features, where)
+            prior = self._prior_at(shape, offset, full_shape, None, pose)
         # the 1×1 head commutes with the space's block means: pool the width channels first
         space = self.velocity_space
         raw = self.net.head(space.pool(features))
@@ -142,8 +166,18 @@ class TemplateTransformer(nn.Module):
             flow = integrate(velocities, self.method, self.bch_order, self.squarings)
             coarse, velocity = flow.displacement, flow.velocity
         displacement = self.velocity_space.to_fine(coarse, shape)
-        probability = self.prior.on_grid(shape, offset, full_shape, displacement)
-        return TemplateResult(probability, prior, velocities, velocity, displacement)
+        probability = self._prior_at(shape, offset, full_shape, displacement, pose)
+        return TemplateResult(probability, prior, velocities, velocity, displacement, pose)
+
+    def _prior_at(self, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
+        """S(A(Φ(x))) ``(B, 1, *shape)``: the prior at the grid moved by ``displacement`` (voxels,
+        or None) and then by ``pose`` (or None)."""
+        if pose is None:
+            return self.prior.on_grid(shape, offset, full_shape, displacement)
+        coords = grid_coordinates(shape, offset, full_shape, displacement, device=pose.device,
+                                  dtype=pose.dtype)
+        coords = coords.expand(pose.shape[0], *coords.shape[1:])
+        return self.prior(apply_pose(pose, coords, self.prior.mean))
 
     def regularisation(self, result: TemplateResult) -> torch.Tensor:
         """λ · mean over voxels of ‖∇u‖² (Frobenius, voxel units) of the displacement; 0 for unet
@@ -161,6 +195,7 @@ class TemplateTransformer(nn.Module):
             "velocity": self.velocity_space.to_dict(), "width": self.width,
             "smoothness": self.smoothness, "method": self.method,
             "squarings": self.squarings, "image_channels": self.image_channels,
+            "pose": self.pose_head is not None,
         }
 
     @classmethod
@@ -190,7 +225,7 @@ class TemplateTransformer(nn.Module):
             alpha = float(options.pop("alpha", LEGACY_SPACE.bound))
             options["velocity"] = VelocitySpace(factor=1, bound=alpha)
         known = {"kind", "ndim", "pieces", "bch_order", "velocity", "width", "smoothness",
-                 "method", "squarings", "image_channels"}
+                 "method", "squarings", "image_channels", "pose"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"model config has unknown entries {unknown}")

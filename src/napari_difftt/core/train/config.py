@@ -56,6 +56,7 @@ class TrainConfig:
     velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
     alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
     smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
+    pose: bool = False  # the pose level: an affine map per image placing the prior (core.pose)
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -94,6 +95,8 @@ class TrainConfig:
                              f"{self.ignore_value}")
         if not self.smoothness >= 0:
             raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
+        if not isinstance(self.pose, bool):
+            raise ValueError(f"pose must be True or False, got {self.pose!r}")
         self.velocity_space()  # validates the velocity settings
 
     def velocity_space(self) -> VelocitySpace:
@@ -119,7 +122,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
-        return cls(**{**data, **overrides})
+        # a run recorded before the pose level existed had none, whatever today's default
+        return cls(**{"pose": False, **data, **overrides})
 
 
 DEFAULTS = TrainConfig()  # the defaults, for option parsers and forms

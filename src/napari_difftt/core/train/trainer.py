@@ -374,6 +374,7 @@ def build_model(config: TrainConfig, masks: Sequence[np.ndarray] = ()) -> torch.
         velocity=config.velocity_space(),
         width=config.width,
         smoothness=config.smoothness,
+        pose=config.pose and config.kind != "unet",
     )
 
 
