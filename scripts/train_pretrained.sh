@@ -3,7 +3,8 @@
 #   resources/difftt_phantom_bch.pt    3D: 16 training + 4 validation phantoms of 64³ (seeds 0-19)
 #   resources/difftt_phantom2d_bch.pt  2D: 32 training + 8 validation phantoms of 128² (seeds 0-39)
 # bch template transformer (T = 4, BCH order 2, U-Net width 4 in 3D and 8 in 2D, the default
-# velocity space and prior β, no penalty), prior μ + diagonal Σ fitted to the training masks, whole-volume patches, Adam lr 1e-3
+# velocity space, prior (μ and full Σ fitted to the training masks, then learnt) and pose level, β,
+# no penalty), whole-volume patches, Adam lr 1e-3
 # with cosine annealing, seed 0, on the CPU. Each final checkpoint is exported without optimizer
 # state and with float16 weights, then evaluated on its validation phantoms (MODEL_CARD.md).
 #
@@ -32,7 +33,7 @@ write_phantom_dataset('$data', n_train=$n_train, n_test=$n_val, shape=($shape), 
     nice "$PYTHON" -m napari_difftt.cli train \
         --images "$data/imagesTr" --labels "$data/labelsTr" \
         --val-images "$data/imagesTs" --val-labels "$data/labelsTs" \
-        --model bch --width "$width" --prior diag \
+        --model bch --width "$width" \
         --iterations "$iterations" --patch-size ${shape//,/ } --lr 1e-3 --seed 0 --device cpu \
         --threads "$THREADS" --val-every 100 --checkpoint-every 50 \
         --out "$WORK/$name/full.pt" --overwrite "$@"

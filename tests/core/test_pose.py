@@ -1,4 +1,5 @@
-"""The pose level: an exact affine flow of a linear velocity field that places the prior."""
+"""The pose level: an affine map from a soft mask's moments places the prior; the boundary
+force between the mask and the posed prior."""
 
 from __future__ import annotations
 
@@ -8,41 +9,8 @@ import torch
 from scipy.linalg import expm
 
 from napari_difftt.core.models import TemplateTransformer
-from napari_difftt.core.pose import PoseHead, apply_pose, posed_prior
+from napari_difftt.core.pose import MomentPose, apply_pose, boundary_force, posed_prior
 from napari_difftt.core.prior import GeneralisedGaussianPrior, ImagePrior, grid_coordinates
-
-
-def _set_generator(head: PoseHead, matrix: np.ndarray, offset: np.ndarray) -> None:
-    """Make ``head`` predict the linear field v(y) = matrix (y − c) + offset for any input
-    (pre-tanh values chosen so the bounded generator is exactly ``matrix``, ``offset``)."""
-    from napari_difftt.core.pose import POSE_BOUNDS
-
-    raw = np.concatenate([np.arctanh(matrix.ravel() / POSE_BOUNDS[0]),
-                          np.arctanh(offset / POSE_BOUNDS[1])])
-    with torch.no_grad():
-        head.mlp[-1].weight.zero_()
-        head.mlp[-1].bias.copy_(torch.as_tensor(raw, dtype=torch.float32))
-
-
-def test_pose_is_the_matrix_exponential_of_the_linear_field_and_never_folds():
-    head = PoseHead(3, channels=2)
-    matrix = np.array([[0.3, -0.4, 0.1], [0.2, -0.5, 0.0], [-0.1, 0.3, 0.2]])
-    offset = np.array([0.2, -0.1, 0.05])
-    _set_generator(head, matrix, offset)
-    features = torch.rand(2, 2, 8, 6, 4)
-    pose = head(features, grid_coordinates((8, 6, 4)))
-    generator = np.zeros((4, 4))
-    generator[:3, :3], generator[:3, 3] = matrix, offset
-    np.testing.assert_allclose(pose[0].detach().numpy(), expm(generator), atol=1e-5)
-    assert torch.linalg.det(pose[:, :3, :3]).min() > 0  # det = e^{tr M}
-    np.testing.assert_allclose(float(torch.linalg.det(pose[0, :3, :3].detach())),
-                               np.exp(np.trace(matrix)), rtol=1e-5)
-
-
-def test_an_untrained_pose_is_the_identity():
-    head = PoseHead(2, channels=3)
-    pose = head(torch.rand(4, 3, 16, 12), grid_coordinates((16, 12)))
-    assert torch.equal(pose, torch.eye(3).expand(4, 3, 3))
 
 
 def test_posed_prior_is_the_prior_at_the_posed_coordinates():
@@ -57,16 +25,22 @@ def test_posed_prior_is_the_prior_at_the_posed_coordinates():
     assert float(described.beta) == pytest.approx(3.0)
 
 
-def test_pose_gradients_match_finite_differences_in_float64():
+def test_pose_and_force_gradients_match_finite_differences_in_float64():
     torch.manual_seed(0)
-    head = PoseHead(2, channels=2).double()
-    torch.nn.init.normal_(head.mlp[-1].weight, std=0.3)
-    coords = grid_coordinates((6, 5), dtype=torch.float64)
-    features = torch.rand(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
-    centre = torch.tensor([0.1, -0.2], dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda f: apply_pose(head(f, coords), coords, centre), (features,)
-    )
+    head = MomentPose(2, channels=2).double()
+    torch.nn.init.normal_(head.head.weight, std=0.3)
+    prior = GeneralisedGaussianPrior(2, mean=[0.05, -0.1], radii=[0.5, 0.4], beta=2.0).double()
+    shape = (9, 8)
+    coords = grid_coordinates(shape, dtype=torch.float64)
+    p = prior(coords)
+    features = torch.rand(1, 2, *shape, dtype=torch.float64, requires_grad=True)
+
+    def posed_and_pushed(f):
+        pose, mask = head(f, coords, p, prior.mean)
+        posed = apply_pose(pose, coords, prior.mean)
+        return posed, boundary_force(mask, prior(posed), posed, pose, prior, shape)
+
+    assert torch.autograd.gradcheck(posed_and_pushed, (features,))
 
 
 def test_model_with_pose_starts_at_the_prior_and_round_trips():
@@ -74,10 +48,11 @@ def test_model_with_pose_starts_at_the_prior_and_round_trips():
     model = TemplateTransformer("bch", 3, prior=prior, width=4, pose=True)
     image = torch.rand(1, 1, 16, 16, 16)
     result = model(image)
-    assert torch.equal(result.pose, torch.eye(4)[None])
-    torch.testing.assert_close(result.probability, result.prior)
-    torch.testing.assert_close(result.prior, prior.on_grid((16, 16, 16)))
-    torch.nn.init.normal_(model.pose_head.mlp[-1].weight, std=0.5)
+    torch.testing.assert_close(result.pose, torch.eye(4)[None], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.probability, result.prior, atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.prior, prior.on_grid((16, 16, 16)), atol=1e-5, rtol=0)
+    torch.nn.init.normal_(model.pose_head.head.weight, std=0.5)
+    torch.nn.init.constant_(model.force_gain, 0.1)
     moved = model(image)
     assert not torch.allclose(moved.prior, prior.on_grid((16, 16, 16)))
     rebuilt = TemplateTransformer.from_config(model.config())
@@ -95,3 +70,42 @@ def test_a_config_without_pose_rebuilds_a_model_without_it():
 def test_pose_is_refused_where_it_cannot_work(kind, prior):
     with pytest.raises(ValueError, match="pose needs a flow kind"):
         TemplateTransformer(kind, 2, prior=prior, width=4, pose=True)
+
+
+def test_moment_pose_moves_the_prior_onto_a_shifted_mask():
+    prior = GeneralisedGaussianPrior(3, mean=[0.0, 0.1, -0.1], radii=[0.3, 0.25, 0.35], beta=4.0)
+    shift = torch.tensor([0.12, -0.08, 0.05])
+    moved = GeneralisedGaussianPrior(3, mean=(prior.mean + shift).tolist(),
+                                     radii=[0.3, 0.25, 0.35], beta=4.0)
+    shape = (40, 36, 44)
+    coords = grid_coordinates(shape)
+    head = MomentPose(3, channels=2)
+    pose = head.pose_of(moved.on_grid(shape), coords, prior.on_grid(shape), prior.mean)
+    assert torch.linalg.det(pose[0, :3, :3]) > 0
+    placed = posed_prior(prior, pose[0])
+    # to discretisation accuracy: 2e-3 normalised units is 1/25 of a voxel here
+    torch.testing.assert_close(placed.mean.float(), moved.mean, atol=2e-3, rtol=0)
+    torch.testing.assert_close(placed.covariance.float(), moved.covariance, atol=2e-3, rtol=0)
+
+
+def test_an_untrained_moment_pose_is_the_identity_and_its_mask_the_prior():
+    prior = GeneralisedGaussianPrior(2, mean=[0.1, 0.0], radii=[0.4, 0.3], beta=4.0)
+    shape = (24, 20)
+    pose, mask = MomentPose(2, channels=3)(torch.rand(2, 3, *shape), grid_coordinates(shape),
+                                           prior.on_grid(shape), prior.mean)
+    torch.testing.assert_close(pose, torch.eye(3).expand(2, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mask, prior.on_grid(shape).clamp(0.1, 0.9).expand(2, -1, -1, -1))
+
+
+def test_boundary_force_pulls_towards_the_centre_where_the_mask_says_organ():
+    prior = GeneralisedGaussianPrior(2, mean=[0.0, 0.0], radii=[0.3, 0.3], beta=4.0)
+    shape = (33, 33)
+    coords = grid_coordinates(shape)
+    p = prior(coords)
+    pose = torch.eye(3)[None]
+    force = boundary_force(torch.ones_like(p), p, coords, pose, prior, shape)
+    # at voxel (16, 28), right of the centre and outside the prior: the pull points to −x
+    assert force[0, 1, 16, 28] == pytest.approx(-(1 - float(p[0, 0, 16, 28])), abs=1e-5)
+    assert abs(float(force[0, 0, 16, 28])) < 1e-5
+    assert float(force.norm(dim=1).max()) <= 1.0 + 1e-6
+    assert torch.all(boundary_force(p, p, coords, pose, prior, shape) == 0)

@@ -132,7 +132,8 @@ def test_stop_saves_a_checkpoint_before_returning(tmp_path):
 
 def test_sparse_annotations_train_without_nan_and_the_loss_sees_only_the_labelled_slice(tmp_path):
     samples = _samples(1, sparse=True)
-    trainer = Trainer(_config(tmp_path, iterations=3, patch_size=SHAPE), samples)
+    # no pose level: its mask's loss would add to the one this test computes
+    trainer = Trainer(_config(tmp_path, iterations=3, patch_size=SHAPE, pose=False), samples)
     result = trainer.run()
     assert np.isfinite([h["loss"] for h in result.history]).all()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -71,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
             "linear velocity field, places the prior before the velocities deform it (flow "
             "models)", action=argparse.BooleanOptionalAction)
+    _option(model, "--pose-loss", "weight of the pose level's soft-mask cross-entropy",
+            type=float, metavar="W")
     run = parser.add_argument_group("optimisation")
     _option(run, "--iterations", "optimiser steps", type=int)
     _option(run, "--patch-size", "patch size D H W (3D) or H W (2D) in voxels", type=int,

@@ -179,7 +179,7 @@ def predict_volume(
             else:
                 result = result._replace(velocity=None, velocities=None)
             pose = None if result.pose is None else result.pose[0].double().cpu().numpy()
-            arrays = [_crop(t, crop) for t in result[:-1]]
+            arrays = [_crop(t, crop) for t in result[:5]]
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
             f"the GPU ran out of memory for a {image.shape} volume (padded to {padded_shape}): "

@@ -29,7 +29,7 @@ from .flow import exp, gradient_penalty, integrate
 from .flow.checks import check_device, check_image, check_squarings
 from .flow.velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 from .nets import UNet
-from .pose import PoseHead, apply_pose
+from .pose import MomentPose, apply_pose, boundary_force
 from .prior import (
     DEFAULT_BETA,
     GeneralisedGaussianPrior,
@@ -43,6 +43,9 @@ __all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "segmentation_loss"
 KINDS = ("bch", "svf", "stt", "unet")
 METHODS = ("bch", "compose")
 _EPS = 1e-6  # probabilities are clamped to [ε, 1 − ε] in the loss
+# scale of the learnt boundary-force weights (per piece), so that Adam's ~lr steps reach the
+# pre-bound values a push of a few voxels needs within a few hundred steps
+FORCE_GAIN = 30.0
 
 
 class TemplateResult(NamedTuple):
@@ -56,6 +59,7 @@ class TemplateResult(NamedTuple):
     displacement: torch.Tensor | None  # (B, n, *S) voxels, Φ = id + displacement (not unet)
     # (B, n + 1, n + 1) homogeneous matrix of the pose A (core.pose); O(x) = S(A(Φ(x)))
     pose: torch.Tensor | None = None
+    pose_mask: torch.Tensor | None = None  # (B, 1, *S) the moment pose's soft mask (core.pose)
 
 
 class TemplateTransformer(nn.Module):
@@ -68,10 +72,11 @@ class TemplateTransformer(nn.Module):
     ``width`` is the U-Net base width; ``smoothness`` λ ≥ 0 weights the λ‖∇u‖² penalty of
     :meth:`regularisation`; ``squarings`` fixes the number of squarings (None: chosen per field).
     ``image_channels`` is the number of image channels (the prior adds one more network input).
-    ``pose`` adds the pose level (:mod:`.pose`): an affine map per image, the exact flow of a
-    linear velocity field, placing the prior before the velocities deform it (flow kinds with a
-    generalised Gaussian prior only); ``probability`` is then S(A(Φ(x))) and ``prior`` the
-    posed prior S∘A.
+    ``pose`` adds the pose level (:mod:`.pose`; flow kinds with a generalised Gaussian prior
+    only): an affine map A per image, from the moments of a soft mask the network predicts,
+    places the prior, and the boundary force between that mask and the posed prior is added to
+    the velocities with a learnt weight per piece; ``probability`` is then S(A(Φ(x))),
+    ``prior`` the posed prior S∘A and ``pose_mask`` the soft mask (trained by its own loss).
     """
 
     def __init__(
@@ -118,10 +123,14 @@ class TemplateTransformer(nn.Module):
         self.prior = prior
         out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
         self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet")
+        if not isinstance(pose, bool):
+            raise ValueError(f"pose must be True or False, got {pose!r}")
         if pose and (kind == "unet" or not isinstance(prior, GeneralisedGaussianPrior)):
             raise ValueError("pose needs a flow kind (bch, svf, stt) and a generalised Gaussian "
                              f"prior, got kind={kind!r} with {type(prior).__name__}")
-        self.pose_head = PoseHead(ndim, width) if pose else None
+        self.pose_head = MomentPose(ndim, width) if pose else None
+        # per piece, the weight of the boundary force (core.pose) in the pre-bound velocities
+        self.force_gain = nn.Parameter(torch.zeros(self.pieces)) if pose else None
 
     def forward(
         self,
@@ -145,15 +154,22 @@ class TemplateTransformer(nn.Module):
         features = self.net.features(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
             return TemplateResult(torch.sigmoid(self.net.head(features)), prior, None, None, None)
-        pose = None
+        pose = pose_mask = force = None
         if self.pose_head is not None:
             where = grid_coordinates(shape, offset, full_shape, device=image.device,
                                      dtype=image.dtype)
-            pose = self.pose_head(features, where)
-            prior = self._prior_at(shape, offset, full_shape, None, pose)
+            pose, pose_mask = self.pose_head(features, where, prior, self.prior.mean)
+            posed = apply_pose(pose, where.expand(batch, *where.shape[1:]), self.prior.mean)
+            prior = self.prior(posed)
+            force = boundary_force(pose_mask, prior, posed, pose, self.prior,
+                                   tuple(full_shape or shape))
         # the 1×1 head commutes with the space's block means: pool the width channels first
         space = self.velocity_space
         raw = self.net.head(space.pool(features))
+        if force is not None:
+            gain = FORCE_GAIN * self.force_gain.view(1, -1, 1, *([1] * self.ndim))
+            pushed = gain * space.pool(force)[:, None]
+            raw = raw + pushed.flatten(1, 2)
         fields = space.velocities_from_pooled(raw, self.pieces, shape)  # (B, T, n, *S/k) coarse
         velocities = velocity = None
         if self.kind == "stt":
@@ -167,7 +183,8 @@ class TemplateTransformer(nn.Module):
             coarse, velocity = flow.displacement, flow.velocity
         displacement = self.velocity_space.to_fine(coarse, shape)
         probability = self._prior_at(shape, offset, full_shape, displacement, pose)
-        return TemplateResult(probability, prior, velocities, velocity, displacement, pose)
+        return TemplateResult(probability, prior, velocities, velocity, displacement, pose,
+                              pose_mask)
 
     def _prior_at(self, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
         """S(A(Φ(x))) ``(B, 1, *shape)``: the prior at the grid moved by ``displacement`` (voxels,

@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     spacing: float | None = None  # mm; data resampled to this isotropic spacing (None: as is)
-    prior: str = "fixed"  # fixed | mean | sigma | diag | full (GeneralisedGaussianPrior)
+    prior: str = "full"  # fixed | mean | sigma | diag | full (GeneralisedGaussianPrior)
     train_beta: bool = False
     prior_beta: float = DEFAULT_BETA  # initial β of the prior (core.prior.DEFAULT_BETA)
     prior_init: str = "labels"  # "labels": fit μ, Σ to the training masks; "centre": default
@@ -56,7 +56,8 @@ class TrainConfig:
     velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
     alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
     smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
-    pose: bool = False  # the pose level: an affine map per image placing the prior (core.pose)
+    pose_loss: float = 1.0  # weight of the BCE of the moment pose's soft mask (core.pose)
+    pose: bool = True  # the pose level: an affine map per image placing the prior (core.pose)
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -95,6 +96,8 @@ class TrainConfig:
                              f"{self.ignore_value}")
         if not self.smoothness >= 0:
             raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
+        if not self.pose_loss >= 0:
+            raise ValueError(f"pose_loss must be >= 0, got {self.pose_loss!r}")
         if not isinstance(self.pose, bool):
             raise ValueError(f"pose must be True or False, got {self.pose!r}")
         self.velocity_space()  # validates the velocity settings

@@ -285,6 +285,9 @@ class Trainer:
                 result = self.network(image, offset=patch.offset, full_shape=patch.full_shape)
                 loss = segmentation_loss(result.probability, labels, config.ignore_value)
                 loss = loss + self.model.regularisation(result)
+                if result.pose_mask is not None and config.pose_loss > 0:
+                    loss = loss + config.pose_loss * segmentation_loss(
+                        result.pose_mask, labels, config.ignore_value)
                 if not torch.isfinite(loss):
                     raise RuntimeError(
                         f"training diverged at step {self.step + 1}: the loss is {float(loss)}; "
@@ -374,7 +377,7 @@ def build_model(config: TrainConfig, masks: Sequence[np.ndarray] = ()) -> torch.
         velocity=config.velocity_space(),
         width=config.width,
         smoothness=config.smoothness,
-        pose=config.pose and config.kind != "unet",
+        pose=config.pose if config.kind != "unet" else False,
     )
 
 
