@@ -20,7 +20,6 @@ geometry) differs from its reference's — both printed; ``--ignore-affine`` com
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.atomic import write_json
     from ..core.io import check_output_file, read_nifti
     from ..pipeline import evaluate_case, summarise, topology_report
     from ._progress import ProgressBar
@@ -120,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(cases, [key for key, _, _ in COLUMNS])
     print(format_table(cases, summary))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cases": cases, "summary": summary}, indent=2) + "\n")
+        write_json(args.json, {"cases": cases, "summary": summary}, overwrite=args.overwrite)
         print(f"wrote {args.json}")
     return 0
 

@@ -79,18 +79,20 @@ def default_checkpoint(ndim: int = 3) -> Path:
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> LoadedModel:
     """Load a checkpoint into a :class:`TemplateTransformer` in eval mode on ``device``.
 
-    Errors name the file: unknown model kinds, configs or weights that do not fit this version
-    (newer/corrupt files are refused by :func:`core.io.load_checkpoint`).
+    Errors name the file: a field missing, unknown or of the wrong type (named, e.g.
+    ``model.prior.shape``; :func:`core.schema.check_model`), NaN/Inf weights, unknown model
+    kinds, configs or weights that do not fit this version (newer/corrupt files are refused by
+    :func:`core.io.load_checkpoint`).
     """
     from .device import resolve_device
     from .io import CheckpointError, load_checkpoint
+    from .schema import check_model
 
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    config = checkpoint.get("model")
-    if not isinstance(config, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} holds no model (missing 'model' config or 'state_dict')")
-    kind = config.get("kind")
+    check_model(path, checkpoint)
+    config = checkpoint["model"]
+    kind = config["kind"]
     if kind not in KINDS:
         raise CheckpointError(
             f"{path} holds a model of unknown kind {kind!r}; this napari-difftt knows {KINDS}"
