@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointError",
     "ConfigConflict",
     "DiskFull",
+    "NoForegroundWarning",
     "OutOfMemory",
     "OutputPathError",
     "SpacingWarning",
@@ -73,6 +74,10 @@ class UnverifiedCheckpointWarning(UserWarning):
 
 class SquaringCapWarning(RuntimeWarning):
     """Scaling and squaring hit its cap of squarings: the first step exceeds ``max_step``."""
+
+
+class NoForegroundWarning(UserWarning):
+    """A training volume without a foreground voxel among volumes that have some."""
 
 
 class SpacingWarning(UserWarning):

@@ -122,7 +122,8 @@ def predict_volume(
     topology: bool = True,
     velocities: bool = True,
 ) -> Prediction:
-    """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``).
+    """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``): a numpy
+    array or a tensor (detached first: no gradient flows through a prediction).
 
     ``device`` None: where the model is; otherwise the model is moved there. ``progress(done,
     total, message)`` is called as the stages finish; ``should_stop()`` is polled between stages
@@ -137,6 +138,8 @@ def predict_volume(
     leaves ``Prediction.velocity``/``velocities`` None: they are only needed to replay the flow
     (the Flow explorer), and upsampling them costs 3(T + 1) floats per voxel.
     """
+    if torch.is_tensor(image):  # e.g. one that requires grad: its values are what is segmented
+        image = image.detach().cpu().numpy()
     image = np.asarray(image)
     if image.ndim != model.ndim or min(image.shape) < 2:
         raise ValueError(

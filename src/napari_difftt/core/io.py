@@ -52,7 +52,8 @@ CHECKPOINT_VERSION = 1  # newest version this code reads and the one it writes
 # Reversing the index order (i, j, k) ↔ (k, j, i) is an exact permutation of affine columns.
 _REVERSE = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
 _PLAIN = (str, int, float, bool, type(None))  # exact types: subclasses pickle as globals
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
+                nib.spatialimages.HeaderDataError)  # the last: e.g. datatype 999 or 1 (bits)
 CHECKSUM_KEY = "sha256"  # SHA-256 of everything else in the payload (see _digest)
 
 
@@ -89,7 +90,8 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     if not path.is_file():
         raise FileNotFoundError(f"NIfTI file not found: {path}")
     try:
-        image = nib.load(path)
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header faults to stderr
+            image = nib.load(path)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise VolumeError(f"{path} is a {type(image).__name__}, not a NIfTI-1/2 image")
         data = np.asanyarray(image.dataobj)
@@ -304,10 +306,13 @@ def _squeeze(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Drop trailing singleton axes beyond the second."""
+    """Drop trailing singleton axes beyond the third, and the third of an (X, Y, 1) slice (not
+    of (1, 1, 1) or (X, 1, 1): those stay 3D)."""
     shape = tuple(shape)
-    while len(shape) > 2 and shape[-1] == 1:
+    while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if len(shape) == 3 and shape[-1] == 1 and min(shape[:2]) > 1:
+        shape = shape[:2]
     return shape
 
 

@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import CheckpointError
+from ...errors import CheckpointError, NoForegroundWarning
 from ..atomic import check_space, lifted_file_size_limit, remove_stale_temporaries
-from ..data import Patch, Sample, sample_patch
+from ..data import Patch, Sample, check_segmentable, sample_patch
 from ..device import resolve_device
 from ..inference import predict_volume
 from ..io import check_output_file, encode_checkpoint, load_checkpoint, save_checkpoint
@@ -463,6 +464,16 @@ def _check_samples(name: str, samples: list, ndim: int, ignore_value: int) -> No
                 f"{name} sample {sample.name!r} has no labelled voxel: every voxel is "
                 f"{ignore_value} (ignore); label at least one voxel 0 or 1, or leave it out"
             )
+        check_segmentable(sample.image, f"{name} sample {sample.name!r}")
+    without = [sample.name for sample in samples if not (sample.labels == 1).any()]
+    if name == "train" and len(without) == len(samples):
+        raise ValueError(
+            "no train sample has a foreground voxel (label 1): there is no structure to learn"
+            f" ({', '.join(without[:5])}{' …' if len(without) > 5 else ''})"
+        )
+    for case in without if name == "train" else ():
+        warnings.warn(f"train sample {case!r} has no foreground voxel (label 1): it only "
+                      "teaches background", NoForegroundWarning, stacklevel=3)
 
 
 def prior_masks(samples: Sequence[Sample], ignore_value: int) -> list[np.ndarray]:
