@@ -494,7 +494,7 @@ def _restoring(path: Path, name: str) -> Iterator[None]:
     """Turn what a malformed state raises on restore into a CheckpointError naming it."""
     try:
         yield
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: field {name!r} cannot be restored: "
                               f"{type(error).__name__}: {error}") from error
 
