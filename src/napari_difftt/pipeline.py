@@ -195,10 +195,9 @@ def segment(
     2D/3D, has an axis of one voxel, no finite voxel or no contrast (constant) is refused
     first, naming its file (:class:`~napari_difftt.errors.VolumeError`).
     """
+    from .core.data import check_segmentable
     from .core.inference import LoadedModel, spacing_mismatch
     from .core.io import Volume
-
-    from .core.data import check_segmentable
 
     start = time.perf_counter()
     if not isinstance(volume, Volume):

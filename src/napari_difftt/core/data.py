@@ -234,11 +234,11 @@ def load_nifti_folder(
     samples = []
     for path, name in zip(files, names, strict=True):
         image = read_nifti(path)
-        check_segmentable(image.array, str(path))
         labels = None
         if labels_dir is not None:
             labels = read_nifti(_label_file(labels_dir, path, name))
             _check_pair(image, labels, ignore_value)
+        check_segmentable(image.array, str(path))
         samples.append(_sample(image, labels, name, spacing))
     return samples
 

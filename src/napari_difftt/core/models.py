@@ -135,7 +135,9 @@ class TemplateTransformer(nn.Module):
         model) is cast to theirs."""
         check_image("image", image)
         check_device("image", image, self)
-        image = image.to(self.net.head.weight.dtype)
+        weight = next(self.net.parameters(), None)
+        if weight is not None:
+            image = image.to(weight.dtype)
         if image.ndim - 2 != self.ndim or image.shape[1] != self.image_channels:
             raise ValueError(
                 f"image must have shape (B, {self.image_channels}, *S) with {self.ndim} spatial "
