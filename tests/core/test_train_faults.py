@@ -157,3 +157,18 @@ def test_resume_still_continues_exactly(tmp_path):
     resumed = Trainer(_config(tmp_path, iterations=2), _samples(), resume=first.checkpoint)
     assert resumed.run().step == 2
     assert torch.load(first.checkpoint, weights_only=True)["training"]["step"] == 2
+
+
+def test_a_stop_right_after_a_failed_save_rescues_that_step(tmp_path, monkeypatch):
+    """Ctrl-C just after a periodic save failed: the step's state is kept, not reported as
+    saved at an --out that was never written."""
+    rescue_folder = tmp_path / "tmp"
+    rescue_folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(rescue_folder))
+    trainer = Trainer(_config(tmp_path, iterations=10, checkpoint_every=1), _samples())
+    _failing_saves(monkeypatch, {2}, [trainer])
+    result = trainer.run(should_stop=lambda: trainer.step >= 2)
+    assert result.stopped and result.step == 2
+    assert result.checkpoint.parent == rescue_folder
+    assert load_checkpoint(result.checkpoint)["training"]["step"] == 2
+    assert load_checkpoint(tmp_path / "model.pt")["training"]["step"] == 1

@@ -120,6 +120,7 @@ class Trainer:
         self.elapsed = 0.0
         self.last_val_dice: float | None = None
         self.unsaved: str | None = None  # why the last save of config.checkpoint failed
+        self._pending: dict | None = None  # the checkpoint that save could not write
 
     # ---------------------------------------------------------------- public API
     @property
@@ -181,6 +182,8 @@ class Trainer:
             # gather the others' states, so under DDP only the regular saves count)
             if saved_at != self.step and self.world_size == 1:
                 self._save(final=True)
+            elif self._pending is not None:
+                self._rescue()
             raise
         finally:
             self.ddp.leave()
@@ -354,29 +357,31 @@ class Trainer:
         try:
             path = save_checkpoint(target, payload)
         except OSError as error:
-            self.unsaved = str(error)
+            self.unsaved, self._pending = str(error), payload
             if final:
-                return self._rescue(payload, error)
+                return self._rescue()
             self._log(f"step {self.step}: could not write the checkpoint: {error}; training "
                       "goes on and the next checkpoint tries again")
             return None
-        self.unsaved = None
+        self.unsaved = self._pending = None
         self._log(f"step {self.step}: checkpoint {path}")
         return path
 
-    def _rescue(self, payload: dict, error: OSError) -> Path:
-        """Save the last state into the temp folder, lifting a soft file-size limit for it."""
-        name = Path(self.config.checkpoint)
-        rescue = Path(tempfile.gettempdir()) / f"{name.stem}-step{self.step}-{os.getpid()}.pt"
+    def _rescue(self) -> Path:
+        """Save the checkpoint that could not be written into the temp folder, lifting a soft
+        file-size limit for it."""
+        name, step = Path(self.config.checkpoint), self._pending["training"]["step"]
+        rescue = Path(tempfile.gettempdir()) / f"{name.stem}-step{step}-{os.getpid()}.pt"
         try:
             with lifted_file_size_limit():
-                save_checkpoint(rescue, payload)
+                save_checkpoint(rescue, self._pending)
         except OSError as second:
             raise RuntimeError(
-                f"the checkpoint of step {self.step} could not be saved: {error}; nor in the "
+                f"the checkpoint of step {step} could not be saved: {self.unsaved}; nor in the "
                 f"temp folder: {second}"
             ) from second
-        self._log(f"step {self.step}: could not write {name} ({error}); the checkpoint is "
+        self._pending = None
+        self._log(f"step {step}: could not write {name} ({self.unsaved}); the checkpoint is "
                   f"saved at {rescue} instead")
         return rescue
 
@@ -398,9 +403,10 @@ class Trainer:
         return int(1.1 * size)
 
     def _saved_path(self) -> Path | None:
+        """The checkpoint of this step, already saved (or, if that save failed, rescued)."""
         if self.config.checkpoint is None or not self.is_main:
             return None
-        return Path(self.config.checkpoint)
+        return self._rescue() if self._pending is not None else Path(self.config.checkpoint)
 
 
 # ------------------------------------------------------------------------------------------
