@@ -12,7 +12,7 @@ import torch
 
 from napari_difftt.cli import main
 from napari_difftt.core.data import write_phantom_dataset
-from napari_difftt.core.io import write_nifti
+from napari_difftt.core.io import read_nifti, write_nifti
 
 TINY = ["--patch-size", "16", "16", "16", "--width", "4", "--pieces", "2", "--device", "cpu",
         "--quiet"]
@@ -93,7 +93,8 @@ def test_predict_and_train_refuse_a_constant_image_by_name(dataset, trained, tmp
     assert not (tmp_path / "out" / "blank_seg.nii.gz").exists()
     images = dataset / "imagesTr"
     case = sorted(images.iterdir())[0]
-    write_nifti(tmp_path / "images" / case.name, np.full((16, 16, 16), 7.0))
+    write_nifti(tmp_path / "images" / case.name, np.full((16, 16, 16), 7.0),
+                like=read_nifti(case))
     message = _error(["train", "--images", str(tmp_path / "images"), "--labels",
                       str(dataset / "labelsTr"), "--iterations", "1", "--out",
                       str(tmp_path / "m.pt"), *TINY], capsys)

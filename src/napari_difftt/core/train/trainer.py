@@ -120,7 +120,9 @@ class Trainer:
         self.elapsed = 0.0
         self.last_val_dice: float | None = None
         self.unsaved: str | None = None  # why the last save of config.checkpoint failed
-        self._pending: dict | None = None  # the checkpoint that save could not write
+        # the checkpoint of this step that could not be written (its tensors share the live
+        # weights' storage: only rescued before another step runs)
+        self._pending: dict | None = None
 
     # ---------------------------------------------------------------- public API
     @property
