@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(model, "--smoothness", "weight of the λ‖∇u‖² penalty", type=float, metavar="LAMBDA")
     _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
             "linear velocity field, places the prior before the velocities deform it (flow "
-            "models)", action=argparse.BooleanOptionalAction)
+            "models)", action=_TypedSwitch)
     run = parser.add_argument_group("optimisation")
     _option(run, "--iterations", "optimiser steps", type=int)
     _option(run, "--patch-size", "patch size D H W (3D) or H W (2D) in voxels", type=int,
@@ -119,6 +119,14 @@ class _Typed(argparse.Action):
         namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
 
 
+class _TypedSwitch(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, recorded in ``typed`` like :class:`_Typed`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
+
+
 def _option(
     group: argparse._ArgumentGroup, flag: str, help: str, *, dest: str | None = None, **kwargs
 ) -> None:
@@ -132,8 +140,9 @@ def _option(
         default, shown = list(default), " ".join(map(str, default))
     else:
         shown = f"{default:g}" if isinstance(default, float) else str(default)
+    kwargs.setdefault("action", _Typed)
     group.add_argument(flag, dest=dest, default=default, help=f"{help} (default {shown})",
-                       action=_Typed, **kwargs)
+                       **kwargs)
 
 
 def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:

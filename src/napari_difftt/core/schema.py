@@ -31,7 +31,8 @@ TOP = {"model": TABLE, "state_dict": TABLE, "spacing": ARRAY, "training": TABLE,
        "versions": TABLE, "prior": (dict, None), "format": TEXT, "version": COUNT}
 MODEL = {"kind": TEXT, "ndim": COUNT, "prior": TABLE, "pieces": COUNT, "bch_order": COUNT,
          "velocity": TABLE, "alpha": NUMBER, "width": COUNT, "smoothness": NUMBER,
-         "method": TEXT, "squarings": (int, None), "image_channels": COUNT}
+         "method": TEXT, "squarings": (int, None), "image_channels": COUNT, "pose": FLAG}
+MODEL_OPTIONAL = ("pose",)  # configs written before the pose level have none
 VELOCITY = {"parameterisation": TEXT, "factor": COUNT, "lattice": (int, None),
             "sigma": NUMBER, "bound": NUMBER}
 PRIORS = {
@@ -55,7 +56,8 @@ def check_model(path: str | os.PathLike, checkpoint: dict) -> None:
     _fields(path, "", checkpoint, TOP, optional=("prior", "format", "version"))
     model = checkpoint["model"]
     legacy = "alpha" in model and "velocity" not in model
-    _fields(path, "model", model, MODEL, optional=("velocity",) if legacy else ("alpha",))
+    _fields(path, "model", model, MODEL,
+            optional=(*MODEL_OPTIONAL, "velocity" if legacy else "alpha"))
     if not legacy:
         _fields(path, "model.velocity", model["velocity"], VELOCITY)
     _prior(path, "model.prior", model["prior"])
@@ -77,9 +79,11 @@ def check_model(path: str | os.PathLike, checkpoint: dict) -> None:
                                   "value(s): the checkpoint is of a diverged run or damaged")
 
 
-def check_training(path: str | os.PathLike, checkpoint: dict, defaults: Mapping) -> dict:
+def check_training(path: str | os.PathLike, checkpoint: dict, defaults: Mapping,
+                   optional: tuple[str, ...] = ()) -> dict:
     """The training state of a checkpoint to resume (``training``), its ``config`` checked
-    against ``defaults`` (``TrainConfig().to_dict()``: every key, a value of the same type)."""
+    against ``defaults`` (``TrainConfig().to_dict()``: every key but ``optional``, a value of
+    the same type)."""
     training = checkpoint.get("training")
     if isinstance(training, dict) and "optimizer" not in training:
         raise CheckpointError(
@@ -89,7 +93,7 @@ def check_training(path: str | os.PathLike, checkpoint: dict, defaults: Mapping)
         raise CheckpointError(f"{path}: field 'training.step' must be >= 0, got "
                               f"{training['step']}")
     config = {key: _default_types(value) for key, value in defaults.items()}
-    _fields(path, "training.config", training["config"], config)
+    _fields(path, "training.config", training["config"], config, optional)
     return training
 
 

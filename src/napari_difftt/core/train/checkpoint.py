@@ -79,7 +79,8 @@ def resumable(path: str | os.PathLike, checkpoint: dict) -> dict:
     """The checked training state (``checkpoint["training"]``) of a run to resume: step,
     optimizer, scheduler and RNG states and a config of :class:`TrainConfig`'s fields and
     types; :class:`~napari_difftt.errors.CheckpointError` naming the field and the file."""
-    return check_training(path, checkpoint, TrainConfig().to_dict())
+    # a run recorded before the pose level existed has no "pose" (TrainConfig.from_dict)
+    return check_training(path, checkpoint, TrainConfig().to_dict(), optional=("pose",))
 
 
 def slim_checkpoint(checkpoint: dict, *, half: bool = False) -> dict:
