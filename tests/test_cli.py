@@ -314,15 +314,15 @@ def test_help_renders(argv, capsys):
 
 
 def test_resume_refuses_options_that_contradict_the_checkpoint(dataset, trained, tmp_path, capsys):
-    """--resume used to ignore --width 16 --lr 5 --patch-size 8 8 8 --pieces 2 --seed 9."""
+    """--resume used to ignore --width 16 --lr 5 --patch-size 32 32 32 --pieces 2 --seed 9."""
     out = tmp_path / "more.pt"
     argv = ["train", "--data", str(dataset), "--iterations", "4", "--resume", str(trained),
-            "--out", str(out), "--width", "16", "--lr", "5", "--patch-size", "8", "8", "8",
+            "--out", str(out), "--width", "16", "--lr", "5", "--patch-size", "32", "32", "32",
             "--pieces", "3", "--seed", "9", "--device", "cpu", "--quiet"]  # fmt: skip
     assert main(argv) == 2
     message = capsys.readouterr().err
     for listed in ("--width 16 (checkpoint: 4)", "--lr 5.0 (checkpoint: 0.0002)",
-                   "--patch-size 8 8 8 (checkpoint: 16 16 16)", "--pieces 3 (checkpoint: 2)",
+                   "--patch-size 32 32 32 (checkpoint: 16 16 16)", "--pieces 3 (checkpoint: 2)",
                    "--seed 9 (checkpoint: 1)"):  # fmt: skip
         assert listed in message, listed
     assert str(trained) in message and not out.exists()

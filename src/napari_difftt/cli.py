@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__
@@ -41,16 +43,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns its exit status (errors print one clear line, status 2)."""
+    """Run one command; returns its exit status (errors print one clear line, status 2).
+
+    Warnings print as one line, ``warning: MESSAGE``. A file-size limit (``ulimit -f``) makes
+    writes fail with :class:`~napari_difftt.errors.DiskFull` instead of killing the process
+    (SIGXFSZ is ignored), so a run can still save its work elsewhere.
+    """
+    from .errors import DiskFull
+
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("napari-difftt: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError,
+            DiskFull) as error:
         print(f"napari-difftt {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as users of the CLI see it: its text alone, no source line."""
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":

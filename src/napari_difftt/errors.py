@@ -6,10 +6,14 @@ type, never on the message text.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "Cancelled",
     "CheckpointError",
     "ConfigConflict",
+    "DiskFull",
+    "NoForegroundWarning",
     "OutOfMemory",
     "OutputPathError",
     "SpacingWarning",
@@ -46,6 +50,24 @@ class OutputPathError(ValueError):
     folder is meant, no write permission); checked before any work starts."""
 
 
+class DiskFull(OSError):
+    """A write that ran out of space (a full disk, a quota, a file-size limit such as
+    ``ulimit -f``). ``str()`` is one line: ``no space left on DEVICE writing PATH (needed N MB,
+    free M MB)`` (MB = 10⁶ bytes; DEVICE is the mount point; free counts the file-size limit).
+    Nothing partial is left at ``path``."""
+
+    def __init__(
+        self, device: str, path: str, needed: int, free: int, code: int = errno.ENOSPC
+    ) -> None:
+        message = (f"no space left on {device} writing {path} (needed {_mb(needed)} MB, free "
+                   f"{_mb(free)} MB)")
+        super().__init__(code, message)
+        self.device, self.path, self.needed, self.free = device, path, needed, free
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class UnverifiedCheckpointWarning(UserWarning):
     """A checkpoint written before checksums existed: it loads, but its integrity is unknown."""
 
@@ -54,5 +76,14 @@ class SquaringCapWarning(RuntimeWarning):
     """Scaling and squaring hit its cap of squarings: the first step exceeds ``max_step``."""
 
 
+class NoForegroundWarning(UserWarning):
+    """A training volume without a foreground voxel among volumes that have some."""
+
+
 class SpacingWarning(UserWarning):
     """An image's voxel spacing differs from the model's training spacing by more than 20 %."""
+
+
+def _mb(size: int) -> str:
+    """Bytes as MB (10⁶ bytes) with one decimal."""
+    return f"{size / 1e6:.1f}"

@@ -191,15 +191,21 @@ def segment(
     the volume to that isotropic spacing for the network and the probability back onto the
     volume's grid (linear, then > 0.5); the displacement and the topology report are then the
     network grid's. ``velocities=False`` leaves out the velocity fields that only replaying the
-    flow needs (:func:`flow_frames`), for callers that only write files.
+    flow needs (:func:`flow_frames`), for callers that only write files. An image that is not
+    2D/3D, has an axis of one voxel, no finite voxel or no contrast (constant) is refused
+    first, naming its file (:class:`~napari_difftt.errors.VolumeError`).
     """
+    from .core.data import check_segmentable
     from .core.inference import LoadedModel, spacing_mismatch
     from .core.io import Volume
 
     start = time.perf_counter()
     if not isinstance(volume, Volume):
         array = np.asarray(volume)
+        check_segmentable(array, "the image")
         volume = Volume(array, _unit_affine(array.ndim))
+    else:
+        check_segmentable(volume.array, "the image" if volume.path is None else str(volume.path))
     checkpoint = None if isinstance(model, LoadedModel) else Path(model)
     loaded = model if checkpoint is None else load(checkpoint, device=device)
     image, spacing = volume.array, volume.spacing

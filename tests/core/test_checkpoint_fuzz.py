@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -115,3 +116,84 @@ def test_fuzzed_files_only_ever_raise_checkpoint_error(tmp_path):
     assert sum(outcomes.values()) == FUZZ_CASES >= 500
     assert outcomes["refused"] > 0.9 * FUZZ_CASES  # mutations of the pickle or the data
     assert time.perf_counter() - started < 30
+
+
+def _model_checkpoint() -> dict:
+    """A real (tiny) model's checkpoint, as load_model reads it."""
+    from napari_difftt.core.models import TemplateTransformer
+
+    model = TemplateTransformer("bch", ndim=2, pieces=2, width=2)
+    return {"model": model.config(), "state_dict": model.state_dict(), "spacing": [1.0, 1.0],
+            "training": {}, "versions": {"torch": str(torch.__version__)}}
+
+
+def _field_paths(payload: dict) -> list[tuple[str, ...]]:
+    """Every field load_model reads: the top level, model, model.velocity, model.prior."""
+    paths = [(key,) for key in payload]
+    paths += [("model", key) for key in payload["model"]]
+    paths += [("model", "velocity", key) for key in payload["model"]["velocity"]]
+    return paths + [("model", "prior", key) for key in payload["model"]["prior"]]
+
+
+def _mutations(payload: dict):
+    """(field, how, payload): each field deleted, of a wrong type, and an unknown one added."""
+    import copy
+
+    for path in _field_paths(payload):
+        *parents, key = path
+        for how in ("missing", "wrong type", "extra"):
+            mutated = copy.deepcopy(payload)
+            holder = mutated
+            for parent in parents:
+                holder = holder[parent]
+            name = ".".join(path)
+            if how == "missing":
+                del holder[key]
+            elif how == "wrong type":
+                holder[key] = 7 if isinstance(holder[key], str) else "abc"
+            else:
+                holder[key + "_x"] = 1
+                name += "_x"
+            yield name, how, mutated
+
+
+def test_every_field_mutated_with_a_valid_checksum_is_named(tmp_path):
+    """The checksum only proves a file is the one written: a wrong field written with a valid
+    one reached the model raw (KeyError: 'shape', '>' not supported between 'str' and 'int')."""
+    from napari_difftt.core.schema import MODEL_OPTIONAL
+
+    path = tmp_path / "m.pt"
+    original = _model_checkpoint()
+    count = 0
+    for name, how, payload in _mutations(original):
+        save_checkpoint(path, payload)  # a valid checksum: the content is what is wrong
+        if how == "missing" and name.removeprefix("model.") in MODEL_OPTIONAL:
+            # written before the field existed: it loads as the model it described then
+            assert load_model(path, device="cpu").model.config() == original["model"]
+            continue
+        with pytest.raises(CheckpointError) as caught:
+            load_model(path, device="cpu")
+        assert "m.pt" in str(caught.value), (name, how, caught.value)
+        assert f"'{name}'" in str(caught.value), (name, how, caught.value)
+        count += 1
+    assert count >= 80
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("spacing", "abc", r"field 'spacing' must be list or tuple, got str 'abc'"),
+    ("spacing", [1.0, -2.0], r"field 'spacing' must be 2 positive numbers"),
+    ("prior", {"type": "image", "ndim": 2}, r"field 'model.prior.shape' is missing"),
+    ("weights", math.nan, r"weight 'state_dict.net.head.weight' holds \d+ NaN/Inf"),
+])
+def test_named_field_errors(tmp_path, field, value, message):
+    payload = _model_checkpoint()
+    if field == "prior":
+        payload["model"]["prior"] = value
+    elif field == "weights":
+        payload["state_dict"]["net.head.weight"] = torch.full_like(
+            payload["state_dict"]["net.head.weight"], value)
+    else:
+        payload[field] = value
+    path = save_checkpoint(tmp_path / "m.pt", payload)
+    with pytest.raises(CheckpointError, match=r"m\.pt: " + message):
+        load_model(path, device="cpu")

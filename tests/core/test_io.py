@@ -384,12 +384,12 @@ def test_corrupt_checkpoints(tmp_path):
 def test_interrupted_checkpoint_save_keeps_old_file(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "last.pt", _checkpoint())
 
-    def crash(obj, filename):
-        with open(filename, "wb") as handle:
-            handle.write(b"PK\x03\x04 partial")
+    def crash(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:16])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.torch, "save", crash)
+    monkeypatch.setattr(io.Path, "write_bytes", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, _checkpoint(training={"steps": 99}))
     assert load_checkpoint(path)["training"]["steps"] == 3

@@ -341,7 +341,8 @@ def test_cancelling_a_folder_run_keeps_the_viewer_and_says_so(viewer, dock, tiny
 
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.eye(4)), folder / "a.nii")
+    image = np.random.default_rng(0).random((16, 16, 16), np.float32)  # a constant is refused
+    nib.save(nib.Nifti1Image(image, np.eye(4)), folder / "a.nii")
     widget = dock("Run model")
     widget.set_checkpoint(tiny_checkpoint)
     widget.run_folder(folder, out)

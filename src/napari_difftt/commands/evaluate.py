@@ -13,14 +13,17 @@ everything, each case's :func:`core.metrics.topology_report` under ``"topology"`
 
 Refused before any metric is computed, naming the files: reference labels with values other
 than 0, 1 and the ignore value (an intensity image given as labels), references without a
-labelled voxel (whose Dice would be a meaningless 1.0), and a prediction whose affine (voxel
-geometry) differs from its reference's — both printed; ``--ignore-affine`` compares them anyway.
+labelled voxel (whose Dice would be a meaningless 1.0), predictions with values other than 0
+and 1 (listed; a probability map is named as one), two files of one case (``L.nii`` and
+``L.nii.gz``), the same folder for ``--pred`` and ``--labels``, ``--ignore-value`` 0 or 1, and
+a prediction whose affine (voxel geometry) differs from its reference's — both printed;
+``--ignore-affine`` compares them anyway. The JSON is strict (RFC 8259): a value that is not a
+finite number (the Hausdorff distance of an empty mask, inf) is written as ``null``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.atomic import write_json
     from ..core.io import check_output_file, read_nifti
     from ..pipeline import evaluate_case, summarise, topology_report
     from ._progress import ProgressBar
@@ -89,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
     for name, folder in (("pred", args.pred), ("labels", args.labels)):
         if not folder.is_dir():
             raise FileNotFoundError(f"--{name} {folder}: folder not found")
+    if args.pred.resolve() == args.labels.resolve():
+        raise ValueError(f"--pred and --labels are the same folder ({args.pred}): the labels "
+                         "would be compared with themselves")
+    if args.ignore_value in (0, 1) or not 0 <= args.ignore_value <= 255:
+        raise ValueError(f"--ignore-value must be in 2..255 (0 and 1 are background and "
+                         f"foreground), got {args.ignore_value}")
     if args.json is not None:
         check_output_file(args.json, overwrite=args.overwrite, what="--json")
     pairs = match_cases(args.pred, args.labels)
@@ -104,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{reference.array.shape}"
             )
         check_reference(label_path, reference.array, args.ignore_value)
+        check_prediction(pred_path, pred.array)
         if not args.ignore_affine:
             check_same_geometry(pred_path, pred.affine, label_path, reference.affine)
         displacement = read_displacement(args.pred, name, pred)
@@ -120,28 +131,27 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(cases, [key for key, _, _ in COLUMNS])
     print(format_table(cases, summary))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cases": cases, "summary": summary}, indent=2) + "\n")
+        write_json(args.json, {"cases": cases, "summary": summary}, overwrite=args.overwrite)
         print(f"wrote {args.json}")
     return 0
 
 
 def match_cases(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]:
     """(name, prediction, label) for every label file with a prediction; errors name the gaps."""
-    labels = {
-        nifti_stem(p): p
-        for p in sorted(label_dir.iterdir())
-        if is_nifti(p)
-    }
-    if not labels:
+    files = [p for p in sorted(label_dir.iterdir()) if is_nifti(p)]
+    if not files:
         raise FileNotFoundError(f"--labels {label_dir}: folder holds no .nii/.nii.gz files")
+    labels = {nifti_stem(p): p for p in files}
+    _refuse_ambiguous("--labels", files)
     pairs, missing = [], []
     for name, label_path in labels.items():
         candidates = [pred_dir / f"{name}{OUTPUTS['seg']}",
                       pred_dir / f"{name}{OUTPUTS['seg'].removesuffix('.gz')}",
                       pred_dir / f"{name}{LEGACY_SEGMENTATION}.nii.gz"]
         candidates += [pred_dir / f"{name}{ext}" for ext in (".nii.gz", ".nii")]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = [c for c in candidates if c.is_file()]
+        _refuse_ambiguous("--pred", found)
+        found = found[0] if found else None
         if found is None:
             missing.append(name)
         else:
@@ -180,6 +190,34 @@ def check_reference(path: Path, labels, ignore_value: int) -> None:
         )
 
 
+def check_prediction(path: Path, prediction) -> None:
+    """Refuse a prediction with values other than 0 and 1 (listed); a map of values in
+    [0, 1] is named as a probability map to threshold."""
+    import numpy as np
+
+    values = np.unique(prediction)
+    bad = values[~np.isin(values, (0, 1))]
+    if not bad.size:
+        return
+    shown = ", ".join(f"{v:g}" for v in bad[:8]) + (" …" if bad.size > 8 else "")
+    hint = ("; it looks like a probability map: evaluate its segmentation (predict writes "
+            "NAME_seg.nii.gz), or threshold it at 0.5" if values.min() >= 0 and values.max() <= 1
+            else "; a prediction is a 0/1 segmentation of one structure")
+    raise ValueError(f"prediction {path} holds values other than 0 and 1: {shown} "
+                     f"({bad.size} in all){hint}")
+
+
+def _refuse_ambiguous(option: str, files: list[Path]) -> None:
+    """Refuse two files of one case (``L.nii`` and ``L.nii.gz``): which one is meant?"""
+    stems: dict[str, list[Path]] = {}
+    for path in files:
+        stems.setdefault(nifti_stem(path), []).append(path)
+    for paths in stems.values():
+        if len(paths) > 1:
+            raise ValueError(f"{option}: {' and '.join(map(str, paths))} name the same case; "
+                             "keep one of them")
+
+
 def check_same_geometry(pred_path: Path, pred_affine, label_path: Path, label_affine) -> None:
     """Refuse a prediction whose affine differs from its reference's (1e-3 mm tolerance)."""
     import numpy as np
@@ -208,7 +246,11 @@ def read_displacement(folder: Path, name: str, pred) -> np.ndarray | None:
     axes = ("z", "y", "x")[3 - pred.array.ndim :]
     legacy = [folder / f"{name}{LEGACY_DISPLACEMENT.format(axis=axis)}" for axis in axes]
     if path.is_file():
-        displacement = np.load(path)
+        try:
+            displacement = np.load(path)
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(f"cannot read {path}: it is truncated or not a .npy array "
+                             f"({error})") from error
     elif all(p.is_file() for p in legacy):
         path = legacy[0]
         spacing = pred.spacing

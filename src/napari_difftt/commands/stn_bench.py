@@ -11,7 +11,6 @@ CPU; ``--full`` is the paper's protocol (whole training set, 10 epochs) with 3 r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -139,10 +138,9 @@ def format_table(results: list[dict]) -> str:
 
 
 def _write_json(path: Path, protocol: dict, results: list[dict]) -> None:
-    from ..core.io import atomic_write
+    from ..core.atomic import write_json
 
-    text = json.dumps({"protocol": protocol, "results": results}, indent=2) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=True)
+    write_json(path, {"protocol": protocol, "results": results}, overwrite=True)
 
 
 def _mean_std_text(mean: float | None, std: float | None, digits: int) -> str:

@@ -5,6 +5,11 @@ GPU, DistributedDataParallel); only rank 0 prints and writes the checkpoint.
 
 Ctrl-C (SIGINT) or SIGTERM during training finishes the step under way, writes the checkpoint
 of that step atomically, says where, and exits 130 or 143; a second signal aborts at once.
+
+Before training, ``--out``'s folder must have room for a checkpoint (free space and the
+file-size limit). If a save still fails (a full disk, ``ulimit -f``, a permission changed), the
+run goes on; when the last save fails too, the checkpoint goes into the system's temp folder,
+a warning says where, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--val-labels", type=Path, metavar="DIR", help="validation labels")
     data.add_argument(
         "--spacing",
+        action=_Typed,
         type=float,
         metavar="MM",
         help="resample every volume to this isotropic spacing in mm (default: as stored)",
@@ -62,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_velocity_arguments(model)
     _option(model, "--prior", "what the shape prior learns: fixed, mean (μ), sigma (μ, σ²), diag "
             "(μ, diagonal Σ), full (μ, full Σ)", choices=PARAMETERISATIONS)
-    model.add_argument("--train-beta", action="store_true", help="also learn the prior's shape β")
+    model.add_argument("--train-beta", action=_Typed, nargs=0, const=True, default=False,
+                       help="also learn the prior's shape β")
     _option(model, "--prior-beta", "initial β: 1 is Gaussian, larger is flatter inside with a "
             "sharper edge", type=float)
     _option(model, "--prior-init", "labels: fit μ, Σ to the training masks; centre: centred, "
@@ -70,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(model, "--smoothness", "weight of the λ‖∇u‖² penalty", type=float, metavar="LAMBDA")
     _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
             "linear velocity field, places the prior before the velocities deform it (flow "
-            "models)", action=argparse.BooleanOptionalAction)
+            "models)", action=_TypedSwitch)
     _option(model, "--pose-loss", "weight of the pose level's soft-mask cross-entropy",
             type=float, metavar="W")
     run = parser.add_argument_group("optimisation")
@@ -81,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(run, "--lr", "Adam learning rate", type=float)
     _option(run, "--seed", "random seed", type=int)
     _option(run, "--device", "auto | cpu | cuda | cuda:N | mps")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--threads", type=int, help="CPU threads for torch, >= 1 (default: torch's "
+                     "choice)")
     out = parser.add_argument_group("output")
     out.add_argument(
         "--out", type=Path, required=True, metavar="CKPT", help="checkpoint file to write"
@@ -92,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="CKPT",
         help="continue a run from its checkpoint: model and optimisation settings come from it "
-        "(options given with other values are refused, each listed). With more --iterations "
+        "(options typed with other values are refused, each listed). With more --iterations "
         "than the first run, the cosine schedule restarts at the run's lr and anneals to 0 over "
         "the new steps; with the same --iterations an interrupted run continues exactly",
     )
@@ -101,6 +109,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(out, "--val-every", "validate every N steps (0: only at the end)", type=int,
             metavar="N")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(typed=frozenset())
+
+
+class _Typed(argparse.Action):
+    """Store the option's value (``const`` for a flag) and record in ``typed`` that it was
+    given on the command line, whatever its value."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
+
+
+class _TypedSwitch(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, recorded in ``typed`` like :class:`_Typed`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
 
 
 def _option(
@@ -116,6 +142,7 @@ def _option(
         default, shown = list(default), " ".join(map(str, default))
     else:
         shown = f"{default:g}" if isinstance(default, float) else str(default)
+    kwargs.setdefault("action", _Typed)
     group.add_argument(flag, dest=dest, default=default, help=f"{help} (default {shown})",
                        **kwargs)
 
@@ -126,27 +153,30 @@ def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     from ..core.train.config import DEFAULTS as default
 
     group.add_argument(
-        "--velocity", choices=PARAMETERISATIONS, default=default.velocity,
+        "--velocity", action=_Typed, choices=PARAMETERISATIONS, default=default.velocity,
         help="dense: velocities on a grid `--velocity-factor` times coarser than the image; "
         "bspline: a cubic B-spline with control points every `--velocity-lattice` voxels, "
         f"evaluated on that grid (default {default.velocity})",
     )
     group.add_argument(
-        "--velocity-factor", type=int, choices=FACTORS, default=default.velocity_factor,
+        "--velocity-factor", action=_Typed, type=int, choices=FACTORS,
+        default=default.velocity_factor,
         metavar="K", help="integrate the flow on a grid K times coarser than the image, then "
         f"upsample the displacement (1, 2 or 4; default {default.velocity_factor})",
     )
     group.add_argument(
-        "--velocity-lattice", type=int, default=default.velocity_lattice, metavar="S",
+        "--velocity-lattice", action=_Typed, type=int, default=default.velocity_lattice,
+        metavar="S",
         help="B-spline control-point spacing in image voxels (bspline only; default 4)",
     )
     group.add_argument(
-        "--velocity-sigma", type=float, default=default.velocity_sigma, metavar="SIGMA",
+        "--velocity-sigma", action=_Typed, type=float, default=default.velocity_sigma,
+        metavar="SIGMA",
         help="Gaussian smoothing of each velocity, in coarse voxels "
         f"(0: none; default {default.velocity_sigma:g})",
     )
     group.add_argument(
-        "--alpha", type=float, default=default.alpha, metavar="VOXELS",
+        "--alpha", action=_Typed, type=float, default=default.alpha, metavar="VOXELS",
         help=f"largest velocity of one piece in image voxels (default {default.alpha:g})",
     )
 
@@ -157,9 +187,12 @@ def run(args: argparse.Namespace) -> int:
     from ..core.data import load_nifti_folder
     from ..core.io import check_output_file, load_checkpoint
     from ..core.train import TrainConfig, Trainer
+    from ..core.train.checkpoint import resumable
     from ._progress import ProgressBar
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     images, labels, val_images, val_labels = _data_folders(args)
     out = args.out
@@ -172,15 +205,15 @@ def run(args: argparse.Namespace) -> int:
     settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
     settings.update(patch_size=tuple(args.patch_size), checkpoint=str(out))
     if args.resume is not None:
-        previous = load_checkpoint(args.resume).get("training", {}).get("config")
-        if previous is None:
-            raise ValueError(f"--resume {args.resume} holds no training configuration")
-        if args.kind != previous.get("kind"):
+        previous = resumable(args.resume, load_checkpoint(args.resume))["config"]
+        if "kind" not in args.typed:
+            settings["kind"] = previous["kind"]
+        elif args.kind != previous["kind"]:
             raise ValueError(
-                f"--resume {args.resume} holds a {previous.get('kind')!r} model but --model "
-                f"{args.kind} was given; resume with --model {previous.get('kind')}"
+                f"--resume {args.resume} holds a {previous['kind']!r} model but --model "
+                f"{args.kind} was given; resume with --model {previous['kind']}"
             )
-        _refuse_conflicts(args.resume, previous, TrainConfig(**settings).to_dict())
+        _refuse_conflicts(args.resume, previous, TrainConfig(**settings).to_dict(), args.typed)
         config = TrainConfig.from_dict(previous, **{k: settings[k] for k in _RUNTIME})
     else:
         config = TrainConfig(**settings)
@@ -230,6 +263,12 @@ def run(args: argparse.Namespace) -> int:
         f"{state} at step {result.step}/{result.total} in {result.seconds:.1f} s: "
         f"loss {result.loss:.4f}{val_text}; saved {result.checkpoint}"
     )
+    status = 0
+    if result.unsaved is not None and result.checkpoint is not None:
+        print(f"warning: could not write --out {out} ({result.unsaved}); the checkpoint of step "
+              f"{result.step} is saved at {result.checkpoint} instead: move it where you want it, "
+              f"or continue with --resume {result.checkpoint}", file=sys.stderr)
+        status = 1
     if received:
         name = signal.Signals(received[0]).name
         say(
@@ -238,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + received[0]
-    return 0
+    return status
 
 
 # settings a resumed run takes from the command line; every other one comes from the checkpoint
@@ -246,18 +285,17 @@ _RUNTIME = ("iterations", "device", "checkpoint", "checkpoint_every", "val_every
 _FLAGS = {"kind": "--model", "checkpoint": "--out"}
 
 
-def _refuse_conflicts(resume: Path, previous: dict, requested: dict) -> None:
-    """Refuse options given (not left at their defaults) with values other than the checkpoint's,
-    listing each one; options left at their defaults silently take the checkpoint's values."""
-    from ..core.train import TrainConfig
+def _refuse_conflicts(resume: Path, previous: dict, requested: dict, typed: frozenset) -> None:
+    """Refuse options typed on the command line with values other than the checkpoint's,
+    listing each one (whatever their value: a typed default counts); options not typed take
+    the checkpoint's values."""
     from ..errors import ConfigConflict
 
-    defaults = TrainConfig().to_dict()
     conflicts = [
         f"{_FLAGS.get(key, '--' + key.replace('_', '-'))} {_show(value)} "
         f"(checkpoint: {_show(previous.get(key))})"
         for key, value in requested.items()
-        if key not in _RUNTIME and value != defaults.get(key) and value != previous.get(key)
+        if key not in _RUNTIME and key in typed and value != previous.get(key)
     ]
     if conflicts:
         raise ConfigConflict(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import VolumeError
 from .io import Volume, read_nifti, write_nifti
 from .paths import NIFTI_SUFFIXES, nifti_stem
 
@@ -24,6 +25,7 @@ __all__ = [
     "Phantom",
     "Sample",
     "array_sample",
+    "check_segmentable",
     "label_values_outside",
     "load_nifti_folder",
     "make_phantom",
@@ -89,6 +91,25 @@ def normalise_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99
     if high <= low:
         return np.zeros_like(array)
     return np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def check_segmentable(image: np.ndarray, name: str) -> None:
+    """Refuse, naming ``name``, an image ``(*S)`` there is nothing to segment in:
+    :class:`~napari_difftt.errors.VolumeError` for a shape other than 2D/3D with >= 2 voxels per
+    axis, no finite voxel (all NaN/Inf, e.g. everything masked), or no contrast (every finite
+    voxel equal: a constant image would be "segmented" as the prior itself)."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or min(image.shape, default=0) < 2:
+        raise VolumeError(f"{name} has shape {image.shape}; expected a 2D or 3D image with >= 2 "
+                          "voxels per axis")
+    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image.ravel()
+    if finite.size == 0:
+        raise VolumeError(f"{name} has no finite voxel (all {image.size} are NaN/Inf): there is "
+                          "nothing to segment")
+    low, high = finite.min(), finite.max()
+    if low == high:
+        raise VolumeError(f"{name} has no contrast: every voxel is {low:g}, so there is nothing "
+                          "to segment (a blank or wrongly exported image?)")
 
 
 def make_phantom(
@@ -217,6 +238,7 @@ def load_nifti_folder(
         if labels_dir is not None:
             labels = read_nifti(_label_file(labels_dir, path, name))
             _check_pair(image, labels, ignore_value)
+        check_segmentable(image.array, str(path))
         samples.append(_sample(image, labels, name, spacing))
     return samples
 

@@ -79,18 +79,20 @@ def default_checkpoint(ndim: int = 3) -> Path:
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto") -> LoadedModel:
     """Load a checkpoint into a :class:`TemplateTransformer` in eval mode on ``device``.
 
-    Errors name the file: unknown model kinds, configs or weights that do not fit this version
-    (newer/corrupt files are refused by :func:`core.io.load_checkpoint`).
+    Errors name the file: a field missing, unknown or of the wrong type (named, e.g.
+    ``model.prior.shape``; :func:`core.schema.check_model`), NaN/Inf weights, unknown model
+    kinds, configs or weights that do not fit this version (newer/corrupt files are refused by
+    :func:`core.io.load_checkpoint`).
     """
     from .device import resolve_device
     from .io import CheckpointError, load_checkpoint
+    from .schema import check_model
 
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    config = checkpoint.get("model")
-    if not isinstance(config, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} holds no model (missing 'model' config or 'state_dict')")
-    kind = config.get("kind")
+    check_model(path, checkpoint)
+    config = checkpoint["model"]
+    kind = config["kind"]
     if kind not in KINDS:
         raise CheckpointError(
             f"{path} holds a model of unknown kind {kind!r}; this napari-difftt knows {KINDS}"
@@ -120,7 +122,8 @@ def predict_volume(
     topology: bool = True,
     velocities: bool = True,
 ) -> Prediction:
-    """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``).
+    """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``): a numpy
+    array or a tensor (detached first: no gradient flows through a prediction).
 
     ``device`` None: where the model is; otherwise the model is moved there. ``progress(done,
     total, message)`` is called as the stages finish; ``should_stop()`` is polled between stages
@@ -135,6 +138,8 @@ def predict_volume(
     leaves ``Prediction.velocity``/``velocities`` None: they are only needed to replay the flow
     (the Flow explorer), and upsampling them costs 3(T + 1) floats per voxel.
     """
+    if torch.is_tensor(image):  # e.g. one that requires grad: its values are what is segmented
+        image = image.detach().cpu().numpy()
     image = np.asarray(image)
     if image.ndim != model.ndim or min(image.shape) < 2:
         raise ValueError(

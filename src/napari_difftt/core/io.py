@@ -12,13 +12,12 @@ Every write goes to a temporary file in the target folder and is renamed into pl
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
-import uuid
 import warnings
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, OutputPathError, UnverifiedCheckpointWarning, VolumeError
+from .atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -39,6 +39,7 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "display_transform",
+    "encode_checkpoint",
     "load_checkpoint",
     "read_nifti",
     "save_checkpoint",
@@ -51,7 +52,8 @@ CHECKPOINT_VERSION = 1  # newest version this code reads and the one it writes
 # Reversing the index order (i, j, k) ↔ (k, j, i) is an exact permutation of affine columns.
 _REVERSE = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
 _PLAIN = (str, int, float, bool, type(None))  # exact types: subclasses pickle as globals
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
+                nib.spatialimages.HeaderDataError)  # the last: e.g. datatype 999 or 1 (bits)
 CHECKSUM_KEY = "sha256"  # SHA-256 of everything else in the payload (see _digest)
 
 
@@ -88,7 +90,8 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     if not path.is_file():
         raise FileNotFoundError(f"NIfTI file not found: {path}")
     try:
-        image = nib.load(path)
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header faults to stderr
+            image = nib.load(path)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise VolumeError(f"{path} is a {type(image).__name__}, not a NIfTI-1/2 image")
         data = np.asanyarray(image.dataobj)
@@ -206,12 +209,22 @@ def display_transform(volume: Volume) -> tuple[tuple[float, ...], tuple[float, .
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Atomically save a checkpoint dict (tensors, str, int, float, bool, None, list, tuple, dict).
 
+    The bytes are :func:`encode_checkpoint`'s, so a full disk raises
+    :class:`~napari_difftt.errors.DiskFull` with the exact size needed and leaves nothing.
+    """
+    path = Path(path)
+    data = encode_checkpoint(payload, path)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True, size=len(data))
+
+
+def encode_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint") -> bytes:
+    """The bytes :func:`save_checkpoint` writes (``path`` only names the file in errors).
+
     ``format`` and ``version`` are filled in when missing; ``sha256`` is (re)computed over the
     rest (tensor bytes, dtypes, shapes and the plain values) and verified on load. Anything
     ``torch.load(weights_only=True)`` would refuse (numpy arrays, arbitrary objects) is rejected
     here, naming its key.
     """
-    path = Path(path)
     if not isinstance(payload, dict):
         raise TypeError(
             f"checkpoint payload for {path} must be a dict, got {type(payload).__name__}"
@@ -224,7 +237,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     payload.pop(CHECKSUM_KEY, None)
     _check_plain("payload", payload)
     payload[CHECKSUM_KEY] = _digest(payload)
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -291,10 +306,13 @@ def _squeeze(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Drop trailing singleton axes beyond the second."""
+    """Drop trailing singleton axes beyond the third, and the third of an (X, Y, 1) slice (not
+    of (1, 1, 1) or (X, 1, 1): those stay 3D)."""
     shape = tuple(shape)
-    while len(shape) > 2 and shape[-1] == 1:
+    while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if len(shape) == 3 and shape[-1] == 1 and min(shape[:2]) > 1:
+        shape = shape[:2]
     return shape
 
 
@@ -321,27 +339,6 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {affine.shape}")
     return affine
-
-
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[Path], object], *, overwrite: bool
-) -> Path:
-    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary sibling (same
-    suffix), which is then renamed onto ``path`` (:func:`os.replace`, atomic); the temporary is
-    removed whatever happens. FileExistsError if ``path`` exists and not ``overwrite``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    # Not mkstemp: its files are private (0600); this one gets the user's usual permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
-        write(tmp)
-        if not overwrite and path.exists():
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _verify(path: Path, payload: dict) -> None:

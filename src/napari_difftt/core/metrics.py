@@ -122,8 +122,12 @@ def evaluate_case(
     ("central", "digital") when ``displacement`` ``(n, *S)`` voxels is given; without one,
     ``det`` (det ∇Φ ``(*S)``, central differences) still gives ``"folding_central"``.
     ``"components"`` / ``"components_full"`` count ``pred``'s face / full-connectivity
-    components. ``topology``: ``topology_report(pred, displacement)`` when already computed.
+    components. ``ignore_value`` 0 or 1 is refused (ValueError). ``topology``:
+    ``topology_report(pred, displacement)`` when already computed.
     """
+    if ignore_value in (0, 1):
+        raise ValueError(f"ignore_value must not be {ignore_value}: 0 and 1 are background and "
+                         "foreground (ignoring one scores an empty prediction perfect)")
     schemes = (scheme,) if isinstance(scheme, str) else tuple(scheme)
     if not schemes or any(s not in SCHEMES for s in schemes):
         raise ValueError(f"scheme must be some of {SCHEMES}, got {scheme!r}")

@@ -139,9 +139,14 @@ class TemplateTransformer(nn.Module):
         full_shape: tuple[int, ...] | None = None,
     ) -> TemplateResult:
         """Segment ``image`` ``(B, C, *S)`` (S multiples of 16), a patch at voxel ``offset`` of a
-        volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there."""
+        volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there.
+        An image of another floating dtype than the model's weights (float64 for a float32
+        model) is cast to theirs."""
         check_image("image", image)
         check_device("image", image, self)
+        weight = next(self.net.parameters(), None)
+        if weight is not None:
+            image = image.to(weight.dtype)
         if image.ndim - 2 != self.ndim or image.shape[1] != self.image_channels:
             raise ValueError(
                 f"image must have shape (B, {self.image_channels}, *S) with {self.ndim} spatial "

@@ -116,7 +116,9 @@ def bch(v: torch.Tensor, w: torch.Tensor, order: int = 2) -> torch.Tensor:
     check_field("w", w)
     check_same_field("v", v, "w", w)
     _check_order(order)
-    return _bch(v, w, order)
+    z = _bch(v, w, order)
+    _check_bch_finite(z, [v, w], order)
+    return z
 
 
 def integrate(
@@ -130,12 +132,14 @@ def integrate(
     ``velocities`` is ``(B, T, n, *S)`` voxels or a sequence of T fields ``(B, n, *S)``. Pieces
     are combined pairwise in a balanced binary tree (depth ⌈log₂ T⌉): ``"bch"`` merges velocities
     by BCH of ``order`` and exponentiates once (returning that velocity too); ``"compose"``
-    exponentiates each piece and composes the displacements.
+    exponentiates each piece and composes the displacements. Velocities so large that their
+    BCH combination overflows (e.g. 1e20 voxels in float32) raise ValueError.
     """
     pieces = _split_velocities(velocities)
     if method == "bch":
         _check_order(order)
         velocity = _tree(pieces, lambda later, earlier: _bch(later, earlier, order))
+        _check_bch_finite(velocity, pieces, order)
         steps = _choose_squarings(velocity) if squarings is None else check_squarings(squarings)
         return Integrated(_exp(velocity, steps), velocity)
     if method == "compose":
@@ -202,6 +206,18 @@ def _bch(v: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
     if order < 4:
         return z
     return z - _lie_bracket(w, v_vw) / 24
+
+
+def _check_bch_finite(velocity: torch.Tensor, pieces: list[torch.Tensor], order: int) -> None:
+    """Refuse velocities whose BCH combination overflows (its brackets grow as ‖v‖²)."""
+    if bool(torch.isfinite(velocity.detach()).all()):
+        return
+    largest = max(float(p.detach().double().abs().max()) for p in pieces)
+    raise ValueError(
+        f"velocities: their BCH combination of order {order} overflows {velocity.dtype} "
+        f"(largest component {largest:.3g} voxels; the Lie brackets grow as its square): "
+        "bound the velocities (e.g. a tanh) or use method='compose'"
+    )
 
 
 def _check_order(order: object) -> None:

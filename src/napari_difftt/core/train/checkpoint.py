@@ -19,9 +19,10 @@ import torch
 
 from ... import __version__
 from ..io import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from ..schema import check_training
+from .config import LATER_FIELDS, TrainConfig
 
-__all__ = ["export_checkpoint", "slim_checkpoint", "training_payload", "versions"]
+__all__ = ["export_checkpoint", "resumable", "slim_checkpoint", "training_payload", "versions"]
 
 
 def training_payload(
@@ -72,6 +73,13 @@ def training_payload(
         },
         "versions": versions(),
     }
+
+
+def resumable(path: str | os.PathLike, checkpoint: dict) -> dict:
+    """The checked training state (``checkpoint["training"]``) of a run to resume: step,
+    optimizer, scheduler and RNG states and a config of :class:`TrainConfig`'s fields and
+    types; :class:`~napari_difftt.errors.CheckpointError` naming the field and the file."""
+    return check_training(path, checkpoint, TrainConfig().to_dict(), optional=LATER_FIELDS)
 
 
 def slim_checkpoint(checkpoint: dict, *, half: bool = False) -> dict:

@@ -14,12 +14,14 @@ from typing import Any
 from ..flow.checks import check_count
 from ..flow.velocity import DEFAULT_SPACE, VelocitySpace
 from ..models import KINDS
+from ..nets import DIVISOR
 from ..prior import DEFAULT_BETA, PARAMETERISATIONS
 
 __all__ = [
     "BCH_ORDERS",
     "DEFAULTS",
     "KINDS",
+    "LATER_FIELDS",
     "PARAMETERISATIONS",
     "PRIOR_INITS",
     "TrainConfig",
@@ -27,6 +29,9 @@ __all__ = [
 
 PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training masks; centre: default
 BCH_ORDERS = (1, 2, 3, 4)
+# fields added after the first release: a run recorded before them has none (resume and
+# from_dict take them as the behaviour of that time, not today's defaults)
+LATER_FIELDS = ("pose", "pose_loss")
 
 
 @dataclass
@@ -68,10 +73,11 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 4:
+        if len(self.patch_size) not in (2, 3) or any(s < DIVISOR or s % DIVISOR
+                                                     for s in self.patch_size):
             raise ValueError(
-                f"patch_size must be (D, H, W) or (H, W) with >= 4 voxels per axis, "
-                f"got {self.patch_size}"
+                f"patch_size must be (D, H, W) or (H, W), each a multiple of {DIVISOR} voxels "
+                f"(the U-Net's), got {self.patch_size}"
             )
         for name in ("iterations", "batch_size", "width", "pieces"):
             check_count(name, getattr(self, name))
@@ -94,6 +100,8 @@ class TrainConfig:
         if check_count("ignore_value", self.ignore_value, minimum=2) > 255:
             raise ValueError(f"ignore_value must be in 2..255 (labels are uint8), got "
                              f"{self.ignore_value}")
+        if not (math.isfinite(self.prior_beta) and self.prior_beta > 0):
+            raise ValueError(f"prior_beta must be a positive number, got {self.prior_beta!r}")
         if not self.smoothness >= 0:
             raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
         if not self.pose_loss >= 0:

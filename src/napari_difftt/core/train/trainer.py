@@ -18,10 +18,13 @@ same step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Patch, Sample, sample_patch
+from ...errors import CheckpointError, NoForegroundWarning
+from ..atomic import check_space, lifted_file_size_limit, remove_stale_temporaries
+from ..data import Patch, Sample, check_segmentable, sample_patch
 from ..device import resolve_device
 from ..inference import predict_volume
-from ..io import check_output_file, load_checkpoint, save_checkpoint
+from ..io import check_output_file, encode_checkpoint, load_checkpoint, save_checkpoint
 from ..metrics import dice
 from ..models import TemplateTransformer, segmentation_loss
 from ..prior import GeneralisedGaussianPrior, fit_to_mask
-from .checkpoint import training_payload
+from .checkpoint import resumable, training_payload
 from .config import TrainConfig
 from .distributed import Distributed
 
@@ -68,6 +73,8 @@ class TrainResult:
     stopped: bool
     seconds: float
     history: list[dict] = field(default_factory=list)  # {"step", "loss"[, "val_dice"]} per step
+    unsaved: str | None = None  # why config.checkpoint could not be written (``checkpoint`` is
+    # then the copy saved in the system's temp folder); None when it was
 
 
 class Trainer:
@@ -75,6 +82,13 @@ class Trainer:
 
     ``resume`` (a checkpoint path) restores model, optimizer, scheduler, step and RNG states; the
     model architecture comes from the checkpoint, whose kind must match ``config.kind``.
+
+    Before the first step the checkpoint's folder must hold a checkpoint (its real size, Adam's
+    moments included): :class:`~napari_difftt.errors.DiskFull` otherwise, naming MB needed and
+    free. A save that fails later (a full disk, a file-size limit, a permission changed) does not
+    stop the run: the next save tries again with the newer state, and the last one, if it fails
+    too, writes the checkpoint into the system's temp folder (:func:`tempfile.gettempdir`),
+    logs where, and reports it in :attr:`TrainResult.unsaved`.
     """
 
     def __init__(
@@ -105,6 +119,10 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.last_val_dice: float | None = None
+        self.unsaved: str | None = None  # why the last save of config.checkpoint failed
+        # the checkpoint of this step that could not be written (its tensors share the live
+        # weights' storage: only rescued before another step runs)
+        self._pending: dict | None = None
 
     # ---------------------------------------------------------------- public API
     @property
@@ -137,7 +155,8 @@ class Trainer:
         try:
             while self.step < config.iterations:
                 if self.ddp.any(self._stop.is_set() or bool(should_stop and should_stop())):
-                    checkpoint = self._save() if saved_at != self.step else self._saved_path()
+                    checkpoint = (self._save(final=True) if saved_at != self.step
+                                  else self._saved_path())
                     saved_at = self.step
                     loss = self.history[-1]["loss"] if self.history else math.nan
                     yield TrainEvent(
@@ -157,14 +176,16 @@ class Trainer:
                 self.history.append(record)
                 checkpoint = None
                 if last or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
-                    checkpoint = self._save()
+                    checkpoint = self._save(final=last)
                     saved_at = self.step
                 yield TrainEvent(self.step, config.iterations, loss, val_dice, checkpoint, preview)
         except GeneratorExit:
             # the consumer gave up early: keep the work done so far (a lone rank cannot
             # gather the others' states, so under DDP only the regular saves count)
             if saved_at != self.step and self.world_size == 1:
-                self._save()
+                self._save(final=True)
+            elif self._pending is not None:
+                self._rescue()
             raise
         finally:
             self.ddp.leave()
@@ -191,6 +212,7 @@ class Trainer:
             stopped=bool(last and last.stopped),
             seconds=self.elapsed,
             history=list(self.history),
+            unsaved=self.unsaved,
         )
 
     # ---------------------------------------------------------------- setup
@@ -216,6 +238,8 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed + self.rank)
         if checkpoint is not None:
             self._restore(checkpoint)
+        if self.config.checkpoint is not None and self.is_main:
+            check_space(self.config.checkpoint, self._checkpoint_bytes())
         self._ready = True
 
     def _load_resume(self) -> dict:
@@ -226,28 +250,29 @@ class Trainer:
                 f"{self._resume} holds a {kind!r} model but kind={self.config.kind!r} was asked; "
                 f"resume with --model {kind}"
             )
-        if "optimizer" not in checkpoint.get("training", {}):
-            raise ValueError(
-                f"{self._resume} has no optimizer state (an exported model); it cannot be resumed"
-            )
+        resumable(self._resume, checkpoint)
         return checkpoint
 
     def _restore(self, checkpoint: dict) -> None:
         training = checkpoint["training"]
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.scheduler.load_state_dict(training["scheduler"])
-        self.step = int(training["step"])
+        with _restoring(self._resume, "training.optimizer"):
+            self.optimizer.load_state_dict(training["optimizer"])
+        with _restoring(self._resume, "training.scheduler"):
+            self.scheduler.load_state_dict(training["scheduler"])
+        self.step = training["step"]
         planned = int(training.get("config", {}).get("iterations", self.config.iterations))
         if self.config.iterations > planned:
             self._restart_schedule(planned)
         self.elapsed = float(training.get("seconds", 0.0))
         self.history = list(training.get("metrics", {}).get("history", []))
         self.last_val_dice = training.get("metrics", {}).get("val_dice")
-        states = training.get("rng", {}).get("numpy", [])
+        states = training["rng"].get("numpy", [])
         if self.rank < len(states):
-            self.rng.bit_generator.state = states[self.rank]
-        if "torch" in training.get("rng", {}):
-            torch.set_rng_state(training["rng"]["torch"])
+            with _restoring(self._resume, "training.rng.numpy"):
+                self.rng.bit_generator.state = states[self.rank]
+        if "torch" in training["rng"]:
+            with _restoring(self._resume, "training.rng.torch"):
+                torch.set_rng_state(training["rng"]["torch"])
         if self.step > self.config.iterations:
             raise ValueError(
                 f"{self._resume} is at step {self.step}, past iterations={self.config.iterations}"
@@ -322,27 +347,71 @@ class Trainer:
         return self.last_val_dice, preview
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self) -> Path | None:
-        """Write the checkpoint (rank 0 only, atomically); returns its path."""
+    def _save(self, final: bool = False) -> Path | None:
+        """Write the checkpoint (rank 0 only, atomically); returns its path. A failed write is
+        logged and returns None, or, when ``final``, saves into the temp folder instead."""
         if self.config.checkpoint is None:
             return None
         states = self.ddp.gather(self.rng.bit_generator.state)
         if not self.is_main:
             return None
-        payload = training_payload(
-            self.model, self.config, optimizer=self.optimizer, scheduler=self.scheduler,
-            step=self.step, history=self.history, val_dice=self.last_val_dice,
-            rng_states=states, world_size=self.world_size, seconds=self.elapsed,
-            device=self.device, train=self.train, val=self.val,
-        )
-        path = save_checkpoint(self.config.checkpoint, payload)
+        payload = self._payload(states)
+        target = Path(self.config.checkpoint)
+        for stale in remove_stale_temporaries(target):
+            self._log(f"removed {stale}, a temporary checkpoint left by an interrupted save")
+        try:
+            path = save_checkpoint(target, payload)
+        except OSError as error:
+            self.unsaved, self._pending = str(error), payload
+            if final:
+                return self._rescue()
+            self._log(f"step {self.step}: could not write the checkpoint: {error}; training "
+                      "goes on and the next checkpoint tries again")
+            return None
+        self.unsaved = self._pending = None
         self._log(f"step {self.step}: checkpoint {path}")
         return path
 
+    def _rescue(self) -> Path:
+        """Save the checkpoint that could not be written into the temp folder, lifting a soft
+        file-size limit for it."""
+        name, step = Path(self.config.checkpoint), self._pending["training"]["step"]
+        rescue = Path(tempfile.gettempdir()) / f"{name.stem}-step{step}-{os.getpid()}.pt"
+        try:
+            with lifted_file_size_limit():
+                save_checkpoint(rescue, self._pending)
+        except OSError as second:
+            raise RuntimeError(
+                f"the checkpoint of step {step} could not be saved: {self.unsaved}; nor in the "
+                f"temp folder: {second}"
+            ) from second
+        self._pending = None
+        self._log(f"step {step}: could not write {name} ({self.unsaved}); the checkpoint is "
+                  f"saved at {rescue} instead")
+        return rescue
+
+    def _payload(self, rng_states: list[dict]) -> dict:
+        return training_payload(
+            self.model, self.config, optimizer=self.optimizer, scheduler=self.scheduler,
+            step=self.step, history=self.history, val_dice=self.last_val_dice,
+            rng_states=rng_states, world_size=self.world_size, seconds=self.elapsed,
+            device=self.device, train=self.train, val=self.val,
+        )
+
+    def _checkpoint_bytes(self) -> int:
+        """Bytes a checkpoint of this run will take: today's, plus Adam's two moments per
+        trainable weight while they do not exist yet, plus 10 % for the growing history."""
+        size = len(encode_checkpoint(self._payload([self.rng.bit_generator.state])))
+        if not self.optimizer.state:
+            size += 2 * sum(p.numel() * p.element_size()
+                            for p in self.model.parameters() if p.requires_grad)
+        return int(1.1 * size)
+
     def _saved_path(self) -> Path | None:
+        """The checkpoint of this step, already saved (or, if that save failed, rescued)."""
         if self.config.checkpoint is None or not self.is_main:
             return None
-        return Path(self.config.checkpoint)
+        return self._rescue() if self._pending is not None else Path(self.config.checkpoint)
 
 
 # ------------------------------------------------------------------------------------------
@@ -406,6 +475,16 @@ def _check_samples(name: str, samples: list, ndim: int, ignore_value: int) -> No
                 f"{name} sample {sample.name!r} has no labelled voxel: every voxel is "
                 f"{ignore_value} (ignore); label at least one voxel 0 or 1, or leave it out"
             )
+        check_segmentable(sample.image, f"{name} sample {sample.name!r}")
+    without = [sample.name for sample in samples if not (sample.labels == 1).any()]
+    if name == "train" and len(without) == len(samples):
+        raise ValueError(
+            "no train sample has a foreground voxel (label 1): there is no structure to learn"
+            f" ({', '.join(without[:5])}{' …' if len(without) > 5 else ''})"
+        )
+    for case in without if name == "train" else ():
+        warnings.warn(f"train sample {case!r} has no foreground voxel (label 1): it only "
+                      "teaches background", NoForegroundWarning, stacklevel=3)
 
 
 def prior_masks(samples: Sequence[Sample], ignore_value: int) -> list[np.ndarray]:
@@ -419,6 +498,16 @@ def prior_masks(samples: Sequence[Sample], ignore_value: int) -> list[np.ndarray
         if mask.sum() > mask.ndim:
             masks.append(mask)
     return masks
+
+
+@contextlib.contextmanager
+def _restoring(path: Path, name: str) -> Iterator[None]:
+    """Turn what a malformed state raises on restore into a CheckpointError naming it."""
+    try:
+        yield
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: field {name!r} cannot be restored: "
+                              f"{type(error).__name__}: {error}") from error
 
 
 def _labelled_patch(sample: Sample, patch_size, rng, ignore_value: int, tries: int = 20) -> Patch:
