@@ -368,3 +368,58 @@ def test_the_bundled_model_follows_the_image_dimensionality(viewer, dock, qtbot)
     assert "3D labels" not in offered and "phantom 2D labels" in offered  # same dimensionality
     _run(widget, qtbot)
     assert viewer.layers["phantom 2D segmentation"].data.shape == (128, 128)
+
+
+def test_a_rerun_never_overwrites_the_users_edits(viewer, dock, tiny_phantom, tiny_checkpoint,
+                                                   qtbot):
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_device("cpu")
+    _run(widget, qtbot)
+    segmentation = viewer.layers["tiny segmentation"]
+    predicted = np.array(segmentation.data, copy=True)
+    segmentation.brush_size = 3
+    segmentation.paint((8, 12, 10), 2)  # the user paints: napari records it for undo
+    painted = np.array(segmentation.data, copy=True)
+    assert (painted != predicted).any()
+
+    _run(widget, qtbot)
+    assert viewer.layers["tiny segmentation"] is segmentation
+    np.testing.assert_array_equal(segmentation.data, painted)
+    second = viewer.layers["tiny segmentation 2"]
+    np.testing.assert_array_equal(second.data, predicted)  # same model and image: same result
+    assert ViewerState.of(viewer).prediction.segmentation.name == "tiny segmentation 2"
+    assert "'tiny segmentation' holds your edits" in widget.message.text()
+    assert "'tiny segmentation 2'" in widget.message.text()
+
+    count = len(viewer.layers)  # the numbered layer is the plugin's own: refreshed in place
+    _run(widget, qtbot)
+    assert len(viewer.layers) == count
+    assert ViewerState.of(viewer).prediction.segmentation.name == "tiny segmentation 2"
+    segmentation.undo()  # the user's own history still works
+    np.testing.assert_array_equal(segmentation.data, predicted)
+
+
+def test_a_new_prediction_removes_the_views_of_the_old_one(viewer, dock, tiny_phantom,
+                                                           tiny_checkpoint, qtbot):
+    tabs = dock("All widgets (tabs)")
+    run, flow, jacobian = (tabs.widgets[t] for t in ("Run model", "Flow explorer", "Jacobian"))
+    run.set_checkpoint(tiny_checkpoint)
+    run.set_device("cpu")
+    _run(run, qtbot)
+    flow.show_vectors.setChecked(True)
+    flow.show_flow()
+    qtbot.waitUntil(lambda: flow.job is None, timeout=TIMEOUT_MS)
+    jacobian.compute()
+    qtbot.waitUntil(lambda: jacobian.job is None, timeout=TIMEOUT_MS)
+    views = {"φ(t)∘S tiny", "u(t) tiny", "log₂ det J tiny", "deformed grid tiny", "folds tiny"}
+    assert views <= {layer.name for layer in viewer.layers}
+    folds = viewer.layers["folds tiny"]
+    folds.paint((8, 12, 10), 3)  # an edited view is the user's: kept, marked as old
+
+    _run(run, qtbot)
+    names = {layer.name for layer in viewer.layers}
+    assert not views & names
+    assert "folds tiny (previous prediction)" in names and folds in viewer.layers
+    assert "Removed the previous prediction's views" in run.message.text()
+    assert jacobian.stats is None and not jacobian.next_fold_button.isEnabled()

@@ -186,7 +186,9 @@ class JacobianWidget(QWidget):
         self.summary.setText(message)
 
     def _on_state(self, what: str) -> None:
-        if what == "prediction":
+        if what == "prediction":  # the figures and folds of the previous one no longer apply
+            self.stats, self._target, self._fold = None, None, -1
+            self.next_fold_button.setEnabled(False)
             record = self.state.prediction
             self.summary.setText(
                 NO_PREDICTION if record is None

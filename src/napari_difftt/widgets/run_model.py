@@ -34,10 +34,10 @@ from qtpy.QtWidgets import (
 from ..layer_metadata import layer_volume
 from ..pipeline import Result, format_metrics, format_topology, segment
 from ._controls import LayerChooser
-from ._layers import add_derived
+from ._layers import PREDICTION_VIEWS, add_derived, retire_derived
 from ._lifetime import Lifetime
 from ._shortcuts import key_text, register
-from ._state import PredictionRecord, ViewerState
+from ._state import ViewerState
 from ._worker import Job, callback_task, explain, start_job
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunModelWidget"]
 
+FOLDER_OUTPUTS = ("seg", "prob")  # keys of pipeline.OUTPUTS, as `predict --probabilities`
 SEGMENTATION_COLOURS = {1: "magenta", None: "transparent"}  # ground truth is lime (sample data)
 
 
@@ -58,7 +59,6 @@ class RunModelWidget(QWidget):
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
         self.job: Job | None = None
-        self.last_result: Result | None = None
         self._checkpoint: Path | None = None  # None: the bundled default
         self._running_on: Image | None = None  # the image layer of the current run
 
@@ -166,19 +166,25 @@ class RunModelWidget(QWidget):
         truth_data = None if truth is None else np.asarray(truth.data)
         device = self.device.currentData()
 
+        source = image.unique_id
+
         def work(progress, should_stop) -> Result:
             return segment(volume, checkpoint, prior, truth_data, progress, should_stop,
-                           device=device)
+                           device=device, source=source)
 
         self._busy(True, f"running on {image.name}…")
         self._running_on = image
         return self._start(work, self._on_done, self._on_cancelled)
 
-    def run_folder(self, folder: str | Path, out: str | Path) -> Job | None:
-        """Segment every NIfTI volume in ``folder`` into ``out`` (the CLI's file names)."""
+    def run_folder(self, folder: str | Path, out: str | Path, overwrite: bool = False
+                   ) -> Job | None:
+        """Segment every NIfTI volume in ``folder`` into ``out`` (:data:`FOLDER_OUTPUTS`, the
+        names ``napari-difftt predict --probabilities`` writes), with
+        :func:`napari_difftt.pipeline.predict_files`; existing outputs are refused before any
+        work unless ``overwrite``."""
         from napari.utils.notifications import show_error
 
-        from ._batch import plan_folder, predict_folder
+        from ..pipeline import plan_files, predict_files
 
         if self.job is not None:
             show_error("Run model: a prediction is already running; cancel it first.")
@@ -188,9 +194,10 @@ class RunModelWidget(QWidget):
                 raise ValueError("choose an input folder and an output folder")
             folder = Path(str(folder).strip()).expanduser()
             out = Path(str(out).strip()).expanduser()
-            planned = plan_folder(folder, out)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"input folder not found: {folder}")
+            planned = plan_files([folder], out, FOLDER_OUTPUTS, overwrite)
             checkpoint = self.checkpoint()
-            out.mkdir(parents=True, exist_ok=True)
         except (ValueError, OSError) as error:
             show_error(f"Run model: {explain(error)}")
             self.message.setText(explain(error))
@@ -198,7 +205,8 @@ class RunModelWidget(QWidget):
         device = self.device.currentData()
 
         def work(progress, should_stop):
-            return predict_folder(planned, checkpoint, device, progress, should_stop)
+            return predict_files(list(planned), out, checkpoint, FOLDER_OUTPUTS, progress,
+                                 should_stop, overwrite, device=device)
 
         self._clear_results()
         self._busy(True, f"segmenting {len(planned)} volume(s) from {folder}…")
@@ -234,7 +242,6 @@ class RunModelWidget(QWidget):
         from napari.utils.notifications import show_info
 
         image = self._running_on
-        self.last_result = result
         prediction = result.prediction
         if image not in self.viewer.layers:
             self.message.setText(f"'{image.name}' was removed while the model ran; "
@@ -250,14 +257,20 @@ class RunModelWidget(QWidget):
             "segmentation", opacity=1.0, colormap=SEGMENTATION_COLOURS,
         )
         segmentation.contour = 2  # an outline, so the image and a ground truth show through
-        self.state.set_prediction(PredictionRecord(
-            prediction, image, result.checkpoint, result.device, probability, segmentation,
-            prior=result.prior, kind=result.kind,
-        ))
+        retired = retire_derived(self.viewer, image, PREDICTION_VIEWS)
+        result.layers.update(probability=probability.unique_id,
+                             segmentation=segmentation.unique_id)
+        self.state.set_prediction(result)
         self.device_used.setText(result.device)
         self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
         self.topology.setText(format_topology(result.topology) if result.topology else "")
         text = f"done in {result.seconds:.1f} s on {result.device}"
+        wanted = f"{image.name} segmentation"
+        if segmentation.name != wanted:
+            text += (f". '{wanted}' holds your edits, so it was kept: this result is "
+                     f"'{segmentation.name}'")
+        if retired:
+            text += f". Removed the previous prediction's views: {', '.join(retired)}"
         if result.warning:
             from napari.utils.notifications import show_warning
 
@@ -303,7 +316,6 @@ class RunModelWidget(QWidget):
     # ------------------------------------------------------------------ internals
     def _clear_results(self) -> None:
         """Forget the previous run's figures: they do not describe what is now on screen."""
-        self.last_result = None
         self.device_used.setText("—")
         self.metrics.setText("")
         self.topology.setText("")
