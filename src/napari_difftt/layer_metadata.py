@@ -10,17 +10,16 @@ Every layer this plugin creates carries the namespaced, versioned metadata entry
      "path": str | None,         # the file it came from
      "role": str | None,         # "probability", "segmentation", "prior", ... for derived layers
      "source": str | None,       # name of the layer it was derived from (shown, not matched)
-     "source_id": str | None,    # ``id`` of that layer: what derived layers are matched by
-     "id": str}                  # this layer's identity, given on first use (:func:`layer_id`)
+     "source_id": str | None}    # napari ``unique_id`` of that layer: what derived layers are
+                                 # matched by
 
-Identity is the ``id``, never the layer name, so renaming a layer keeps what the plugin knows
-about it. napari shows the *diagonal* part of the affine (``scale``/``translate``,
+Identity is napari's own ``Layer.unique_id``, never the layer name, so renaming a layer keeps
+what the plugin knows about it. napari shows the *diagonal* part of the affine (``scale``/``translate``,
 ``units="mm"``); oblique volumes keep their true affine only here.
 """
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,6 @@ __all__ = [
     "META_VERSION",
     "display_affine",
     "layer_affine",
-    "layer_id",
     "layer_kwargs",
     "layer_metadata",
     "layer_volume",
@@ -100,21 +98,6 @@ def metadata_entry(metadata: dict | None) -> dict[str, Any]:
     if not isinstance(entry, dict) or entry.get("version") != META_VERSION:
         return {}
     return dict(entry)
-
-
-def layer_id(layer: Any) -> str:
-    """The layer's identity (``metadata["napari_difftt"]["id"]``), given on first use.
-
-    ``layer`` is anything with a ``metadata`` dict (a napari layer). A layer without our entry
-    gets one holding only the version and the id.
-    """
-    entry = layer.metadata.get(META_KEY)
-    if not isinstance(entry, dict) or entry.get("version") != META_VERSION:
-        entry = {"version": META_VERSION}
-        layer.metadata[META_KEY] = entry
-    if not entry.get("id"):
-        entry["id"] = uuid.uuid4().hex
-    return str(entry["id"])
 
 
 def layer_metadata(layer: Layer) -> dict[str, Any]:

@@ -29,6 +29,8 @@ __all__ = [
     "make_phantom",
     "normalise_intensity",
     "parse_size",
+    "resample",
+    "resample_back",
     "same_geometry",
     "sample_patch",
     "sparse_annotation",
@@ -472,9 +474,9 @@ def _sample(image: Volume, labels: Volume | None, name: str, spacing: float | No
     array, affine, old = image.array, image.affine, image.spacing
     label_array = None if labels is None else labels.array.astype(np.uint8)
     if spacing is not None:
-        array = _resample(array.astype(np.float32), old, spacing, order=1)
+        array = resample(array.astype(np.float32), old, spacing, order=1)
         if label_array is not None:
-            label_array = _resample(label_array, old, spacing, order=0)
+            label_array = resample(label_array, old, spacing, order=0)
         columns = slice(3 - array.ndim, 3)
         affine = affine.copy()
         affine[:3, columns] *= spacing / np.asarray(old)
@@ -482,13 +484,23 @@ def _sample(image: Volume, labels: Volume | None, name: str, spacing: float | No
     return Sample(normalise_intensity(array), label_array, tuple(old), name, affine)
 
 
-def _resample(array: np.ndarray, old: Sequence[float], new: float, order: int) -> np.ndarray:
+def resample(array: np.ndarray, old: Sequence[float], new: float, order: int) -> np.ndarray:
     """Resample (*S) from spacing ``old`` to isotropic ``new`` mm; voxel 0 stays in place."""
     step = np.asarray([new / s for s in old])
     shape = tuple(
         int(np.floor((n - 1) / t + 1e-9)) + 1 for n, t in zip(array.shape, step, strict=True)
     )
     return ndimage.affine_transform(array, step, output_shape=shape, order=order, mode="nearest")
+
+
+def resample_back(
+    array: np.ndarray, spacing: Sequence[float], original: Sequence[float], shape: Sequence[int]
+) -> np.ndarray:
+    """The inverse of :func:`resample`: ``array`` of ``spacing`` mm onto ``shape`` voxels of
+    ``original`` mm (linear, voxel 0 kept in place)."""
+    step = np.asarray(original, dtype=float) / np.asarray(spacing, dtype=float)
+    return ndimage.affine_transform(array, step, output_shape=tuple(shape), order=1,
+                                    mode="nearest")
 
 
 # --------------------------------------------------------------------------------------------

@@ -128,9 +128,15 @@ class TemplateTransformer(nn.Module):
         image: torch.Tensor,
         offset: tuple[int, ...] | None = None,
         full_shape: tuple[int, ...] | None = None,
+        *,
+        prior: GeneralisedGaussianPrior | ImagePrior | None = None,
     ) -> TemplateResult:
         """Segment ``image`` ``(B, C, *S)`` (S multiples of 16), a patch at voxel ``offset`` of a
-        volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there."""
+        volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there.
+
+        ``prior`` replaces the model's own prior for this call only (same ``ndim``, on the
+        image's device): the module is never changed, so calls with different priors can run
+        at once on one model."""
         check_image("image", image)
         check_device("image", image, self)
         if image.ndim - 2 != self.ndim or image.shape[1] != self.image_channels:
@@ -138,9 +144,13 @@ class TemplateTransformer(nn.Module):
                 f"image must have shape (B, {self.image_channels}, *S) with {self.ndim} spatial "
                 f"axes, got {tuple(image.shape)}"
             )
+        template = self.prior if prior is None else prior
+        if getattr(template, "ndim", None) != self.ndim:
+            raise ValueError(f"prior is {getattr(template, 'ndim', '?')}D but the model is "
+                             f"{self.ndim}D")
         batch, shape = image.shape[0], tuple(image.shape[2:])
-        prior = self.prior.on_grid(shape, offset, full_shape, device=image.device,
-                                   dtype=image.dtype)
+        prior = template.on_grid(shape, offset, full_shape, device=image.device,
+                                 dtype=image.dtype)
         prior = prior.expand(batch, *prior.shape[1:])
         features = self.net.features(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
@@ -150,7 +160,7 @@ class TemplateTransformer(nn.Module):
             where = grid_coordinates(shape, offset, full_shape, device=image.device,
                                      dtype=image.dtype)
             pose = self.pose_head(features, where)
-            prior = self._prior_at(shape, offset, full_shape, None, pose)
+            prior = self._prior_at(template, shape, offset, full_shape, None, pose)
         # the 1×1 head commutes with the space's block means: pool the width channels first
         space = self.velocity_space
         raw = self.net.head(space.pool(features))
@@ -166,18 +176,19 @@ class TemplateTransformer(nn.Module):
             flow = integrate(velocities, self.method, self.bch_order, self.squarings)
             coarse, velocity = flow.displacement, flow.velocity
         displacement = self.velocity_space.to_fine(coarse, shape)
-        probability = self._prior_at(shape, offset, full_shape, displacement, pose)
+        probability = self._prior_at(template, shape, offset, full_shape, displacement, pose)
         return TemplateResult(probability, prior, velocities, velocity, displacement, pose)
 
-    def _prior_at(self, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
-        """S(A(Φ(x))) ``(B, 1, *shape)``: the prior at the grid moved by ``displacement`` (voxels,
-        or None) and then by ``pose`` (or None)."""
+    @staticmethod
+    def _prior_at(template, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
+        """S(A(Φ(x))) ``(B, 1, *shape)``: the prior ``template`` at the grid moved by
+        ``displacement`` (voxels, or None) and then by ``pose`` (or None)."""
         if pose is None:
-            return self.prior.on_grid(shape, offset, full_shape, displacement)
+            return template.on_grid(shape, offset, full_shape, displacement)
         coords = grid_coordinates(shape, offset, full_shape, displacement, device=pose.device,
                                   dtype=pose.dtype)
         coords = coords.expand(pose.shape[0], *coords.shape[1:])
-        return self.prior(apply_pose(pose, coords, self.prior.mean))
+        return template(apply_pose(pose, coords, template.mean))
 
     def regularisation(self, result: TemplateResult) -> torch.Tensor:
         """λ · mean over voxels of ‖∇u‖² (Frobenius, voxel units) of the displacement; 0 for unet

@@ -21,7 +21,7 @@ import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ..pipeline import JacobianReport, jacobian_report
+from ..pipeline import jacobian_report
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from napari.layers import Layer
 
     import napari
+
+    from ..core.fields import JacobianReport
 
 __all__ = ["JacobianWidget"]
 
@@ -98,7 +100,7 @@ class JacobianWidget(QWidget):
                     "run a template-transformer model to inspect its Jacobian."
                 )
         else:
-            layer = flow_layer(self.viewer, record.source)
+            layer = flow_layer(self.viewer, self.state.source())
             if layer is None:
                 return self._tell(
                     "No flow frames of this prediction: open the Flow explorer and press "
@@ -107,7 +109,10 @@ class JacobianWidget(QWidget):
             k = current_frame(self.viewer, layer)
             displacement = layer.data.displacement(k)
             what = f"φ(t = {layer.data.times[k]:.3g})"
-        self._run(record.source, displacement, what)
+        source = self.state.source()
+        if source is None:
+            return self._tell("The image of this prediction was removed; run the model again.")
+        self._run(source, record, displacement, what)
 
     def next_fold(self) -> tuple[float, ...] | None:
         """Centre the view on the next folded region; returns its world position (mm)."""
@@ -126,12 +131,12 @@ class JacobianWidget(QWidget):
         return tuple(world)
 
     # ---------------------------------------------------------------- helpers
-    def _run(self, source: Layer, displacement: np.ndarray, what: str) -> None:
+    def _run(self, source: Layer, record, displacement: np.ndarray, what: str) -> None:
         from ._worker import start_job
 
         def task(should_stop):
             yield 0, 1, f"det J of {what}"
-            return jacobian_report(displacement)
+            return jacobian_report(record, displacement)
 
         self._target = (source, what)
         self.compute_button.setEnabled(False)
@@ -192,5 +197,10 @@ class JacobianWidget(QWidget):
             record = self.state.prediction
             self.summary.setText(
                 NO_PREDICTION if record is None
-                else f"Prediction of {record.source.name!r} ready: press 'Compute det J'."
+                else f"Prediction of {_name(self.state.source())!r} ready: press "
+                     "'Compute det J'."
             )
+
+
+def _name(layer: Layer | None) -> str:
+    return "a removed image" if layer is None else layer.name

@@ -167,7 +167,7 @@ class PriorWidget(QWidget):
         """Fit the prior's ½-contour to the chosen Labels layer (non-zero voxels)."""
         from napari.utils.notifications import show_error
 
-        from ..pipeline import fit_to_mask
+        from ..pipeline import fit_prior
 
         layer, labels = self._image(), self.labels.layer()
         if labels is None:
@@ -178,7 +178,7 @@ class PriorWidget(QWidget):
                        f"'{layer.name}' has {layer.data.shape}; choose matching layers.")
             return
         try:
-            prior = fit_to_mask(np.asarray(labels.data), beta=self.beta.value())
+            prior = fit_prior(np.asarray(labels.data), beta=self.beta.value())
         except ValueError as error:
             show_error(f"Fit to labels: {error}")
             return
@@ -290,7 +290,8 @@ class PriorWidget(QWidget):
         self._volume_next = None
 
         def compute(progress, should_stop):
-            from ..pipeline import Interruptible, prior_values
+            from ..core.interrupt import Interruptible
+            from ..pipeline import prior_values
 
             with Interruptible(should_stop):
                 values = prior_values(prior, grid)
@@ -358,7 +359,8 @@ class PriorWidget(QWidget):
                             store=store)
 
     def _default_prior(self, ndim: int):
-        from ..pipeline import GeneralisedGaussianPrior, checkpoint_prior, default_checkpoint
+        from ..core.prior import GeneralisedGaussianPrior
+        from ..pipeline import checkpoint_prior, default_checkpoint
 
         record = self.state.prediction
         path = self.state.checkpoint or (record.checkpoint if record is not None else None)

@@ -357,7 +357,7 @@ class RunModelWidget(QWidget):
             self.progress.setRange(0, 1)
 
     def _fill_devices(self) -> None:
-        from ..pipeline import list_devices
+        from ..core.device import list_devices
 
         self.device.clear()
         for info in list_devices():

@@ -151,7 +151,8 @@ class TrainWidget(QWidget):
         return box
 
     def _settings_box(self) -> QGroupBox:
-        from ..pipeline import DEFAULTS, KINDS, PARAMETERISATIONS, list_devices
+        from ..core.device import list_devices
+        from ..core.train.config import DEFAULTS, KINDS, PARAMETERISATIONS
 
         box = QGroupBox("settings")
         self.kind = QComboBox()
@@ -265,15 +266,16 @@ class TrainWidget(QWidget):
         running = self._running = {}  # the task must not reference the widget itself
 
         def task(should_stop):
-            from ..pipeline import Trainer
+            from ..pipeline import train
 
-            train, val = load()
-            running["held_out"] = val[0] is not train[-1]  # one pair: validated on itself
-            trainer = Trainer(config, train, val)
-            with closing(trainer.events(should_stop)) as events:  # closed in this thread on abort
+            samples, val = load()
+            running["held_out"] = val[0] is not samples[-1]  # one pair: validated on itself
+            steps = 0
+            with closing(train(config, samples, val, should_stop)) as events:  # closed here
                 for event in events:
                     yield event.step, event.total, event
-            return trainer.step
+                    steps = event.step
+            return steps
 
         self.lifetime.watch(self)
         live = self.lifetime.guard
@@ -291,7 +293,8 @@ class TrainWidget(QWidget):
     # ---------------------------------------------------------------- inputs
     def _prepare(self):
         """Config, a loader of (train, val) samples for the worker, and the preview's layer."""
-        from ..pipeline import TrainConfig, parse_size, split_validation
+        from ..core.train.config import TrainConfig
+        from ..pipeline import parse_size, split_validation
 
         folder = Path(self.checkpoint_dir.text()).expanduser()
         if not self.checkpoint_dir.text().strip():
@@ -418,7 +421,8 @@ def layer_sample(image: Layer, labels: Layer):
     Raises ValueError naming the layer for RGB, multiscale and 4D+ images; shapes and label
     values are checked by :func:`core.data.array_sample`.
     """
-    from ..pipeline import DEFAULTS, array_sample
+    from ..core.train.config import DEFAULTS
+    from ..pipeline import layer_sample as sample
 
     if getattr(image, "rgb", False):
         raise ValueError(f"image {image.name!r} is RGB; Train needs a grey-scale 2D or 3D image")
@@ -429,14 +433,14 @@ def layer_sample(image: Layer, labels: Layer):
             f"image {image.name!r} is {image.ndim}D; Train needs a 2D or 3D volume "
             "(split time series or channels into separate layers)"
         )
-    return array_sample(image.data, labels.data, spacing_of(image), image.name,
-                        DEFAULTS.ignore_value)
+    return sample(image.data, labels.data, spacing_of(image), image.name, DEFAULTS.ignore_value)
 
 
 def _load_folder(images: Path, labels: Path) -> list:
-    from ..pipeline import DEFAULTS, load_nifti_folder
+    from ..core.train.config import DEFAULTS
+    from ..pipeline import folder_samples
 
-    return load_nifti_folder(images, labels, ignore_value=DEFAULTS.ignore_value)
+    return folder_samples(images, labels, DEFAULTS.ignore_value)
 
 
 def _int_box(low: int, high: int, value: int) -> QSpinBox:
