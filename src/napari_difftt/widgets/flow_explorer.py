@@ -8,7 +8,10 @@ too (the prior on the whole grid), so that napari's first read when the layer is
 GUI thread is a cache hit; a second pass then fills the cache in the background (with
 progress, cancellable) so playback is smooth; lazy access alone already works, so cancelling
 that pass loses nothing. A newer Show flow supersedes a build still running. The t axis has scale
-1/(K − 1): the world coordinate on the slider is t itself. Optional: the displacement at the
+1/(K − 1): the world coordinate on the slider is t itself, and the slider's label reads
+"t = …" (napari numbers the steps). The default path is the one that ends at the model's Φ
+(stationary exp(t·z) of the combined velocity), so t = 1 is the segmentation on screen; the
+status names the path and how far its end lies from Φ. Optional: the displacement at the
 current t as a subsampled Vectors layer (arrow from x to φ(t)(x), where the output samples the
 prior).
 """
@@ -32,8 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..layer_metadata import layer_id, layer_metadata
-from ..pipeline import PATHS, arrows, endpoint_gap, flow_frames
+from ..layer_metadata import layer_metadata
+from ..pipeline import FLOW_PATHS, arrows, endpoint_gap, flow_frames
 from ._layers import derived_kwargs
 from ._lifetime import Lifetime
 from ._shortcuts import key_text, register
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 
     import napari
 
-    from ..pipeline import FlowFrames
+    from ..core.flow.frames import FlowFrames
     from ._worker import Job
 
 __all__ = ["FlowExplorerWidget", "current_frame", "flow_layer"]
@@ -52,6 +55,7 @@ __all__ = ["FlowExplorerWidget", "current_frame", "flow_layer"]
 FRAMES_ROLE = "flow_frames"
 VECTORS_ROLE = "flow_vectors"
 NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then show its flow."
+DEFAULT_PATH = "stationary"  # exp(t·z) ends at the model's own Φ (the piecewise path may not)
 
 
 class FlowExplorerWidget(QWidget):
@@ -68,11 +72,12 @@ class FlowExplorerWidget(QWidget):
         self._passes = 0  # building and precomputing passes started and not yet finished
         self._shown = 0  # Show flow requests so far: a build's result is used only if latest
         self._building = False
+        self._requested_path = self._shown_path = DEFAULT_PATH  # latest Show flow; layer shown
 
         self.info = QLabel(NO_PREDICTION)
         self.info.setWordWrap(True)
         self.path = QComboBox()
-        for key, label in PATHS.items():
+        for key, label in FLOW_PATHS.items():
             self.path.addItem(label, key)
         self.count = QSpinBox()
         self.count.setRange(2, 201)
@@ -80,6 +85,7 @@ class FlowExplorerWidget(QWidget):
         self.count.setToolTip("Frames from t = 0 (the prior) to t = 1 (the prediction)")
         self.show_vectors = QCheckBox("displacement arrows at the current t")
         self.show_button = QPushButton("Show flow")
+        self.show_button.setEnabled(False)  # until a prediction with a flow is stored
         self.cancel_button = QPushButton("Stop precomputing")
         self.cancel_button.setEnabled(False)
         self.path.setToolTip("which flow φ(t) to follow from the prior (t = 0) to Φ (t = 1)")
@@ -135,7 +141,7 @@ class FlowExplorerWidget(QWidget):
         count, path = self.count.value(), self.path.currentData()
 
         def build(should_stop):
-            from ..pipeline import Interruptible
+            from ..core.interrupt import Interruptible
 
             yield 0, count, "building the frames"
             frames = flow_frames(record, count, path)  # checks the velocities: not cheap
@@ -146,6 +152,7 @@ class FlowExplorerWidget(QWidget):
         self.cancel()
         self._shown += 1
         request = self._shown
+        self._requested_path = path
         self._building = True
         self._start_pass(count, "building the frames")
         live = self.lifetime.guard  # weak and closed-aware; the lambdas add the request only
@@ -203,11 +210,25 @@ class FlowExplorerWidget(QWidget):
                 opacity=0.7, rgb=False, multiscale=False, **kwargs
             )
         self.viewer.dims.set_current_step(self.viewer.dims.ndim - layer.ndim, 0)
+        self.layer = layer
+        self._label_t()
         return layer
 
     def _on_step(self, *_: object) -> None:
         if not self.lifetime.closed:
+            self._label_t()
             self._update_vectors(create=False)
+
+    def _label_t(self) -> None:
+        """Write the t of the frame shown into the layer's first axis label ("t = 0.25"), which
+        napari shows beside the t slider (the dims take it back from the layers)."""
+        layer = self.layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        label = f"t = {layer.data.times[current_frame(self.viewer, layer)]:.3g}"
+        labels = tuple(layer.axis_labels)
+        if labels[0] != label:
+            layer.axis_labels = (label, *labels[1:])
 
     def _update_vectors(self, *_: object, create: bool = True) -> None:
         """Show the arrows of the current t. Only the checkbox and Show flow create the layer;
@@ -227,8 +248,8 @@ class FlowExplorerWidget(QWidget):
             self.vectors.data = data
             self.vectors.visible = True
         elif create:
-            source = self.state.prediction.source if self.state.prediction else None
-            if source is None or source not in self.viewer.layers:
+            source = self.state.source()
+            if source is None:
                 return
             kwargs = derived_kwargs(source, f"u(t) {source.name}", VECTORS_ROLE)
             self.vectors = self.viewer.add_vectors(
@@ -244,13 +265,16 @@ class FlowExplorerWidget(QWidget):
             self._on_build_cancelled(request)
             return
         self._building = False
-        if record.source not in self.viewer.layers:
+        source = self.state.layer(record.source)
+        if source is None:
             self.status.setText("The image of this prediction was removed; nothing to show.")
             return
         self.frames = frames
-        self.layer = self._show_layer(record.source, frames)
+        self._shown_path = self._requested_path
+        self.layer = self._show_layer(source, frames)
         self.status.setText(
-            f"{len(frames)} frames, t = 0 (prior) … 1 (prediction); drag or play the t slider."
+            f"{len(frames)} frames of the {self._shown_path} path, t = 0 (prior) … 1; drag or "
+            "play the t slider."
         )
         self._update_vectors()
         self._precompute(record)
@@ -285,7 +309,7 @@ class FlowExplorerWidget(QWidget):
         frames = self.frames
 
         def task(should_stop):
-            from ..pipeline import Interruptible
+            from ..core.interrupt import Interruptible
 
             for k in range(len(frames)):
                 with Interruptible(should_stop):  # Stop acts within a frame, not after it
@@ -305,11 +329,12 @@ class FlowExplorerWidget(QWidget):
     def _on_done(self, gap: float | None) -> None:
         if gap is None:
             return
-        text = f"{len(self.frames)} frames ready; t = 0 is the prior."
+        text = (f"{len(self.frames)} frames of the {self._shown_path} path ready; t = 0 is the "
+                "prior.")
         if gap <= 1e-4:
-            text += " t = 1 is the prediction's Φ."
+            text += f" t = 1 is the prediction's Φ (its end is {gap:.2g} voxels from Φ)."
         else:
-            text += (f" The piecewise path ends {gap:.3g} voxels (max) away from the model's Φ "
+            text += (f" This path ends {gap:.3g} voxels (max) away from the model's Φ "
                      "(BCH truncation); the stationary path ends exactly at Φ.")
         self.status.setText(text)
 
@@ -333,17 +358,28 @@ class FlowExplorerWidget(QWidget):
         if what != "prediction":
             return
         record = self.state.prediction
+        self.cancel()
+        self.frames = None  # the frames of the previous prediction (its layer is removed)
         if record is None:
             self.info.setText(NO_PREDICTION)
+            self.show_button.setEnabled(False)
             return
-        prediction = record.prediction
-        pieces = None if prediction.velocities is None else prediction.velocities.shape[0]
-        parts = [f"Prediction of {record.source.name!r}"]
+        flow = record.prediction.flow
+        pieces = None if flow is None else flow.pieces
+        paths = [] if flow is None else ["piecewise"] if flow.velocity is None else [
+            "stationary", "piecewise"]
+        source = self.state.source()
+        parts = [f"Prediction of {'a removed image' if source is None else source.name!r}"]
         if pieces:
             parts.append(f"T = {pieces} pieces")
-        if prediction.velocity is None and pieces is None:
-            parts.append("no velocity field: this model kind has no flow")
+        if not paths:
+            kind = f"a {record.kind!r}" if record.kind else "this"
+            parts.append(f"{kind} model predicts no flow, so there is nothing to explore (a "
+                         "'bch' or 'svf' model has one)")
         self.info.setText(", ".join(parts) + ".")
+        self.show_button.setEnabled(bool(paths))
+        if paths:  # the path that ends at Φ when there is one
+            self.path.setCurrentIndex(self.path.findData(paths[0]))
 
     def _on_closed(self) -> None:
         if self.job is not None:
@@ -354,10 +390,10 @@ class FlowExplorerWidget(QWidget):
 
 def flow_layer(viewer: napari.Viewer, source: Layer | None = None) -> Layer | None:
     """The flow-frames layer this plugin made (from the layer ``source`` when given), else None;
-    matched by the source's :func:`~napari_difftt.layer_metadata.layer_id`, not its name."""
-    from ..pipeline import FlowFrames
+    matched by the source's napari ``unique_id``, not its name."""
+    from ..core.flow.frames import FlowFrames
 
-    wanted = None if source is None else layer_id(source)
+    wanted = None if source is None else source.unique_id
     for layer in reversed(viewer.layers):
         entry = layer_metadata(layer)
         if entry.get("role") != FRAMES_ROLE or not isinstance(layer.data, FlowFrames):
