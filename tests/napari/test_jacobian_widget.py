@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from difftt_helpers import record_of
 
+from napari_difftt.core.fields import GRID_EVERY, grid_lines, jacobian_report
 from napari_difftt.core.inference import Prediction
 from napari_difftt.layer_metadata import META_KEY
-from napari_difftt.pipeline import GRID_EVERY, grid_lines, jacobian_report
-from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.widgets._state import ViewerState
 
 SHAPE = (8, 10, 12)
 
@@ -25,8 +26,8 @@ def _predict(viewer, displacement):
     image = viewer.add_image(np.zeros(shape, np.float32), name="ct", scale=(2.0, 1.0, 0.5),
                              translate=(5.0, 0.0, -3.0))
     zeros = np.zeros(shape, np.float32)
-    prediction = Prediction(zeros, zeros.astype(np.uint8), displacement, None, None, zeros)
-    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, "none.pt", "cpu"))
+    prediction = Prediction(zeros, zeros.astype(np.uint8), displacement, None, zeros)
+    ViewerState.of(viewer).set_prediction(record_of(image, prediction, "stt"))
     return image
 
 
@@ -124,8 +125,7 @@ def test_phi_at_the_flow_explorers_t(viewer, dock, tiny_phantom, tiny_checkpoint
     image, _ = tiny_phantom
     loaded = load_model(tiny_checkpoint, device="cpu")
     prediction = predict_volume(loaded.model, np.asarray(image.data))
-    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, tiny_checkpoint,
-                                                           "cpu"))
+    ViewerState.of(viewer).set_prediction(record_of(image, prediction, "bch"))
     widget = dock("Jacobian")
     widget.target.setCurrentIndex(widget.target.findData("current"))
     widget.compute()

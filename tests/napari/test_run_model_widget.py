@@ -58,13 +58,14 @@ def test_prediction_layers_state_and_metrics(viewer, dock, tiny_phantom, tiny_ch
     np.testing.assert_array_equal(segmentation.data, probability.data > 0.5)
 
     record = ViewerState.of(viewer).prediction
-    assert record.source == image and record.device == "cpu"
+    assert record.source == image.unique_id and record.device == "cpu"
+    assert ViewerState.of(viewer).layer(record.layers["segmentation"]) is segmentation
     assert record.checkpoint == tiny_checkpoint
     assert record.prediction.displacement.shape == (3, *image.data.shape)
     assert widget.device_used.text() == "cpu"
     expected = evaluate_case(segmentation.data, labels.data, image.scale,
                              record.prediction.displacement)
-    assert widget.last_result.metrics == expected
+    assert record.metrics == expected
     assert f"Dice: {expected['dice']:.3f}" in widget.metrics.text()
     assert "components: " in widget.metrics.text()
     report = record.prediction.topology  # core.metrics.topology_report, shown as it stands
@@ -284,7 +285,6 @@ def test_failed_or_cancelled_run_clears_old_results(viewer, dock, tiny_phantom, 
         qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
     assert widget.metrics.text() == "" and widget.device_used.text() == "—"
     assert widget.topology.text() == ""
-    assert widget.last_result is None
 
 
 def test_spacing_far_from_the_training_spacing_warns(viewer, dock, tiny_checkpoint, qtbot, notes):
@@ -364,7 +364,7 @@ def test_the_bundled_model_follows_the_image_dimensionality(viewer, dock, qtbot)
     widget.set_device("cpu")
     assert widget.checkpoint() == default_checkpoint(2)
     assert widget.checkpoint_label.text() == f"{default_checkpoint(2).name} (bundled)"
-    offered = [widget.truth.itemText(i) for i in range(widget.truth.count())]
+    offered = widget.truth.names()
     assert "3D labels" not in offered and "phantom 2D labels" in offered  # same dimensionality
     _run(widget, qtbot)
     assert viewer.layers["phantom 2D segmentation"].data.shape == (128, 128)
@@ -388,14 +388,14 @@ def test_a_rerun_never_overwrites_the_users_edits(viewer, dock, tiny_phantom, ti
     np.testing.assert_array_equal(segmentation.data, painted)
     second = viewer.layers["tiny segmentation 2"]
     np.testing.assert_array_equal(second.data, predicted)  # same model and image: same result
-    assert ViewerState.of(viewer).prediction.segmentation.name == "tiny segmentation 2"
+    assert state_layer(viewer, "segmentation").name == "tiny segmentation 2"
     assert "'tiny segmentation' holds your edits" in widget.message.text()
     assert "'tiny segmentation 2'" in widget.message.text()
 
     count = len(viewer.layers)  # the numbered layer is the plugin's own: refreshed in place
     _run(widget, qtbot)
     assert len(viewer.layers) == count
-    assert ViewerState.of(viewer).prediction.segmentation.name == "tiny segmentation 2"
+    assert state_layer(viewer, "segmentation").name == "tiny segmentation 2"
     segmentation.undo()  # the user's own history still works
     np.testing.assert_array_equal(segmentation.data, predicted)
 
@@ -423,3 +423,33 @@ def test_a_new_prediction_removes_the_views_of_the_old_one(viewer, dock, tiny_ph
     assert "folds tiny (previous prediction)" in names and folds in viewer.layers
     assert "Removed the previous prediction's views" in run.message.text()
     assert jacobian.stats is None and not jacobian.next_fold_button.isEnabled()
+
+
+def state_layer(viewer, role: str):
+    """The stored prediction's derived layer of ``role``, found by its identity."""
+    state = ViewerState.of(viewer)
+    return state.layer(state.prediction.layers[role])
+
+
+def test_renaming_the_image_keeps_it_chosen_and_run_uses_it(viewer, dock, tiny_phantom,
+                                                             tiny_checkpoint, qtbot):
+    """The old name-keyed picker returned None after a rename ("choose an image layer")."""
+    image, labels = tiny_phantom
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_device("cpu")
+    widget.truth.set_layer(labels)
+    image.name = "scan renamed"
+    labels.name = "truth renamed"
+    assert widget.image.layer() is image and widget.truth.layer() is labels
+    assert widget.image.combo.native.currentText() == "scan renamed"  # the shown name follows
+    _run(widget, qtbot)
+    record = ViewerState.of(viewer).prediction
+    assert record is not None and record.source == image.unique_id
+    assert state_layer(viewer, "segmentation").name == "scan renamed segmentation"
+    assert record.metrics is not None  # the renamed ground truth was used
+    other = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="other")
+    viewer.layers.move(viewer.layers.index(other), 0)  # a re-order changes nothing
+    assert widget.image.layer() is image
+    viewer.layers.remove(image)  # a removal moves the choice to a layer that exists
+    assert widget.image.layer() is other and "scan renamed" not in widget.image.names()

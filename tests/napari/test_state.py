@@ -9,8 +9,10 @@ import weakref
 import numpy as np
 import pytest
 
-from napari_difftt.layer_metadata import META_KEY, layer_id
-from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from difftt_helpers import record_of, zero_flow
+
+from napari_difftt.layer_metadata import META_KEY
+from napari_difftt.widgets._state import ViewerState
 
 TIMEOUT_MS = 120_000
 
@@ -21,8 +23,8 @@ def _record(image, shape):
 
     zeros = np.zeros(shape, np.float32)
     flow = np.zeros((len(shape), *shape), np.float32)
-    prediction = Prediction(zeros, zeros.astype(np.uint8), flow, flow, flow[None], zeros)
-    return PredictionRecord(prediction, image, "none.pt", "cpu", kind="svf")
+    prediction = Prediction(zeros, zeros.astype(np.uint8), flow, zero_flow(shape), zeros)
+    return record_of(image, prediction)
 
 
 def test_the_state_is_the_viewers_not_its_proxys(viewer):
@@ -50,7 +52,8 @@ def test_renaming_an_image_keeps_its_prediction_and_prior(viewer, dock, tiny_pha
     image.name = "renamed"
     assert state.prediction is record
     assert state.prior_for(image) == {"type": "generalised_gaussian"}
-    assert frames.metadata[META_KEY]["source_id"] == layer_id(image)
+    assert frames.metadata[META_KEY]["source_id"] == image.unique_id
+    assert state.source() is image
     count = len(viewer.layers)
     explorer.show_flow()
     qtbot.waitUntil(lambda: explorer.job is None, timeout=TIMEOUT_MS)
@@ -74,8 +77,16 @@ def test_run_model_uses_the_prior_tuned_on_a_renamed_image(viewer, dock, tiny_ph
     widget.run()
     qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
     record = ViewerState.of(viewer).prediction
-    assert record.prior == widget.last_result.prior == tuned  # provenance: the prior used
-    assert record.kind == "bch"
+    assert record.prior == tuned  # provenance: the prior used
+    assert record.kind == "bch" and record.source == image.unique_id
+    assert state_layers(viewer, record) == {"probability": "renamed probability",
+                                            "segmentation": "renamed segmentation"}
+
+
+def state_layers(viewer, record) -> dict[str, str]:
+    """role → name of the record's derived layers, found by identity."""
+    state = ViewerState.of(viewer)
+    return {role: state.layer(uid).name for role, uid in record.layers.items()}
 
 
 def test_removing_the_image_releases_its_prediction(viewer, tiny_phantom):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     import napari
 
-__all__ = ["LayerChooser", "show_every_value", "spin_box"]
+__all__ = ["LayerChooser", "fit_to_range", "show_every_value", "spin_box"]
 
 
 class LayerChooser(QWidget):
@@ -71,12 +71,20 @@ class LayerChooser(QWidget):
         """The chosen layer, or None."""
         return self.combo.value
 
-    def set_layer(self, layer: Layer | None) -> None:
-        """Choose ``layer`` (None: the empty choice, when allowed)."""
+    def set_layer(self, layer: Layer | str | None) -> None:
+        """Choose ``layer``, or the offered layer named ``layer`` now (None: the empty choice,
+        when allowed); from then on the choice follows the layer, not the name."""
+        if isinstance(layer, str):
+            layer = next((c for c in self.combo.choices if getattr(c, "name", None) == layer),
+                         layer)
         if layer is not None and not any(choice is layer for choice in self.combo.choices):
             raise ValueError(f"{getattr(layer, 'name', layer)!r} is not a {self._kind} layer "
                              "offered here")
         self.combo.value = layer
+
+    def names(self) -> list[str]:
+        """The names of the offered layers, in the order shown."""
+        return [choice.name for choice in self.combo.choices if choice is not None]
 
     def set_ndim(self, ndim: int | None) -> None:
         """Offer only layers with ``ndim`` dimensions (None: any)."""
@@ -168,6 +176,11 @@ class _WidestValue(QObject):
 
     def _update(self) -> None:
         with suppress(RuntimeError):  # the box was deleted before the timer fired
-            box = self.parent()
-            box.setMinimumWidth(0)  # the hint itself must not be held up by the old minimum
-            box.setMinimumWidth(box.sizeHint().width())
+            fit_to_range(self.parent())
+
+
+def fit_to_range(box: QAbstractSpinBox) -> None:
+    """Set ``box``'s minimum width to the width of its widest value now (after its range or
+    style changed): no wider, so a narrow range gives a narrow box."""
+    box.setMinimumWidth(0)  # the hint itself must not be held up by the old minimum
+    box.setMinimumWidth(box.sizeHint().width())
