@@ -9,8 +9,12 @@ volume on a cached coordinate grid in a worker (a few hundred ms at 128³ on two
 back on the GUI thread when it ends. Latest value wins: a change while the volume is computed
 cancels that computation (between torch operations) and only the newest prior is computed next;
 a result that a newer change has superseded is never written. The preview layers are created
-once per image, updated in place (no layer property is set again), and removed with their
-image, when another image is chosen, or with the widget. The tuned prior is stored in
+once per image when the prior is first touched (an edit, Fit to labels) or "show preview" is
+ticked — opening the widget adds no layer — updated in place (no layer property is set again),
+and removed with their image, when another image is chosen, when the box is unticked, or with
+the widget. The fields start at the prior of the checkpoint Run model will use for the image
+(the bundled model of the image's dimensionality unless another is chosen) and follow Run
+model's checkpoint until the prior is tuned. The tuned prior is stored in
 :class:`~napari_difftt.widgets._state.ViewerState` and Run model uses it for the image it was
 tuned on (matched by layer identity, not name).
 Maths: :func:`core.prior.from_display`, :func:`core.prior.fit_to_mask`,
@@ -34,7 +38,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._controls import LayerChooser, spin_box
+from ._controls import LayerChooser, fit_to_range, spin_box
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
@@ -80,6 +84,9 @@ class PriorWidget(QWidget):
                                 tooltip=f"rotation about array axis {a} (degrees)") for a in AXES]
         self.beta = spin_box(0.05, 20.0, 1.0, step=0.1, tooltip="β: 1 Gaussian, larger is flatter")
         self.reset_button = QPushButton("Reset to default")
+        self.show_preview = QCheckBox("show preview")
+        self.show_preview.setToolTip("Show the prior as layers '<image> prior' and '<image> "
+                                     "prior ½' (ticked by any change of the prior)")
         self.fit_button = QPushButton("Fit to labels")
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -96,8 +103,12 @@ class PriorWidget(QWidget):
         self.image.layer_changed.connect(self._image_changed)
         self.reset_button.clicked.connect(self.reset)
         self.fit_button.clicked.connect(self.fit_to_labels)
+        self.show_preview.toggled.connect(self._preview_toggled)
+        self._loading = True  # setting up is not an edit
         self._rotation_toggled(False)
+        self._loading = False
         self.viewer.layers.events.removed.connect(self._on_removed)
+        self.state.changed.connect(self._on_state)
         self.reset()
 
     # ------------------------------------------------------------------ public actions
@@ -187,13 +198,19 @@ class PriorWidget(QWidget):
                             f"'{layer.name}'.")
 
     def update_preview(self, store: bool = True) -> None:
-        """Render the preview now: the displayed slice at once, the whole volume in a worker
-        (:attr:`preview_complete` once written); ``store`` makes the prior the one Run model
-        uses for this image."""
+        """Render the preview now (and tick "show preview"): the displayed slice at once, the
+        whole volume in a worker (:attr:`preview_complete` once written); ``store`` makes the
+        prior the one Run model uses for this image."""
         layer = self.image.layer()
         if layer is None or layer.ndim not in (2, 3):
             return
         self._prior = self.prior()
+        if not self.show_preview.isChecked():
+            self._loading, loading = True, self._loading  # ticking it must not render twice
+            try:
+                self.show_preview.setChecked(True)
+            finally:
+                self._loading = loading
         probability, contour = self._preview_layers(layer)
         axis = self._sliced_axis(probability)
         if axis is not None:
@@ -214,8 +231,28 @@ class PriorWidget(QWidget):
 
     # ------------------------------------------------------------------ internals
     def _edited(self, *_, store: bool = True) -> None:
-        if not self._loading and self.image.layer() is not None:
+        """A field changed: a change by the user (``store``) touches the prior and shows it; a
+        reset refreshes the preview only where it is shown."""
+        if self._loading or self.image.layer() is None:
+            return
+        if store or self.show_preview.isChecked():
             self.update_preview(store=store)
+        elif self._ndim() in (2, 3):
+            self._prior = self.prior()
+
+    def _preview_toggled(self, checked: bool) -> None:
+        if self._loading:
+            return
+        if checked:
+            self.update_preview(store=False)
+        else:
+            self._remove_preview()
+
+    def _on_state(self, field: str) -> None:
+        """Run model chose another checkpoint: start from its prior unless one is tuned."""
+        layer = self.image.layer()
+        if field == "checkpoint" and (layer is None or self.state.prior_for(layer) is None):
+            self.reset()
 
     def _image_changed(self, layer) -> None:
         self.labels.set_ndim(None if layer is None else layer.ndim)
@@ -343,6 +380,7 @@ class PriorWidget(QWidget):
 
     def _on_closed(self) -> None:
         self.viewer.layers.events.removed.disconnect(self._on_removed)
+        self.state.changed.disconnect(self._on_state)
         self._remove_preview()
 
     def _rotation_toggled(self, checked: bool) -> None:
@@ -363,15 +401,16 @@ class PriorWidget(QWidget):
         from ..pipeline import checkpoint_prior, default_checkpoint
 
         record = self.state.prediction
-        path = self.state.checkpoint or (record.checkpoint if record is not None else None)
-        try:
-            path = Path(path or default_checkpoint())
+        chosen = [self.state.checkpoint, None if record is None else record.checkpoint]
+        try:  # what Run model uses on an image of this dimensionality unless a file is chosen
+            chosen.append(default_checkpoint(ndim))
         except FileNotFoundError:
-            path = None
-        prior = None if path is None else checkpoint_prior(path, ndim)
-        if prior is not None:
-            self._default_source = f"from {path.name}"
-            return prior
+            pass
+        for path in filter(None, chosen):
+            prior = checkpoint_prior(path, ndim)
+            if prior is not None:
+                self._default_source = f"from {Path(path).name}"
+                return prior
         self._default_source = "centred, half the extent"
         return GeneralisedGaussianPrior(ndim)
 
@@ -387,6 +426,8 @@ class PriorWidget(QWidget):
             box.setSingleStep(max(abs(float(layer.scale[k])), 0.1))
             radius.setRange(0.1, max(2.0 * extent[k], 1.0))
             radius.setSingleStep(max(abs(float(layer.scale[k])), 0.1))
+        for box in (*self.mean[3 - n :], *self.radii[3 - n :]):
+            fit_to_range(box)  # as wide as this image's values need, no wider
         for box in (*self.mean[: 3 - n], *self.radii[: 3 - n]):
             box.setVisible(False)
         for box in (*self.mean[3 - n :], *self.radii[3 - n :]):
@@ -409,7 +450,7 @@ class PriorWidget(QWidget):
 
     def _set_enabled(self, enabled: bool) -> None:
         for widget in (*self.mean, *self.radii, self.rotate, self.beta, self.reset_button,
-                       self.fit_button):
+                       self.fit_button, self.show_preview):
             widget.setEnabled(enabled)
         for box in self.angles:
             box.setEnabled(enabled and self.rotate.isChecked())
@@ -420,8 +461,7 @@ class PriorWidget(QWidget):
         grid = QGridLayout()
         for k, axis in enumerate(AXES):
             grid.addWidget(QLabel(axis), 0, k + 1)
-        rows = (("centre μ (mm)", self.mean), ("radii (mm)", self.radii),
-                ("angles (°)", self.angles))
+        rows = (("μ (mm)", self.mean), ("radii (mm)", self.radii), ("angle (°)", self.angles))
         for row, (title, boxes) in enumerate(rows, start=1):
             grid.addWidget(QLabel(title), row, 0)
             for k, box in enumerate(boxes):
@@ -433,7 +473,10 @@ class PriorWidget(QWidget):
         fit_row.addWidget(self.labels, 1)
         fit_row.addWidget(self.fit_button)
         form.addRow("labels", fit_row)
-        form.addRow(self.reset_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.reset_button)
+        buttons.addWidget(self.show_preview)
+        form.addRow(buttons)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.status)
