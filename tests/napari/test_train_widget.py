@@ -21,13 +21,9 @@ from napari_difftt.widgets._state import ViewerState
 
 
 def _tiny_settings(widget, folder, iterations=40) -> None:
-    widget.iterations.setValue(iterations)
-    widget.patch.setText("16, 16, 16")
-    widget.width.setValue(4)
-    widget.pieces.setValue(2)
-    widget.val_every.setValue(2)
-    widget.device.setCurrentIndex(widget.device.findData("cpu"))
-    widget.checkpoint_dir.setText(str(folder))
+    widget.set_settings(iterations=iterations, patch_size=(16, 16, 16), width=4, pieces=2,
+                        val_every=2, device="cpu")
+    widget.checkpoint_dir.value = folder
 
 
 def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom, tmp_path, qtbot):
@@ -104,10 +100,10 @@ def test_bad_training_data_is_explained(viewer, dock, tmp_path, make_image, make
 def test_missing_folder_and_bad_patch_are_explained(viewer, dock, tiny_phantom, tmp_path):
     widget = dock("Train")
     _tiny_settings(widget, tmp_path)
-    widget.patch.setText("16, 16")
+    widget.set_settings(patch_size="16, 16")
     assert widget.start() is None and "2 numbers but the images are 3D" in widget.status.text()
     widget.source_tabs.setCurrentIndex(1)
-    widget.folder.setText(str(tmp_path / "nowhere"))
+    widget.folder.value = tmp_path / "nowhere"
     assert widget.start() is None and "imagesTr" in widget.status.text()
 
 
@@ -122,7 +118,7 @@ def test_closing_the_viewer_stops_training_and_saves(make_napari_viewer, tmp_pat
         own.add_layer(Layer.create(*item))
     _, widget = own.window.add_plugin_dock_widget("napari-difftt", "Train")
     _tiny_settings(widget, tmp_path, iterations=500)
-    widget.val_every.setValue(1000)  # no periodic checkpoint: only the one written on stopping
+    widget.val_every.value = 1000  # no periodic checkpoint: only the one written on stopping
     widget.start()
     job = widget.job
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=120_000)
@@ -167,19 +163,32 @@ def _count(image, rect, colour, tolerance: int = 24) -> int:
     return count
 
 
-def test_settings_start_at_the_train_config_defaults(viewer, dock):
+def test_the_settings_form_is_built_from_train_config(viewer, dock, tiny_phantom, tmp_path):
+    """Every form field is a TrainConfig field of that name, at its default; Start hands the
+    form's values to TrainConfig as they are (no hand-written mirror to drift)."""
+    from dataclasses import fields
+
     from napari_difftt.core.train import DEFAULTS
+    from napari_difftt.widgets.train import FORM, VALIDATE_EVERY
 
     widget = dock("Train")
-    assert widget.kind.currentText() == DEFAULTS.kind
-    assert widget.iterations.value() == DEFAULTS.iterations
-    assert parse_size(widget.patch.text()) == DEFAULTS.patch_size
-    assert widget.lr.value() == pytest.approx(DEFAULTS.lr)
-    assert (widget.width.value(), widget.pieces.value()) == (DEFAULTS.width, DEFAULTS.pieces)
-    assert widget.prior.currentText() == DEFAULTS.prior
-    assert widget.train_beta.isChecked() == DEFAULTS.train_beta
-    assert widget.seed.value() == DEFAULTS.seed
-    assert widget.device.currentData() == DEFAULTS.device
+    names = [name for column in FORM for name in column]
+    assert set(names) <= {f.name for f in fields(DEFAULTS)}
+    values = widget.settings.asdict()
+    assert list(values) == names
+    for name in names:
+        expected = {"patch_size": ", ".join(map(str, DEFAULTS.patch_size)),
+                    "val_every": VALIDATE_EVERY}.get(name, getattr(DEFAULTS, name))
+        assert values[name] == pytest.approx(expected), name
+    assert parse_size(values["patch_size"]) == DEFAULTS.patch_size
+    image, labels = tiny_phantom
+    widget.set_settings(kind="svf", lr=0.00123, seed=7, train_beta=True, prior="diag",
+                        patch_size="16, 16, 16", device="cpu")
+    widget.checkpoint_dir.value = tmp_path
+    config, _, _ = widget._prepare()
+    assert (config.kind, config.lr, config.seed, config.train_beta, config.prior) == (
+        "svf", pytest.approx(0.00123), 7, True, "diag")
+    assert config.patch_size == (16, 16, 16) and config.checkpoint_every == VALIDATE_EVERY
 
 
 def test_two_pairs_hold_the_last_one_out_and_one_pair_validates_on_itself(viewer, dock):
@@ -204,3 +213,16 @@ def test_two_pairs_hold_the_last_one_out_and_one_pair_validates_on_itself(viewer
     train, val, preview = widget._layer_samples()
     assert [s.name for s in train] == [images[0].name] and [s.name for s in val] == [images[1].name]
     assert preview.name == images[1].name  # the preview shows the held-out image
+
+
+def test_a_pair_follows_its_layers_through_a_rename(viewer, dock, tiny_phantom):
+    """Pairs held layer names: a renamed layer was "closed; remove its pair"."""
+    image, labels = tiny_phantom
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(labels)
+    pair = widget.add_pair()
+    image.name = "scan renamed"
+    train, _, preview = widget._layer_samples()
+    assert preview is image and [s.name for s in train] == ["scan renamed"]
+    assert str(pair).startswith("scan renamed")

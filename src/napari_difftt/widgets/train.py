@@ -25,25 +25,19 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from ._controls import LayerChooser, show_every_value, spin_box
+from ._controls import LayerChooser
 from ._layers import add_derived, spacing_kwargs, spacing_of
 from ._lifetime import Lifetime
 from ._plot import LossPlot
@@ -64,17 +58,41 @@ PREVIEW_ROLE = "training_preview"
 VALIDATE_EVERY = 50
 USER_ROLE = Qt.ItemDataRole.UserRole
 DICE_LABELS = {True: "validation Dice", False: "Dice on the training image"}  # by held_out
+# the TrainConfig fields the form offers, in two columns; the rest keep their defaults
+FORM = (("kind", "iterations", "patch_size", "lr", "width", "pieces"),
+        ("prior", "train_beta", "device", "seed", "val_every"))
+LABELS = {"kind": "model", "lr": "learning rate", "pieces": "pieces T",
+          "val_every": "validate every", "train_beta": "train β"}
+OPTIONS = {  # magicgui options beyond each field's type and default (choices: at build time)
+    "kind": {"tooltip": "bch: time-dependent diffeomorphic flow; svf: "
+             "stationary; stt: displacement (not diffeomorphic); unet: direct segmentation"},
+    "iterations": {"min": 1, "max": 1_000_000, "tooltip": "training steps (one random patch "
+                   "each)"},
+    "patch_size": {"tooltip": "patch size in voxels, array order: D, H, W (3D) or H, W (2D)"},
+    "lr": {"min": 1e-6, "max": 1.0, "step": 1e-4, "tooltip": "Adam learning rate"},
+    "width": {"min": 2, "max": 64, "tooltip": "U-Net base width (channels at full resolution)"},
+    "pieces": {"min": 1, "max": 16, "tooltip": "T: velocity fields of the time-dependent flow "
+               "(bch only)"},
+    "prior": {"tooltip": "which prior parameters train: fixed "
+              "(none), the mean, one scale, the radii (diagonal Σ) or the full covariance"},
+    "train_beta": {"tooltip": "also learn the prior's shape exponent β"},
+    "device": {"tooltip": "where training runs: auto picks a GPU when there is one"},
+    "seed": {"min": 0, "max": 2**31 - 1, "tooltip": "random seed: the same seed and data give "
+             "the same run"},
+    "val_every": {"min": 1, "max": 100_000, "tooltip": "steps between validations, preview "
+                  "updates and checkpoints"},
+}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pair:
-    """Image and labels layer names chosen for training."""
+    """Image and labels layers chosen for training (the layers, so a rename keeps the pair)."""
 
-    image: str
-    labels: str
+    image: Layer
+    labels: Layer
 
     def __str__(self) -> str:
-        return f"{self.image}  ↔  {self.labels}"
+        return f"{self.image.name}  ↔  {self.labels.name}"
 
 
 class TrainWidget(QWidget):
@@ -135,89 +153,37 @@ class TrainWidget(QWidget):
         row.addWidget(remove)
         form.addRow(row)
         form.addRow(self.pairs)
-        folder = QWidget()
-        self.folder = QLineEdit()
-        self.folder.setPlaceholderText("folder holding imagesTr/ and labelsTr/")
-        self.folder.setToolTip("A folder with imagesTr/ and labelsTr/ NIfTI files of equal names")
-        browse = QPushButton("…")
-        browse.setToolTip("Choose the training data folder")
-        browse.clicked.connect(lambda: self._browse(self.folder, "Training data folder"))
-        row = QHBoxLayout(folder)
-        row.addWidget(self.folder)
-        row.addWidget(browse)
+        from magicgui.widgets import FileEdit
+
+        self.folder = FileEdit(mode="d", label="folder", tooltip="A folder with imagesTr/ and "
+                               "labelsTr/ NIfTI files of equal names")
         self.source_tabs.addTab(layers, "open layers")
-        self.source_tabs.addTab(folder, "folder")
+        self.source_tabs.addTab(self.folder.native, "folder")
         QVBoxLayout(box).addWidget(self.source_tabs)
         return box
 
     def _settings_box(self) -> QGroupBox:
-        from ..core.device import list_devices
-        from ..core.train.config import DEFAULTS, KINDS, PARAMETERISATIONS
+        """The settings: a magicgui form built from :class:`TrainConfig`'s fields (their types
+        and defaults; :data:`FORM` says which, :data:`OPTIONS` adds choices, ranges and tips)."""
+        from magicgui.widgets import Container, FileEdit
 
         box = QGroupBox("settings")
-        self.kind = QComboBox()
-        self.kind.addItems(KINDS)
-        self.kind.setCurrentText(DEFAULTS.kind)
-        self.kind.setToolTip("bch: time-dependent diffeomorphic flow; svf: stationary; stt: "
-                             "displacement (not diffeomorphic); unet: direct segmentation")
-        self.iterations = _int_box(1, 1_000_000, DEFAULTS.iterations)
-        self.iterations.setToolTip("training steps (one random patch each)")
-        self.patch = QLineEdit(", ".join(map(str, DEFAULTS.patch_size)))
-        self.patch.setToolTip("patch size in voxels, array order: D, H, W (3D) or H, W (2D)")
-        self.lr = spin_box(1e-6, 1.0, DEFAULTS.lr, step=1e-4, decimals=6,
-                           tooltip="Adam learning rate")
-        self.width = _int_box(2, 64, DEFAULTS.width)
-        self.width.setToolTip("U-Net base width (channels at full resolution)")
-        self.pieces = _int_box(1, 16, DEFAULTS.pieces)
-        self.pieces.setToolTip("T: velocity fields of the time-dependent flow (bch only)")
-        self.prior = QComboBox()
-        self.prior.addItems(PARAMETERISATIONS)
-        self.prior.setCurrentText(DEFAULTS.prior)
-        self.prior.setToolTip("which prior parameters train: fixed (none), the mean, one "
-                              "scale, the radii (diagonal Σ) or the full covariance")
-        self.train_beta = QCheckBox("train β")
-        self.train_beta.setChecked(DEFAULTS.train_beta)
-        self.train_beta.setToolTip("also learn the prior's shape exponent β")
-        prior_row = QHBoxLayout()
-        prior_row.addWidget(self.prior, 1)
-        prior_row.addWidget(self.train_beta)
-        self.device = QComboBox()
-        for info in list_devices():
-            self.device.addItem(info.label, info.spec)
-        self.device.setCurrentIndex(max(self.device.findData(DEFAULTS.device), 0))
-        self.device.setToolTip("where training runs: auto picks a GPU when there is one")
-        self.seed = _int_box(0, 2**31 - 1, DEFAULTS.seed)
-        self.seed.setToolTip("random seed: the same seed and data give the same run")
-        self.val_every = _int_box(1, 100_000, VALIDATE_EVERY)
-        self.val_every.setToolTip("steps between validations, preview updates and checkpoints")
-        self.checkpoint_dir = QLineEdit(str(Path.home() / "napari-difftt-checkpoints"))
-        self.checkpoint_dir.setToolTip("where checkpoints are written (one file per run)")
-        browse = QPushButton("…")
-        browse.setToolTip("Choose the checkpoint folder")
-        browse.clicked.connect(lambda: self._browse(self.checkpoint_dir, "Checkpoint folder"))
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.checkpoint_dir)
-        folder_row.addWidget(browse)
-        grid = QGridLayout(box)
-        cells = [("model", self.kind), ("iterations", self.iterations),
-                 ("patch size", self.patch), ("learning rate", self.lr),
-                 ("width", self.width), ("pieces T", self.pieces),
-                 ("device", self.device), ("seed", self.seed),
-                 ("validate every", self.val_every)]
-        for index, (label, control) in enumerate(cells):
-            row, column = divmod(index, 2)
-            grid.addWidget(QLabel(label), row, 2 * column)
-            grid.addWidget(control, row, 2 * column + 1)
-        grid.addWidget(QLabel("prior"), 5, 0)
-        grid.addLayout(prior_row, 5, 1, 1, 3)
-        grid.addWidget(QLabel("checkpoints"), 6, 0)
-        grid.addLayout(folder_row, 6, 1, 1, 3)
+        self.settings = settings_form()
+        self.val_every = self.settings.val_every
+        self.checkpoint_dir = FileEdit(mode="d", value=Path.home() / "napari-difftt-checkpoints",
+                                       label="checkpoints",
+                                       tooltip="where checkpoints are written (one file per run)")
+        form = Container(widgets=[self.settings.container, self.checkpoint_dir])
+        QVBoxLayout(box).addWidget(form.native)
         return box
 
-    def _browse(self, target: QLineEdit, title: str) -> None:
-        folder = QFileDialog.getExistingDirectory(self, title, target.text())
-        if folder:
-            target.setText(folder)
+    def set_settings(self, **values) -> None:
+        """Set form fields by their :class:`TrainConfig` name, e.g. ``iterations=20``;
+        ``patch_size`` as text ("16, 16, 16") or a tuple."""
+        for name, value in values.items():
+            if name == "patch_size" and not isinstance(value, str):
+                value = ", ".join(map(str, value))
+            getattr(self.settings, name).value = value
 
     # ---------------------------------------------------------------- public API
     @property
@@ -230,7 +196,7 @@ class TrainWidget(QWidget):
         if image is None or labels is None:
             show_warning("Train: open an Image and a Labels layer to pair them.")
             return None
-        pair = Pair(image.name, labels.name)
+        pair = Pair(image, labels)
         self.pairs.addItem(str(pair))
         self.pairs.item(self.pairs.count() - 1).setData(USER_ROLE, pair)
         return pair
@@ -296,34 +262,29 @@ class TrainWidget(QWidget):
         from ..core.train.config import TrainConfig
         from ..pipeline import parse_size, split_validation
 
-        folder = Path(self.checkpoint_dir.text()).expanduser()
-        if not self.checkpoint_dir.text().strip():
+        if not str(self.checkpoint_dir.value).strip(". "):
             raise ValueError("choose a checkpoint folder")
+        folder = Path(self.checkpoint_dir.value).expanduser()
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"checkpoint folder {folder} is a file")
-        kind = self.kind.currentText()
+        values = self.settings.asdict()
+        kind = values["kind"]
         checkpoint = folder / f"difftt_{kind}_{time.strftime('%Y%m%d-%H%M%S')}.pt"
         if self.source_tabs.currentIndex() == 0:
             train, val, preview_source = self._layer_samples()
             ndim = train[0].image.ndim
             load = lambda: (train, val)  # noqa: E731 (already copied, no disk access)
         else:
-            root = Path(self.folder.text()).expanduser()
+            root = Path(self.folder.value).expanduser()
             images, labels = root / "imagesTr", root / "labelsTr"
             if not images.is_dir() or not labels.is_dir():
                 raise FileNotFoundError(f"{root} must hold imagesTr/ and labelsTr/ folders")
             ndim, preview_source = None, None
             load = lambda: split_validation(_load_folder(images, labels))  # noqa: E731
-        patch = parse_size(self.patch.text(), ndim, what="patch size")
+        values["patch_size"] = parse_size(values["patch_size"], ndim, what="patch size")
         folder.mkdir(parents=True, exist_ok=True)
-        config = TrainConfig(
-            kind=kind, iterations=self.iterations.value(), patch_size=patch, lr=self.lr.value(),
-            seed=self.seed.value(), device=self.device.currentData(),
-            prior=self.prior.currentText(), train_beta=self.train_beta.isChecked(),
-            width=self.width.value(),
-            pieces=self.pieces.value(), checkpoint=str(checkpoint),
-            checkpoint_every=self.val_every.value(), val_every=self.val_every.value(),
-        )
+        config = TrainConfig(**values, checkpoint=str(checkpoint),
+                             checkpoint_every=values["val_every"])
         return config, load, preview_source
 
     def _layer_samples(self):
@@ -334,18 +295,17 @@ class TrainWidget(QWidget):
             image, labels = self.image_choice.layer(), self.labels_choice.layer()
             if image is None or labels is None:
                 raise ValueError("open an Image and a Labels layer (or choose a folder of data)")
-            pairs = [Pair(image.name, labels.name)]
+            pairs = [Pair(image, labels)]
         samples = []
         for pair in pairs:
-            for name in (pair.image, pair.labels):
-                if name not in self.viewer.layers:
-                    raise ValueError(f"layer {name!r} was closed; remove its pair")
-            image, labels = self.viewer.layers[pair.image], self.viewer.layers[pair.labels]
-            samples.append(layer_sample(image, labels))
+            for layer in (pair.image, pair.labels):
+                if layer not in self.viewer.layers:
+                    raise ValueError(f"layer {layer.name!r} was closed; remove its pair")
+            samples.append(layer_sample(pair.image, pair.labels))
         if len({sample.image.ndim for sample in samples}) > 1:
             raise ValueError("training pairs mix 2D and 3D images; use one kind")
         train, val = split_validation(samples)
-        preview_source = self.viewer.layers[pairs[-1].image]
+        preview_source = pairs[-1].image
         return train, val, preview_source
 
     # ---------------------------------------------------------------- worker callbacks
@@ -415,6 +375,62 @@ class TrainWidget(QWidget):
         self.status.setText(message)
 
 
+def settings_form():
+    """A magicgui Container of the :data:`FORM` fields of :class:`TrainConfig`: each widget
+    named as the field, of the field's type, at its default (``val_every``: the widget's own
+    :data:`VALIDATE_EVERY`; ``patch_size`` as text, parsed at Start)."""
+    import typing
+
+    from magicgui.widgets import Container, create_widget
+
+    from ..core.device import list_devices
+    from ..core.train.config import DEFAULTS, KINDS, PARAMETERISATIONS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    choices = {"kind": KINDS, "prior": PARAMETERISATIONS,
+               "device": [(info.label, info.spec) for info in list_devices()]}
+    columns = []
+    for names in FORM:
+        widgets = []
+        for name in names:
+            value, annotation = getattr(DEFAULTS, name), hints[name]
+            options = dict(OPTIONS.get(name, {}))
+            if name in choices:
+                options["choices"] = choices[name]
+            if name == "patch_size":
+                value, annotation = ", ".join(map(str, value)), str
+            elif name == "val_every":
+                value = VALIDATE_EVERY
+            widget = create_widget(value=value, annotation=annotation, name=name,
+                                   label=LABELS.get(name, name.replace("_", " ")),
+                                   options=options)
+            if name == "lr":
+                widget.native.setDecimals(6)
+                widget.value = value
+            widgets.append(widget)
+        columns.append(Container(widgets=widgets))
+    return SettingsForm(Container(widgets=columns, layout="horizontal", labels=False))
+
+
+class SettingsForm:
+    """The settings form: a magicgui Container of columns, its fields reached by name
+    (``form.iterations``) and read together (:meth:`asdict`), as for a flat Container."""
+
+    def __init__(self, container) -> None:
+        self.container = container
+        self.fields = {widget.name: widget for column in container for widget in column}
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(f"the settings form has no field {name!r}") from None
+
+    def asdict(self) -> dict:
+        """``{field name: value}`` in the form's order."""
+        return {name: widget.value for name, widget in self.fields.items()}
+
+
 def layer_sample(image: Layer, labels: Layer):
     """A :class:`core.data.Sample` from an Image and a Labels layer (copied, normalised).
 
@@ -441,14 +457,6 @@ def _load_folder(images: Path, labels: Path) -> list:
     from ..pipeline import folder_samples
 
     return folder_samples(images, labels, DEFAULTS.ignore_value)
-
-
-def _int_box(low: int, high: int, value: int) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    show_every_value(box)
-    return box
 
 
 def _stop_on_close(widget: TrainWidget) -> None:
