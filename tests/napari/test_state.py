@@ -176,3 +176,36 @@ def test_explain_dispatches_on_the_error_type(error, expected):
     # the same name on an unrelated type is not mistaken for it
     impostor = type("CheckpointError", (Exception,), {})("not ours")
     assert not explain(impostor).startswith("Cannot use this checkpoint")
+
+
+def test_latest_job_runs_one_at_a_time_and_delivers_only_the_latest(qtbot):
+    from napari_difftt.widgets._worker import LatestJob, callback_task
+
+    ran, delivered, cancelled = [], [], []
+
+    def slow(progress, should_stop):
+        ran.append("slow")
+        while not should_stop():
+            pass
+        return "slow"
+
+    def quick(value):
+        def work(progress, should_stop):
+            ran.append(value)
+            return value
+        return callback_task(work)
+
+    latest = LatestJob()
+    latest.submit(callback_task(slow), on_done=delivered.append,
+                  on_cancelled=lambda: cancelled.append("slow"))
+    qtbot.waitUntil(lambda: ran == ["slow"], timeout=TIMEOUT_MS)
+    latest.submit(quick("second"), on_done=delivered.append)  # waits, then is replaced
+    latest.submit(quick("third"), on_done=delivered.append)
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert ran == ["slow", "third"] and delivered == ["third"] and cancelled == []
+    assert latest.latest == 3
+    latest.submit(callback_task(slow), on_done=delivered.append)
+    qtbot.waitUntil(lambda: ran[-1] == "slow", timeout=TIMEOUT_MS)
+    latest.cancel()
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert delivered == ["third"]  # a cancelled job's outcome is not delivered either

@@ -38,7 +38,8 @@ from typing import Any
 
 from ..errors import Cancelled, CheckpointError, OutOfMemory, VolumeError
 
-__all__ = ["CallbackTask", "Job", "Outcome", "callback_task", "explain", "start_job"]
+__all__ = ["CallbackTask", "Job", "LatestJob", "Outcome", "callback_task", "explain",
+           "start_job"]
 
 Progress = tuple[int, int, str]  # (done, total, message)
 ShouldStop = Callable[[], bool]
@@ -110,12 +111,7 @@ def start_job(
             if on_cancelled is not None:
                 on_cancelled()
         elif outcome.error is not None:
-            if on_error is not None:
-                on_error(outcome.error)
-            else:
-                from napari.utils.notifications import show_error
-
-                show_error(explain(outcome.error))
+            (on_error or _notify)(outcome.error)
         elif on_done is not None:
             on_done(outcome.value)
 
@@ -126,6 +122,75 @@ def start_job(
         worker.finished.connect(on_finished)
     worker.start()
     return job
+
+
+class LatestJob:
+    """"Latest value wins" background work, one job at a time.
+
+    :meth:`submit` cancels the running job (if any) and runs the new task when it has ended; a
+    task submitted while another waits replaces the waiting one. Only the latest submission's
+    outcome reaches its callbacks: a superseded job's result, error or cancellation is dropped,
+    so a slow old result never overwrites a newer one. Callbacks run on the GUI thread (as
+    :func:`start_job`'s); pass them through a widget's lifetime guard to ignore late signals.
+    """
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self._serial = 0  # submissions so far; the latest is the one delivered
+        self._waiting: tuple | None = None  # (serial, task, callbacks) to start next
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing runs or waits."""
+        return self.job is None and self._waiting is None
+
+    @property
+    def latest(self) -> int:
+        """The serial number of the latest submission (0: none yet)."""
+        return self._serial
+
+    def submit(
+        self,
+        task: Task | CallbackTask,
+        *,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
+        on_progress: Callable[[int, int, str], None] | None = None,
+    ) -> int:
+        """Run ``task`` as the latest work; returns its serial number."""
+        self._serial += 1
+        self._waiting = (self._serial, task, (on_done, on_error, on_cancelled, on_progress))
+        if self.job is not None:
+            self.job.cancel()  # it reports back as cancelled (dropped), then the new one starts
+        else:
+            self._start()
+        return self._serial
+
+    def cancel(self) -> None:
+        """Drop the waiting task and cancel the running one (its outcome is dropped too)."""
+        self._waiting = None
+        self._serial += 1
+        if self.job is not None:
+            self.job.cancel()
+
+    def _start(self) -> None:
+        serial, task, (on_done, on_error, on_cancelled, on_progress) = self._waiting
+        self._waiting = None
+
+        def latest(callback):
+            if callback is None:
+                return None
+            return lambda *args: callback(*args) if serial == self._serial else None
+
+        self.job = start_job(task, on_progress=latest(on_progress), on_done=latest(on_done),
+                             on_error=latest(on_error or _notify),
+                             on_cancelled=latest(on_cancelled), on_finished=self._finished)
+
+    def _finished(self) -> None:
+        self.job = None
+        if self._waiting is not None:
+            self._start()
 
 
 def callback_task(function: Callable[[Callable[..., None], ShouldStop], Any]) -> CallbackTask:
@@ -155,6 +220,12 @@ def explain(error: BaseException) -> str:
     if isinstance(error, ValueError | TypeError):
         return f"Invalid input: {text}"
     return f"{name}: {text}"
+
+
+def _notify(error: BaseException) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(explain(error))
 
 
 def _guarded(
