@@ -58,6 +58,7 @@ __all__ = [
     "format_metrics",
     "format_topology",
     "grid_coordinates",
+    "isotropic_spacing",
     "jacobian_report",
     "layer_sample",
     "list_inputs",
@@ -185,7 +186,7 @@ def segment(
     should_stop: Callable[[], bool] | None = None,
     *,
     device: str = "auto",
-    resample_mm: float | None = None,
+    resample_mm: float | str | None = None,
     ignore_value: int | None = None,
     source: str | None = None,
 ) -> Result:
@@ -200,7 +201,8 @@ def segment(
     convolution) and True raises :class:`~napari_difftt.errors.Cancelled`. ``resample_mm``
     resamples the volume to that isotropic spacing for the network and the probability back
     onto the volume's grid (linear, then > 0.5); the displacement and the topology report are
-    then the network grid's. ``source`` is recorded as :attr:`Result.source`.
+    then the network grid's; "model" means the model's own (isotropic) training spacing
+    (:func:`isotropic_spacing`). ``source`` is recorded as :attr:`Result.source`.
     """
     from .core.inference import LoadedModel, spacing_mismatch
     from .core.io import Volume
@@ -216,6 +218,8 @@ def segment(
         name = "the model" if checkpoint is None else checkpoint.name
         raise ValueError(f"{name} is a {loaded.model.ndim}D model but the image is "
                          f"{image.ndim}D; choose a {image.ndim}D checkpoint")
+    if resample_mm == "model":
+        resample_mm = isotropic_spacing(loaded.checkpoint.get("spacing"))
     if resample_mm is not None:
         from .core.data import resample
 
@@ -247,6 +251,15 @@ def segment(
     warning = spacing_mismatch(spacing, loaded.checkpoint.get("spacing"), name)
     return Result(prediction, volume, used_prior, loaded.model.kind, metrics, checkpoint,
                   str(loaded.device), time.perf_counter() - start, warning, source)
+
+
+def isotropic_spacing(trained: Sequence[float] | None) -> float:
+    """The one spacing (mm) of an isotropic training spacing ``trained`` (a checkpoint's
+    "spacing"); ValueError when it is unknown or differs between axes."""
+    if not trained or len(set(trained)) != 1:
+        raise ValueError(f"resampling to the model's spacing needs an isotropic training spacing "
+                         f"in the checkpoint, which has {trained}; give a spacing in mm")
+    return float(trained[0])
 
 
 def predict_files(

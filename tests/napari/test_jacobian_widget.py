@@ -155,3 +155,20 @@ def test_deformed_grid_is_pulled_back(viewer, dock, qtbot):
     lines = grid_lines(SHAPE)
     np.testing.assert_allclose(grid[:, :, : SHAPE[2] - 2], lines[:, :, 2:], atol=1e-5)  # to −x
     assert grid[0, 1, GRID_EVERY - 2] == pytest.approx(1.0) and grid[0, 1, GRID_EVERY] < 1e-5
+
+
+def test_folds_stand_out_and_compute_is_off_without_a_transformation(viewer, dock, qtbot):
+    _predict(viewer, linear(np.diag([-1.5, 0.0, 0.0]), SHAPE))  # det = −0.5: all folded
+    widget = dock("Jacobian")
+    assert widget.compute_button.isEnabled()
+    _compute(widget, qtbot)
+    colour = widget.folds_layer.colormap.map(np.array([1]))[0]
+    np.testing.assert_allclose(colour[:3], (1.0, 1.0, 0.0), atol=1e-6)  # yellow on dark pink
+    assert "folds in yellow" in widget.summary.text()
+
+    image = viewer.layers["ct"]
+    zeros = np.zeros(SHAPE, np.float32)
+    segmented = Prediction(zeros, zeros.astype(np.uint8), None, None, zeros)  # a U-Net's
+    ViewerState.of(viewer).set_prediction(record_of(image, segmented, "unet"))
+    assert not widget.compute_button.isEnabled()  # refused up front, and the widget says why
+    assert "no transformation" in widget.summary.text()

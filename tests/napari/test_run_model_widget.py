@@ -331,8 +331,18 @@ def test_a_folder_is_segmented_with_the_cli_names(viewer, dock, tiny_checkpoint,
     assert any(m.startswith("[2/2] b.nii") for m in seen)
     assert "segmented 2 volume(s)" in widget.message.text()
 
-    assert widget.run_folder(folder, out) is None  # never overwrites
-    assert notes[-1][0] == "error" and "exists" in notes[-1][1]
+    before = (out / f"a{OUTPUTS['seg']}").stat().st_mtime_ns
+    widget.folder_in.line_edit.value, widget.folder_out.line_edit.value = str(folder), str(out)
+    widget.folder_button.click()  # never overwrites unless asked: the message names the choice
+    assert widget.job is None and notes[-1][0] == "error" and "exists" in notes[-1][1]
+    assert "Tick 'replace existing outputs'" in widget.message.text()
+    assert widget.overwrite.text() == "replace existing outputs"  # the choice is in the GUI
+    widget.overwrite.setChecked(True)
+    widget.folder_button.click()
+    assert widget.job is not None
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert (out / f"a{OUTPUTS['seg']}").stat().st_mtime_ns > before
+    assert "segmented 2 volume(s)" in widget.message.text()
 
 
 def test_cancelling_a_folder_run_keeps_the_viewer_and_says_so(viewer, dock, tiny_checkpoint,
@@ -453,3 +463,40 @@ def test_renaming_the_image_keeps_it_chosen_and_run_uses_it(viewer, dock, tiny_p
     assert widget.image.layer() is image
     viewer.layers.remove(image)  # a removal moves the choice to a layer that exists
     assert widget.image.layer() is other and "scan renamed" not in widget.image.names()
+
+
+def test_run_is_off_without_an_image_and_the_widget_says_why(viewer, dock, notes):
+    widget = dock("Run model")
+    assert not widget.run_button.isEnabled()
+    assert "Open an image" in widget.message.text()
+    assert widget.run() is None and "choose an image layer" in widget.message.text()
+    viewer.add_image(np.zeros((16, 16, 16), np.float32), name="scan")
+    assert widget.run_button.isEnabled() and "image" not in widget.message.text()
+    viewer.layers.remove("scan")
+    assert not widget.run_button.isEnabled()
+    for field in (widget.folder_in, widget.folder_out):  # folder fields have a Browse button
+        assert field.choose_btn.text.startswith("Choose") and field.mode.value == "d"
+
+
+def test_resampling_to_the_model_spacing_in_the_gui(viewer, dock, tiny_checkpoint, qtbot, notes):
+    from napari_difftt.layer_metadata import spacing_kwargs
+
+    image = viewer.add_image(np.random.default_rng(1).random((12, 16, 16), np.float32),
+                             **spacing_kwargs((2.5, 1.0, 1.0), "coarse"))
+    tabs = dock("All widgets (tabs)")
+    widget = tabs.widgets["Run model"]
+    widget.set_checkpoint(tiny_checkpoint)  # trained on 1 mm voxels
+    _run(widget, qtbot)
+    assert "Tick 'resample to the model's spacing'" in widget.message.text()  # offered
+    widget.resample.setChecked(True)
+    _run(widget, qtbot)
+    assert "resampled to the model's training spacing" in widget.message.text()
+    assert "Warning" not in widget.message.text()
+    record = ViewerState.of(viewer).prediction
+    assert viewer.layers["coarse segmentation"].data.shape == image.data.shape  # back on its grid
+    assert record.prediction.displacement.shape[1:] == (28, 16, 16)  # the 1 mm network grid
+    for title, button in (("Flow explorer", "show_button"), ("Jacobian", "compute_button")):
+        view = tabs.widgets[title]
+        assert not getattr(view, button).isEnabled(), title  # no flow on the image's grid
+    assert "resampled" in tabs.widgets["Flow explorer"].info.text()
+    assert "resampled" in tabs.widgets["Jacobian"].summary.text()

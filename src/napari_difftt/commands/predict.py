@@ -114,13 +114,12 @@ def _report_topology(path: Path, report: dict) -> None:
 
 def _target_spacing(option: str | None, trained) -> float | None:
     """The isotropic spacing (mm) of ``--spacing``: a number, or 'model' (isotropic trained)."""
+    from ..pipeline import isotropic_spacing
+
     if option is None:
         return None
     if option == "model":
-        if not trained or len(set(trained)) != 1:
-            raise ValueError(f"--spacing model needs an isotropic training spacing in the "
-                             f"checkpoint, which has {trained}; give --spacing MM")
-        return float(trained[0])
+        return isotropic_spacing(trained)
     try:
         value = float(option)
     except ValueError:

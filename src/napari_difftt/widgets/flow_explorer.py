@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ..core.flow.frames import FlowFrames
     from ._worker import Job
 
-__all__ = ["FlowExplorerWidget", "current_frame", "flow_layer"]
+__all__ = ["FlowExplorerWidget", "current_frame", "flow_layer", "resampled"]
 
 FRAMES_ROLE = "flow_frames"
 VECTORS_ROLE = "flow_vectors"
@@ -372,7 +372,11 @@ class FlowExplorerWidget(QWidget):
         parts = [f"Prediction of {'a removed image' if source is None else source.name!r}"]
         if pieces:
             parts.append(f"T = {pieces} pieces")
-        if not paths:
+        if paths and resampled(record):
+            paths = []
+            parts.append("resampled to the model's spacing, so its flow lives on the network's "
+                         "grid, not the image's: run without resampling to explore it")
+        elif not paths:
             kind = f"a {record.kind!r}" if record.kind else "this"
             parts.append(f"{kind} model predicts no flow, so there is nothing to explore (a "
                          "'bch' or 'svf' model has one)")
@@ -401,6 +405,14 @@ def flow_layer(viewer: napari.Viewer, source: Layer | None = None) -> Layer | No
         if wanted is None or entry.get("source_id") == wanted:
             return layer
     return None
+
+
+def resampled(record) -> bool:
+    """True when the prediction ``record`` was computed on a resampled grid (Run model's
+    "resample to the model's spacing"): its displacement is not on the image's grid."""
+    displacement = record.prediction.displacement
+    return displacement is not None and (
+        tuple(displacement.shape[1:]) != tuple(record.prediction.probability.shape))
 
 
 def current_frame(viewer: napari.Viewer, layer: Layer) -> int:

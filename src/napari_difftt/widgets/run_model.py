@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -49,6 +49,7 @@ __all__ = ["RunModelWidget"]
 
 FOLDER_OUTPUTS = ("seg", "prob")  # keys of pipeline.OUTPUTS, as `predict --probabilities`
 SEGMENTATION_COLOURS = {1: "magenta", None: "transparent"}  # ground truth is lime (sample data)
+NO_IMAGE = "Open an image to run the model (File ▸ Open Sample ▸ napari-difftt for one)."
 
 
 class RunModelWidget(QWidget):
@@ -61,6 +62,7 @@ class RunModelWidget(QWidget):
         self.job: Job | None = None
         self._checkpoint: Path | None = None  # None: the bundled default
         self._running_on: Image | None = None  # the image layer of the current run
+        self._resampled = False  # whether the current run resamples to the model's spacing
 
         self.image = LayerChooser(napari_viewer, "image", sources_only=True)
         self.truth = LayerChooser(napari_viewer, "labels", allow_none=True, sources_only=True)
@@ -72,10 +74,10 @@ class RunModelWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.folder_in = QLineEdit()
-        self.folder_in.setPlaceholderText("folder of .nii/.nii.gz volumes")
-        self.folder_out = QLineEdit()
-        self.folder_out.setPlaceholderText("output folder")
+        self.resample = QCheckBox("resample to the model's spacing")
+        self.folder_in = _folder_edit("folder of .nii/.nii.gz volumes")
+        self.folder_out = _folder_edit("output folder")
+        self.overwrite = QCheckBox("replace existing outputs")
         self.folder_button = QPushButton("Run folder")
         for control, tip in (
             (self.browse_button, "Choose a checkpoint file (.pt) written by Train or the CLI"),
@@ -85,9 +87,16 @@ class RunModelWidget(QWidget):
             (self.cancel_button, "Stop the running prediction within about a second; "
                                  f"nothing is added to the viewer ({key_text('cancel')})"),
             (self.truth, "optional ground truth: Dice, HD and HD95 against it"),
-            (self.folder_in, "every NIfTI volume in this folder is segmented"),
-            (self.folder_out, "outputs get the names `napari-difftt predict --probabilities` "
-                              "writes: NAME_seg.nii.gz and NAME_prob.nii.gz; none is replaced"),
+            (self.resample, "resample the image to the model's training spacing for the "
+                            "network and the result back onto the image's grid (as `napari-"
+                            "difftt predict --spacing model`); its flow then lives on the "
+                            "network's grid, so Flow explorer and Jacobian are off"),
+            (self.folder_in.native, "every NIfTI volume in this folder is segmented"),
+            (self.folder_out.native, "outputs get the names `napari-difftt predict "
+                                     "--probabilities` writes: NAME_seg.nii.gz and "
+                                     "NAME_prob.nii.gz; existing ones are kept unless "
+                                     "'replace existing outputs' is ticked"),
+            (self.overwrite, "replace outputs of the same names in the output folder"),
             (self.folder_button, "Segment the folder in the background (Cancel stops it; "
                                  "files already written are kept)"),
         ):
@@ -111,7 +120,8 @@ class RunModelWidget(QWidget):
         self._image_changed(self.image.layer())
         self.run_button.clicked.connect(self.run)
         self.folder_button.clicked.connect(
-            lambda: self.run_folder(self.folder_in.text(), self.folder_out.text()))
+            lambda: self.run_folder(self.folder_in.line_edit.value,
+                                    self.folder_out.line_edit.value, self.overwrite.isChecked()))
         self.cancel_button.clicked.connect(self.cancel)
         self.set_checkpoint(self.state.trained_checkpoint)
         self.state.changed.connect(self._on_state)
@@ -159,21 +169,24 @@ class RunModelWidget(QWidget):
         try:
             image, truth, checkpoint = self._inputs()
         except (ValueError, FileNotFoundError, RuntimeError) as error:
+            self.message.setText(explain(error))
             show_error(f"Run model: {explain(error)}")
             return None
         prior = self.state.prior_for(image)
         volume = layer_volume(image, np.asarray(image.data))
         truth_data = None if truth is None else np.asarray(truth.data)
         device = self.device.currentData()
+        resample = "model" if self.resample.isChecked() else None
 
         source = image.unique_id
 
         def work(progress, should_stop) -> Result:
             return segment(volume, checkpoint, prior, truth_data, progress, should_stop,
-                           device=device, source=source)
+                           device=device, resample_mm=resample, source=source)
 
         self._busy(True, f"running on {image.name}…")
         self._running_on = image
+        self._resampled = resample is not None
         return self._start(work, self._on_done, self._on_cancelled)
 
     def run_folder(self, folder: str | Path, out: str | Path, overwrite: bool = False
@@ -198,6 +211,12 @@ class RunModelWidget(QWidget):
                 raise FileNotFoundError(f"input folder not found: {folder}")
             planned = plan_files([folder], out, FOLDER_OUTPUTS, overwrite)
             checkpoint = self.checkpoint()
+        except FileExistsError as error:  # the choice the GUI offers, named as it is shown
+            text = (f"{error}. Tick 'replace existing outputs' to replace them, or choose "
+                    "another output folder.")
+            show_error(f"Run model: {text}")
+            self.message.setText(text)
+            return None
         except (ValueError, OSError) as error:
             show_error(f"Run model: {explain(error)}")
             self.message.setText(explain(error))
@@ -265,6 +284,9 @@ class RunModelWidget(QWidget):
         self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
         self.topology.setText(format_topology(result.topology) if result.topology else "")
         text = f"done in {result.seconds:.1f} s on {result.device}"
+        if self._resampled:
+            text += (", resampled to the model's training spacing for the network and back "
+                     "onto the image's grid")
         wanted = f"{image.name} segmentation"
         if segmentation.name != wanted:
             text += (f". '{wanted}' holds your edits, so it was kept: this result is "
@@ -274,7 +296,8 @@ class RunModelWidget(QWidget):
         if result.warning:
             from napari.utils.notifications import show_warning
 
-            text += f". Warning: {result.warning}"
+            text += (f". Warning: {result.warning}. Tick 'resample to the model's spacing' to "
+                     "resample here")
             show_warning(f"Run model: {result.warning}")
         self.message.setText(text)
         show_info(f"Run model: {text}")
@@ -345,9 +368,12 @@ class RunModelWidget(QWidget):
         self.truth.set_ndim(None if layer is None else layer.ndim)
         if self._checkpoint is None:  # the bundled model follows the image: 2D or 3D
             self.set_checkpoint(None)
+        if self.job is None:  # the last message was about another image (or none)
+            self.run_button.setEnabled(layer is not None)
+            self.message.setText(NO_IMAGE if layer is None else "")
 
     def _busy(self, busy: bool, text: str = "") -> None:
-        self.run_button.setEnabled(not busy)
+        self.run_button.setEnabled(not busy and self.image.layer() is not None)
         self.folder_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
@@ -389,13 +415,15 @@ class RunModelWidget(QWidget):
         form.addRow("device", self.device)
         form.addRow("used", self.device_used)
         form.addRow("ground truth", self.truth)
+        form.addRow(self.resample)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         batch = QGroupBox("folder of NIfTI volumes")
         batch_form = QFormLayout(batch)
-        batch_form.addRow("input", self.folder_in)
-        batch_form.addRow("output", self.folder_out)
+        batch_form.addRow("input", self.folder_in.native)
+        batch_form.addRow("output", self.folder_out.native)
+        batch_form.addRow(self.overwrite)
         batch_form.addRow(self.folder_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -407,3 +435,11 @@ class RunModelWidget(QWidget):
         layout.addWidget(self.metrics)
         layout.addStretch(1)
 
+
+def _folder_edit(placeholder: str):
+    """A magicgui folder field (text and a Browse button) showing ``placeholder`` when empty."""
+    from magicgui.widgets import FileEdit
+
+    edit = FileEdit(mode="d", value="")
+    edit.line_edit.native.setPlaceholderText(placeholder)
+    return edit
