@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from napari_difftt import pipeline
-from napari_difftt.core.io import Volume
-from napari_difftt.layer_metadata import display_affine
+from napari_difftt.core.io import Volume, display_affine
 
 SPACING = (1.5, 1.0, 0.8)
 

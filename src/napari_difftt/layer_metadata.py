@@ -14,8 +14,8 @@ Every layer this plugin creates carries the namespaced, versioned metadata entry
                                  # matched by
 
 Identity is napari's own ``Layer.unique_id``, never the layer name, so renaming a layer keeps
-what the plugin knows about it. napari shows the *diagonal* part of the affine (``scale``/``translate``,
-``units="mm"``); oblique volumes keep their true affine only here.
+what the plugin knows about it. napari shows the *diagonal* part of the affine
+(``scale``/``translate``, ``units="mm"``); oblique volumes keep their true affine only here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = [
     "META_KEY",
     "META_VERSION",
-    "display_affine",
     "layer_affine",
     "layer_kwargs",
     "layer_metadata",
@@ -74,21 +73,12 @@ def spacing_kwargs(
 ) -> dict[str, Any]:
     """Layer keyword arguments for an array with voxel ``spacing`` (mm) whose first voxel is at
     ``origin`` (world mm, array order; default 0), no file."""
-    from .core.io import Volume
+    from .core.io import Volume, display_affine
 
     ndim = len(spacing)
     origin = (0.0,) * ndim if origin is None else tuple(origin)
     placeholder = np.empty((1,) * ndim)  # display_transform reads only the number of axes
     return layer_kwargs(Volume(placeholder, display_affine(spacing, origin)), name)
-
-
-def display_affine(scale, translate) -> np.ndarray:
-    """core.io affine (index (z, y, x, 1) → world (x, y, z) mm) of napari's scale/translate."""
-    ndim = len(scale)
-    zyx = np.eye(4)
-    zyx[3 - ndim : 3, 3 - ndim : 3] = np.diag(np.asarray(scale, dtype=float))
-    zyx[3 - ndim : 3, 3] = np.asarray(translate, dtype=float)
-    return zyx[[2, 1, 0, 3]]
 
 
 def metadata_entry(metadata: dict | None) -> dict[str, Any]:
@@ -117,6 +107,8 @@ def layer_affine(layer: Layer) -> np.ndarray:
         raise ValueError(
             f"layer {layer.name!r} has {layer.ndim} dimensions; only 2D/3D layers have an affine"
         )
+    from .core.io import display_affine
+
     return display_affine(layer.scale, layer.translate)
 
 

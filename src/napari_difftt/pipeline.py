@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .core.paths import is_nifti, nifti_stem
+from .core.progress import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,6 @@ __all__ = [
     "METRIC_LABELS",
     "OUTPUTS",
     "Batch",
-    "Progress",
     "Result",
     "arrows",
     "checkpoint_prior",
@@ -74,8 +74,6 @@ __all__ = [
     "split_validation",
     "train",
 ]
-
-Progress = Callable[[int, int, str], None]  # progress(done, total, message)
 
 # the one file contract of predict, the Run model folder batch and the Export widget
 OUTPUTS = {
@@ -722,7 +720,7 @@ def _export_contents(result: Result, paths: dict[str, Path]) -> dict[str, Any]:
 
 def _unit_affine(ndim: int) -> np.ndarray:
     """The affine of 1 mm voxels at the origin (core.io convention)."""
-    from .layer_metadata import display_affine
+    from .core.io import display_affine
 
     return display_affine((1.0,) * ndim, (0.0,) * ndim)
 

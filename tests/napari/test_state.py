@@ -8,7 +8,6 @@ import weakref
 
 import numpy as np
 import pytest
-
 from difftt_helpers import record_of, zero_flow
 
 from napari_difftt.layer_metadata import META_KEY

@@ -181,7 +181,6 @@ def test_the_settings_form_is_built_from_train_config(viewer, dock, tiny_phantom
                     "val_every": VALIDATE_EVERY}.get(name, getattr(DEFAULTS, name))
         assert values[name] == pytest.approx(expected), name
     assert parse_size(values["patch_size"]) == DEFAULTS.patch_size
-    image, labels = tiny_phantom
     widget.set_settings(kind="svf", lr=0.00123, seed=7, train_beta=True, prior="diag",
                         patch_size="16, 16, 16", device="cpu")
     widget.checkpoint_dir.value = tmp_path

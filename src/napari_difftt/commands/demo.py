@@ -196,8 +196,7 @@ def _headless_montage(checkpoint: Path, device: str, out: Path) -> int:
 
     from .._sample_data import PHANTOM_3D, PHANTOM_3D_ORIGIN
     from ..core.data import make_phantom
-    from ..core.io import Volume
-    from ..layer_metadata import display_affine
+    from ..core.io import Volume, display_affine
     from ..pipeline import export, segment
 
     shape, seed, spacing = PHANTOM_3D

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .flow.checks import check_spacing
 from .io import Volume, read_nifti, write_nifti
 from .paths import NIFTI_SUFFIXES, nifti_stem
 
@@ -116,7 +117,7 @@ def make_phantom(
     only recorded.
     """
     shape = _check_shape(shape)
-    spacing = (1.0,) * len(shape) if spacing is None else _check_spacing(spacing, len(shape))
+    spacing = (1.0,) * len(shape) if spacing is None else check_spacing(spacing, len(shape))
     if organ not in ORGANS:
         raise ValueError(f"organ must be one of {ORGANS}, got {organ!r}")
     rng = np.random.default_rng(seed)
@@ -248,7 +249,7 @@ def array_sample(
             f"labels of {name!r} hold values {bad[:5].tolist()}; one structure is segmented: use "
             f"0 (background), 1 (structure) and {ignore_value} (unlabelled)"
         )
-    spacing = _check_spacing(spacing, image.ndim)
+    spacing = check_spacing(spacing, image.ndim)
     return Sample(normalise_intensity(image), labels.astype(np.uint8), spacing, name)
 
 
@@ -302,7 +303,7 @@ def write_phantom_dataset(
     """
     root = Path(root)
     shape = _check_shape(shape)
-    spacing = (1.0,) * len(shape) if spacing is None else _check_spacing(spacing, len(shape))
+    spacing = (1.0,) * len(shape) if spacing is None else check_spacing(spacing, len(shape))
     affine = np.diag([*(1.0,) * (3 - len(shape)), *spacing, 1.0])
     for split, first, count in (("Tr", 0, n_train), ("Ts", n_train, n_test)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -514,13 +515,6 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     ):
         raise ValueError(f"shape must be 2 or 3 ints >= 8, got {shape!r}")
     return tuple(int(n) for n in shape)
-
-
-def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be {ndim} positive numbers (mm), got {spacing!r}")
-    return spacing
 
 
 def _check_patch_size(patch_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from .flow.velocity import VelocitySpace
 from .models import KINDS, TemplateTransformer
 from .nets import DIVISOR
 from .prior import GeneralisedGaussianPrior, ImagePrior
+from .progress import Progress
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -42,7 +43,6 @@ __all__ = [
 DEFAULT_CHECKPOINT = "difftt_phantom_bch.pt"
 SPACING_TOLERANCE = 0.2  # relative spacing difference per axis above which predict warns
 DEFAULT_CHECKPOINT_2D = "difftt_phantom2d_bch.pt"
-Progress = Callable[[int, int, str], None]
 
 
 class LoadedModel(NamedTuple):

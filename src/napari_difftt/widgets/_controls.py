@@ -5,6 +5,7 @@ that stay wide enough for every value they can hold."""
 from __future__ import annotations
 
 from contextlib import suppress
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, QObject, QTimer, Signal
@@ -132,6 +133,19 @@ class LayerChooser(QWidget):
         for layer in self._named.values():
             layer.events.name.disconnect(self.refresh)
         self._named.clear()
+
+
+def folder_edit(tooltip: str, value: str | Path = "", *, label: str = "", placeholder: str = ""):
+    """A magicgui ``FileEdit`` for a folder: its text field and Browse button both explain
+    themselves (``tooltip``); ``placeholder`` shows while the text is empty."""
+    from magicgui.widgets import FileEdit
+
+    edit = FileEdit(mode="d", value=value, label=label or None, tooltip=tooltip)
+    edit.line_edit.tooltip = tooltip
+    edit.choose_btn.tooltip = f"Browse for it: {tooltip}"
+    if placeholder:
+        edit.line_edit.native.setPlaceholderText(placeholder)
+    return edit
 
 
 def spin_box(

@@ -41,9 +41,9 @@ from ..errors import Cancelled, CheckpointError, OutOfMemory, VolumeError
 __all__ = ["CallbackTask", "Job", "LatestJob", "Outcome", "callback_task", "explain",
            "start_job"]
 
-Progress = tuple[int, int, str]  # (done, total, message)
+ProgressItem = tuple[int, int, str]  # (done, total, message), as a task yields it
 ShouldStop = Callable[[], bool]
-Task = Callable[[ShouldStop], Generator[Progress, None, Any]]
+Task = Callable[[ShouldStop], Generator[ProgressItem, None, Any]]
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def _notify(error: BaseException) -> None:
 
 def _guarded(
     task: Task | CallbackTask, stop: threading.Event, abort: threading.Event, relay: list
-) -> Generator[Progress, None, Outcome]:
+) -> Generator[ProgressItem, None, Outcome]:
     """Run the task; turn every ending into an :class:`Outcome`; free cached GPU memory.
 
     On abort the task generator is closed here, in the worker thread. ``relay[0]`` emits a

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import QLabel, QMessageBox, QVBoxLayout, QWidget
 
 from ..layer_metadata import layer_metadata
 from ..pipeline import MESH_FORMATS, Result, export, output_paths
+from ._controls import folder_edit
 from ._lifetime import Lifetime
 from ._state import ViewerState
 from ._worker import explain
@@ -52,7 +53,7 @@ class ExportWidget(QWidget):
     """Choose what to export of the current prediction, a folder and a file stem; Export."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
-        from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
+        from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -61,8 +62,8 @@ class ExportWidget(QWidget):
                      for key, (label, tip) in CHOICES.items()}
         self.mesh_format = ComboBox(choices=MESH_FORMATS, value=MESH_FORMATS[0], label="mesh",
                                     tooltip="mesh file format")
-        self.folder = FileEdit(mode="d", value=Path.cwd(), label="folder",
-                               tooltip="output folder (default: the source file's folder)")
+        self.folder = folder_edit("output folder (default: the source file's folder)",
+                                  Path.cwd(), label="folder")
         self._folder_chosen = False
         self.stem = LineEdit(value="difftt", label="file stem",
                              tooltip="file names start with this, e.g. <stem>_seg.nii.gz")
@@ -138,7 +139,7 @@ class ExportWidget(QWidget):
         if not what:
             raise ValueError("nothing to export: tick at least one output")
         layer = self.state.layer(record.layers.get("segmentation"))
-        if layer is None or "seg" not in what and "mesh" not in what:
+        if layer is None or ("seg" not in what and "mesh" not in what):
             return record, what
         edited = np.asarray(layer.data)
         if edited.shape != record.prediction.segmentation.shape:

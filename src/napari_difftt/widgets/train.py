@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._controls import LayerChooser
+from ._controls import LayerChooser, folder_edit
 from ._layers import add_derived, spacing_kwargs, spacing_of
 from ._lifetime import Lifetime
 from ._plot import LossPlot
@@ -153,10 +153,9 @@ class TrainWidget(QWidget):
         row.addWidget(remove)
         form.addRow(row)
         form.addRow(self.pairs)
-        from magicgui.widgets import FileEdit
-
-        self.folder = FileEdit(mode="d", label="folder", tooltip="A folder with imagesTr/ and "
-                               "labelsTr/ NIfTI files of equal names")
+        self.folder = folder_edit("A folder with imagesTr/ and labelsTr/ NIfTI files of equal "
+                                  "names", label="folder",
+                                  placeholder="folder holding imagesTr/ and labelsTr/")
         self.source_tabs.addTab(layers, "open layers")
         self.source_tabs.addTab(self.folder.native, "folder")
         QVBoxLayout(box).addWidget(self.source_tabs)
@@ -165,14 +164,14 @@ class TrainWidget(QWidget):
     def _settings_box(self) -> QGroupBox:
         """The settings: a magicgui form built from :class:`TrainConfig`'s fields (their types
         and defaults; :data:`FORM` says which, :data:`OPTIONS` adds choices, ranges and tips)."""
-        from magicgui.widgets import Container, FileEdit
+        from magicgui.widgets import Container
 
         box = QGroupBox("settings")
         self.settings = settings_form()
         self.val_every = self.settings.val_every
-        self.checkpoint_dir = FileEdit(mode="d", value=Path.home() / "napari-difftt-checkpoints",
-                                       label="checkpoints",
-                                       tooltip="where checkpoints are written (one file per run)")
+        self.checkpoint_dir = folder_edit("where checkpoints are written (one file per run)",
+                                          Path.home() / "napari-difftt-checkpoints",
+                                          label="checkpoints")
         form = Container(widgets=[self.settings.container, self.checkpoint_dir])
         QVBoxLayout(box).addWidget(form.native)
         return box

@@ -38,7 +38,6 @@ from .exponential import exp, flow_at
 from .grid import compose, warp
 
 __all__ = [
-    "PATHS",
     "FlowFrames",
     "evaluate_prior",
     "piecewise_path",
@@ -46,15 +45,14 @@ __all__ = [
     "warp_prior",
 ]
 
-PATHS = ("piecewise", "stationary")
 
-Path = Callable[[float], torch.Tensor]  # t ↦ displacement of φ(t), (1, n, *S) voxels
+FlowPath = Callable[[float], torch.Tensor]  # t ↦ displacement of φ(t), (1, n, *S) voxels
 Render = Callable[[torch.Tensor], np.ndarray]  # displacement (1, n, *S) ↦ frame (*S)
 
 
 def stationary_path(
     velocity: torch.Tensor, endpoint: torch.Tensor | None = None, *, steps: int | None = None
-) -> Path:
+) -> FlowPath:
     """Path t ↦ exp(t·z) for a velocity z ``(1, n, *S)`` voxels.
 
     ``endpoint`` ``(1, n, *S)``, when given, is returned at t = 1 as it stands: the model's own Φ,
@@ -103,7 +101,7 @@ def stationary_path(
     return at
 
 
-def piecewise_path(velocities: torch.Tensor) -> Path:
+def piecewise_path(velocities: torch.Tensor) -> FlowPath:
     """Path of the piecewise time-dependent flow of ``velocities`` ``(1, T, n, *S)`` voxels.
 
     The composed ends of the pieces, exp(v_k) ∘ … ∘ exp(v₁), are computed once, when first needed.
@@ -183,7 +181,7 @@ class FlowFrames:
 
     def __init__(
         self,
-        path: Path,
+        path: FlowPath,
         count: int,
         render: Render,
         spatial_shape: Sequence[int],
