@@ -314,7 +314,8 @@ def test_help_renders(argv, capsys):
 
 
 def test_resume_refuses_options_that_contradict_the_checkpoint(dataset, trained, tmp_path, capsys):
-    """--resume used to ignore --width 16 --lr 5 --patch-size 8 8 8 --pieces 2 --seed 9."""
+    """--resume with --width 16 --lr 5 --patch-size 8 8 8 --pieces 3 --seed 9 that contradict
+    the checkpoint is refused, each contradiction listed."""
     out = tmp_path / "more.pt"
     argv = ["train", "--data", str(dataset), "--iterations", "4", "--resume", str(trained),
             "--out", str(out), "--width", "16", "--lr", "5", "--patch-size", "8", "8", "8",
@@ -379,7 +380,7 @@ def _predict(trained, inputs, out, *extra) -> int:
 def test_predict_reports_topology_and_warns_naming_the_file(
     dataset, trained, tmp_path, capsys, monkeypatch
 ):
-    """Issue 10, item 4: every prediction states its components and folds; more than one
+    """Every prediction states its components and folds; more than one
     component or any digital fold is a warning naming the file."""
     from napari_difftt.core import inference
     from napari_difftt.core.metrics import topology_report

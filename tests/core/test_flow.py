@@ -643,8 +643,8 @@ BAD_FIELDS = [
 def test_every_field_function_checks_its_input_the_same_way(
     name, call, case, field, error, message
 ):
-    """jacobian() used to check nothing (wrong rank, int and NaN passed; bool raised from
-    torch); B = 0 gave a raw torch error. Every function now names its argument."""
+    """Every flow function checks its input (wrong rank, int, NaN, bool, B = 0) and names its
+    argument in the error."""
     with pytest.raises(error, match=rf"{name} .*{message}|{name} {message}"):
         call(field)
 

@@ -13,8 +13,8 @@ For the flows the output probability is the analytic prior at the warped coordin
 The network output becomes velocities (or, for stt, a displacement) on the coarse grid of a
 :class:`~.velocity.VelocitySpace` — pooled, bounded by ``bound·tanh``, optionally a cubic
 B-spline and smoothed — where all flow maths runs in coarse voxels; the displacement is then
-upsampled once to the input grid (``(B, n, *S)`` voxels, DESIGN.md §2). The last convolution
-starts at zero, so an untrained flow model returns the prior exactly.
+upsampled once to the input grid (``(B, n, *S)`` voxels, the conventions of :mod:`.flow.grid`).
+The last convolution starts at zero, so an untrained flow model returns the prior exactly.
 """
 
 from __future__ import annotations
