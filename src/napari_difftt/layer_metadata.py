@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "META_KEY",
     "META_VERSION",
+    "affine_kwargs",
     "layer_affine",
     "layer_kwargs",
     "layer_metadata",
@@ -66,6 +67,18 @@ def layer_kwargs(volume: Volume, name: str) -> dict[str, Any]:
         "units": ("mm",) * volume.array.ndim,
         "metadata": {META_KEY: entry},
     }
+
+
+def affine_kwargs(
+    array: np.ndarray, affine: np.ndarray, name: str, role: str | None = None
+) -> dict[str, Any]:
+    """:func:`layer_kwargs` of an ``array`` drawn with the ``(4, 4)`` index → world mm
+    ``affine`` (computed, no file behind it), with the metadata ``role``."""
+    from .core.io import Volume
+
+    kwargs = layer_kwargs(Volume(array, np.asarray(affine, dtype=float)), name)
+    kwargs["metadata"][META_KEY]["role"] = role
+    return kwargs
 
 
 def spacing_kwargs(

@@ -46,6 +46,11 @@ def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom
     qtbot.waitUntil(lambda: len(widget.plot.dice) >= 1, timeout=120_000)  # step 2: validation
     # one pair: the Dice is the training image's, and the plot says so
     assert widget.plot.dice_label == "Dice on the training image"
+    # the validation preview is an Image layer in the image's geometry, grey and additive
+    preview = viewer.layers[f"{image.name} training preview"]
+    assert preview.data.shape == image.data.shape
+    np.testing.assert_allclose(preview.scale, image.scale)
+    assert preview.colormap.name == "gray" and preview.blending == "additive"
     widget.toggle()  # the Start button is now Stop
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     timer.stop()
@@ -64,10 +69,7 @@ def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom
     # the GUI kept running while the worker trained: the 20 ms timer ticked through the run (at
     # least a quarter of its ticks, on a loaded machine) and saw the progress move
     assert len(ticks) >= max(3, 0.25 * elapsed / 0.020) and len(set(ticks)) >= 2
-    # the validation preview is an Image layer in the image's geometry, refreshed in place
-    preview = viewer.layers[f"{image.name} training preview"]
-    assert preview.data.shape == image.data.shape
-    np.testing.assert_allclose(preview.scale, image.scale)
+    assert preview not in viewer.layers  # it showed an intermediate model: gone at the end
     for layer, original in zip((image, labels), originals, strict=True):
         np.testing.assert_array_equal(layer.data, original)
 
@@ -101,7 +103,13 @@ def test_missing_folder_and_bad_patch_are_explained(viewer, dock, tiny_phantom, 
     widget = dock("Train")
     _tiny_settings(widget, tmp_path)
     widget.set_settings(patch_size="16, 16")
+    widget.progress.setRange(0, 300)  # what an earlier run left
+    widget.progress.setValue(6)
     assert widget.start() is None and "2 numbers but the images are 3D" in widget.status.text()
+    assert widget.progress.value() == 0 and widget.progress.text() == "not running"
+    widget.set_settings(patch_size="32, 32, 32")  # larger than the 16 × 24 × 20 image
+    assert widget.start() is None and not widget.running
+    assert "larger than 'tiny' (16 × 24 × 20)" in widget.status.text()
     widget.source_tabs.setCurrentIndex(1)
     widget.folder.value = tmp_path / "nowhere"
     assert widget.start() is None and "imagesTr" in widget.status.text()
@@ -225,3 +233,51 @@ def test_a_pair_follows_its_layers_through_a_rename(viewer, dock, tiny_phantom):
     train, _, preview = widget._layer_samples()
     assert preview is image and [s.name for s in train] == ["scan renamed"]
     assert str(pair).startswith("scan renamed")
+
+
+def test_validation_follows_the_run_length(viewer, dock):
+    widget = dock("Train")
+    widget.set_settings(iterations=20)  # a short run still gets ten Dice points
+    assert widget.val_every.value == 2
+    widget.set_settings(iterations=5000)
+    assert widget.val_every.value == 50  # VALIDATE_EVERY at most
+    widget.set_settings(iterations=3)
+    assert widget.val_every.value == 1
+
+
+def test_folder_training_previews_in_the_volumes_own_geometry(viewer, dock, tmp_path, qtbot):
+    """Folder data have no layer: the preview takes the validation file's spacing and origin
+    (2.5 mm, translated), not 1 mm at 0, and leaves the viewer's extent alone."""
+    import nibabel as nib
+    from difftt_helpers import blob
+
+    from napari_difftt._reader import read_layers
+
+    root = tmp_path / "data"
+    affine = np.diag([2.5, 2.5, 2.5, 1.0])
+    affine[:3, 3] = (-20.0, 10.0, 5.0)
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    for k, centre in enumerate(((8, 8, 8), (7, 9, 8))):
+        mask = blob((16, 16, 16), centre, (4, 5, 4))
+        image = mask * 1.0 + np.random.default_rng(k).normal(0, 0.1, mask.shape)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" /
+                 f"case{k}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, affine), root / "labelsTr" / f"case{k}.nii.gz")
+    _, expected, _ = read_layers(str(root / "imagesTr" / "case1.nii.gz"))[0]  # held out
+    viewer.add_image(np.zeros((16, 16, 16), np.float32), scale=expected["scale"],
+                     translate=expected["translate"], name="case1 open")
+    extent = np.array(viewer.layers.extent.world)
+    widget = dock("Train")
+    _tiny_settings(widget, tmp_path / "ckpt", iterations=200)
+    widget.source_tabs.setCurrentIndex(1)
+    widget.folder.value = root
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=120_000)
+    preview = widget.preview_layer
+    np.testing.assert_allclose(preview.scale, expected["scale"])
+    np.testing.assert_allclose(preview.translate, expected["translate"])
+    np.testing.assert_allclose(viewer.layers.extent.world, extent)  # the z slider keeps 0–75
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert preview not in viewer.layers

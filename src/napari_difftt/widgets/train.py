@@ -37,8 +37,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..layer_metadata import affine_kwargs
 from ._controls import LayerChooser, folder_edit
-from ._layers import add_derived, spacing_kwargs, spacing_of
+from ._layers import add_derived, spacing_of
 from ._lifetime import Lifetime
 from ._plot import LossPlot
 from ._state import ViewerState
@@ -56,6 +57,9 @@ PREVIEW_ROLE = "training_preview"
 # the widget's own default (TrainConfig's is 0, only at the end): the live plot and preview
 # need a validation, and each one a checkpoint, every so many steps
 VALIDATE_EVERY = 50
+# the training preview: grey and additive (0 adds nothing), half strength
+PREVIEW_LOOK = {"colormap": "gray", "contrast_limits": (0.0, 1.0), "blending": "additive",
+                "opacity": 0.5}
 USER_ROLE = Qt.ItemDataRole.UserRole
 DICE_LABELS = {True: "validation Dice", False: "Dice on the training image"}  # by held_out
 # the TrainConfig fields the form offers, in two columns; the rest keep their defaults
@@ -117,7 +121,7 @@ class TrainWidget(QWidget):
         self.start_button.setToolTip("Start training in the background; press again to stop "
                                      "after the current step (a checkpoint is saved)")
         self.progress = QProgressBar()
-        self.progress.setFormat("step %v of %m")
+        self._reset_progress()
         self.status = QLabel("Choose training data, then Start.")
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
@@ -169,6 +173,8 @@ class TrainWidget(QWidget):
         box = QGroupBox("settings")
         self.settings = settings_form()
         self.val_every = self.settings.val_every
+        self.settings.iterations.changed.connect(self._follow_run_length)
+        self._follow_run_length(self.settings.iterations.value)
         self.checkpoint_dir = folder_edit("where checkpoints are written (one file per run)",
                                           Path.home() / "napari-difftt-checkpoints",
                                           label="checkpoints")
@@ -183,6 +189,11 @@ class TrainWidget(QWidget):
             if name == "patch_size" and not isinstance(value, str):
                 value = ", ".join(map(str, value))
             getattr(self.settings, name).value = value
+
+    def _follow_run_length(self, iterations: int) -> None:
+        """Validate about ten times per run (every :data:`VALIDATE_EVERY` steps at most), so a
+        short run still draws a Dice curve; the user may set another cadence afterwards."""
+        self.val_every.value = validation_cadence(int(iterations))
 
     # ---------------------------------------------------------------- public API
     @property
@@ -216,6 +227,7 @@ class TrainWidget(QWidget):
         try:
             config, load, preview_source = self._prepare()
         except (ValueError, TypeError, FileNotFoundError) as error:
+            self._reset_progress()  # no old "step 6 of 300" beside a refusal
             self._tell(f"Train: {explain(error)}")
             return None
         self.checkpoint = Path(config.checkpoint)
@@ -224,6 +236,7 @@ class TrainWidget(QWidget):
         self.plot.reset(config.iterations)
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
+        self.progress.setFormat("step %v of %m")
         self.start_button.setText("Stop training")
         self.status.setText("loading data and building the model …")
         self._started = time.perf_counter()
@@ -234,7 +247,9 @@ class TrainWidget(QWidget):
             from ..pipeline import train
 
             samples, val = load()
+            check_patch(config.patch_size, samples)
             running["held_out"] = val[0] is not samples[-1]  # one pair: validated on itself
+            running["preview_affine"] = val[0].affine  # the preview's geometry, from a folder
             steps = 0
             with closing(train(config, samples, val, should_stop)) as events:  # closed here
                 for event in events:
@@ -281,6 +296,8 @@ class TrainWidget(QWidget):
             ndim, preview_source = None, None
             load = lambda: split_validation(_load_folder(images, labels))  # noqa: E731
         values["patch_size"] = parse_size(values["patch_size"], ndim, what="patch size")
+        if self.source_tabs.currentIndex() == 0:
+            check_patch(values["patch_size"], train)  # folder data: checked once loaded
         folder.mkdir(parents=True, exist_ok=True)
         config = TrainConfig(**values, checkpoint=str(checkpoint),
                              checkpoint_every=values["val_every"])
@@ -330,22 +347,35 @@ class TrainWidget(QWidget):
             self._show_preview(event.preview)
 
     def _show_preview(self, preview: np.ndarray) -> None:
+        """Show the validation probability in the validation volume's own geometry: that of its
+        layer, or (folder data) of its file's affine; grey and additive, so where the
+        probability is 0 the image shows unchanged."""
         source = self._preview_source
-        kwargs = {"colormap": "viridis", "contrast_limits": (0.0, 1.0), "blending": "additive",
-                  "opacity": 0.6}
         if source is not None and source in self.viewer.layers:
             if source.data.shape == preview.shape:
                 self.preview_layer = add_derived(self.viewer, "image", preview, source,
                                                  f"{source.name} training preview",
-                                                 PREVIEW_ROLE, **kwargs)
+                                                 PREVIEW_ROLE, **PREVIEW_LOOK)
                 return
         if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
             self.preview_layer.data = preview
             return
-        spacing = (1.0,) * preview.ndim
-        self.preview_layer = self.viewer.add_image(
-            preview, **spacing_kwargs(spacing, "training preview"), **kwargs
-        )
+        affine = self._running.get("preview_affine")
+        if affine is None:
+            affine = np.eye(4)
+        kwargs = affine_kwargs(preview, affine, "training preview", PREVIEW_ROLE)
+        self.preview_layer = self.viewer.add_image(preview, **kwargs, **PREVIEW_LOOK)
+
+    def _remove_preview(self) -> None:
+        """Training ended: its preview shows an intermediate model, so it goes."""
+        layer, self.preview_layer = self.preview_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _reset_progress(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("not running")
 
     def _on_done(self, steps: int) -> None:
         event = self.last_event
@@ -368,6 +398,7 @@ class TrainWidget(QWidget):
         self.job = None
         self.start_button.setText("Start training")
         self.start_button.setEnabled(True)
+        self._remove_preview()
 
     def _tell(self, message: str) -> None:
         show_warning(message)
@@ -428,6 +459,23 @@ class SettingsForm:
     def asdict(self) -> dict:
         """``{field name: value}`` in the form's order."""
         return {name: widget.value for name, widget in self.fields.items()}
+
+
+def validation_cadence(iterations: int) -> int:
+    """Steps between validations for a run of ``iterations`` steps: about ten per run, at most
+    every :data:`VALIDATE_EVERY` steps."""
+    return max(1, min(VALIDATE_EVERY, iterations // 10))
+
+
+def check_patch(patch: tuple[int, ...], samples) -> None:
+    """ValueError naming the first training volume that the patch does not fit (a patch larger
+    than the volume would train mostly on padding)."""
+    for sample in samples:
+        shape = sample.image.shape
+        if any(p > s for p, s in zip(patch, shape, strict=True)):
+            raise ValueError(
+                f"the patch {' × '.join(map(str, patch))} is larger than '{sample.name}' "
+                f"({' × '.join(map(str, shape))}); choose a patch of at most its size")
 
 
 def layer_sample(image: Layer, labels: Layer):
