@@ -42,7 +42,7 @@ from ._controls import LayerChooser, fit_to_range, spin_box
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
-from ._worker import callback_task, start_job
+from ._worker import LatestJob, callback_task
 
 if TYPE_CHECKING:
     from napari.layers import Image, Labels
@@ -64,9 +64,8 @@ class PriorWidget(QWidget):
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
         self._lifetime = Lifetime(self, self._on_closed)  # before the first preview's worker
-        self._volume_job = None  # the worker computing the whole preview volume
-        self._volume_next = None  # (request, prior, grid, layers) to compute when it ends
-        self._requested = self._written = 0  # latest volume request; latest one written
+        self._volume = LatestJob()  # the whole preview volume: the latest prior wins
+        self._written = 0  # the volume request last written (LatestJob.latest: the latest)
         self._loading = False  # True while fields are set programmatically
         self._store = True  # whether an edit makes the prior Run model's (not after Reset)
         self._layers: tuple | None = None  # (source, probability, contour) preview layers
@@ -223,7 +222,7 @@ class PriorWidget(QWidget):
     @property
     def preview_complete(self) -> bool:
         """False until the whole-volume preview of the latest change is written."""
-        return self._written == self._requested
+        return self._written == self._volume.latest
 
     def preview_layers(self) -> tuple[Image, Labels] | None:
         """The (probability, ½-contour) preview layers of the chosen image, if shown."""
@@ -314,17 +313,9 @@ class PriorWidget(QWidget):
             preview.refresh(thumbnail=thumbnail, extent=False, highlight=False)
 
     def _request_volume(self, probability: Image, contour: Labels) -> None:
-        """Compute the whole preview volume of the current prior in a worker (latest wins)."""
-        self._requested += 1
-        self._volume_next = (self._requested, self._prior, self._grid, (probability, contour))
-        if self._volume_job is not None:
-            self._volume_job.cancel()  # superseded: the newest prior is computed when it ends
-        else:
-            self._start_volume()
-
-    def _start_volume(self) -> None:
-        request, prior, grid, layers = self._volume_next
-        self._volume_next = None
+        """Compute the whole preview volume of the current prior in a worker (latest wins: a
+        newer change cancels it, and only the latest result is written)."""
+        prior, grid, layers = self._prior, self._grid, (probability, contour)
 
         def compute(progress, should_stop):
             from ..core.interrupt import Interruptible
@@ -335,41 +326,30 @@ class PriorWidget(QWidget):
             return values, (values >= 0.5).astype(np.uint8)
 
         self._lifetime.watch(self)
-        live = self._lifetime.guard  # weak and closed-aware; the lambdas add the request only
-        done, failed = live(self._on_volume), live(self._on_volume_error)
-        self._volume_job = start_job(
-            callback_task(compute), on_done=lambda result: done(request, layers, result),
-            on_error=lambda error: failed(request, error),
-            on_finished=live(self._on_volume_finished))
+        live = self._lifetime.guard  # weak and closed-aware; the lambda adds the layers only
+        done = live(self._on_volume)
+        self._volume.submit(callback_task(compute), on_done=lambda result: done(layers, result),
+                            on_error=live(self._on_volume_error))
 
-    def _on_volume(self, request: int, layers: tuple, result) -> None:
-        if request != self._requested:
-            return  # a newer change superseded this result: never written
-        self._written = request
+    def _on_volume(self, layers: tuple, result) -> None:
+        self._written = self._volume.latest  # only the latest request's result arrives here
         if self._layers is not None and tuple(self._layers[1:]) == tuple(layers) and all(
                 layer in self.viewer.layers for layer in layers):
             self._write(*layers, (Ellipsis,), *result, thumbnail=True)
 
-    def _on_volume_error(self, request: int, error: BaseException) -> None:
+    def _on_volume_error(self, error: BaseException) -> None:
         from napari.utils.notifications import show_error
 
         from ._worker import explain
 
-        if request == self._requested:
-            self._written = request
-            show_error(f"Shape prior preview: {explain(error)}")
-
-    def _on_volume_finished(self) -> None:
-        self._volume_job = None
-        if self._volume_next is not None:
-            self._start_volume()
+        self._written = self._volume.latest
+        show_error(f"Shape prior preview: {explain(error)}")
 
     def _remove_preview(self, *_) -> None:
         """Remove the preview layers this widget made (those still in the viewer)."""
         layers, self._layers, self._grid = self._layers, None, None
-        self._volume_next, self._written = None, self._requested  # nothing left to show
-        if self._volume_job is not None:
-            self._volume_job.cancel()
+        self._volume.cancel()
+        self._written = self._volume.latest  # nothing left to show
         for preview in (layers or ())[1:]:
             if preview in self.viewer.layers:
                 self.viewer.layers.remove(preview)
