@@ -205,6 +205,32 @@ def test_latest_job_runs_one_at_a_time_and_delivers_only_the_latest(qtbot):
     assert latest.latest == 3
     latest.submit(callback_task(slow), on_done=delivered.append)
     qtbot.waitUntil(lambda: ran[-1] == "slow", timeout=TIMEOUT_MS)
-    latest.cancel()
+    latest.drop()
     qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
-    assert delivered == ["third"]  # a cancelled job's outcome is not delivered either
+    assert delivered == ["third"]  # a dropped job's outcome is not delivered either
+
+
+def test_latest_job_with_overlap_starts_at_once_and_stop_reports_the_cancellation(qtbot):
+    from napari_difftt.widgets._worker import LatestJob, callback_task
+
+    from napari_difftt.errors import Cancelled
+
+    idle, cancelled, delivered = [], [], []
+
+    def slow(progress, should_stop):
+        while not should_stop():
+            pass
+        raise Cancelled("stopped")
+
+    latest = LatestJob(overlap=True, on_idle=lambda: idle.append(True))
+    latest.submit(callback_task(slow), on_cancelled=lambda: cancelled.append("first"))
+    first = latest.job
+    latest.submit(callback_task(slow), on_cancelled=lambda: cancelled.append("second"))
+    second = latest.job
+    assert second is not first and first.cancel_requested and not second.cancel_requested
+    latest.stop()
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert cancelled == ["second"] and idle == [True] and latest.job is None
+    latest.submit(callback_task(lambda progress, should_stop: 5), on_done=delivered.append)
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert delivered == [5] and idle == [True, True]

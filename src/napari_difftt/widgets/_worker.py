@@ -125,24 +125,30 @@ def start_job(
 
 
 class LatestJob:
-    """"Latest value wins" background work, one job at a time.
+    """"Latest value wins" background work.
 
-    :meth:`submit` cancels the running job (if any) and runs the new task when it has ended; a
-    task submitted while another waits replaces the waiting one. Only the latest submission's
-    outcome reaches its callbacks: a superseded job's result, error or cancellation is dropped,
-    so a slow old result never overwrites a newer one. Callbacks run on the GUI thread (as
-    :func:`start_job`'s); pass them through a widget's lifetime guard to ignore late signals.
+    :meth:`submit` asks the running job (if any) to stop and runs the new task: when the old
+    one has ended (the default: one job at a time), or at once with ``overlap=True`` (the old
+    one winds down beside it). A task submitted while another waits replaces the waiting one.
+    Only the latest submission's outcome reaches its callbacks: a superseded job's result,
+    error or cancellation is dropped, so a slow old result never overwrites a newer one.
+    :meth:`stop` stops the latest job (its cancellation is delivered); :meth:`drop` stops it
+    and delivers nothing. ``on_idle`` runs when the last job has ended. Callbacks run on the
+    GUI thread (as :func:`start_job`'s); pass them through a widget's lifetime guard.
     """
 
-    def __init__(self) -> None:
-        self.job: Job | None = None
+    def __init__(self, *, overlap: bool = False, on_idle: Callable[[], None] | None = None):
+        self.job: Job | None = None  # the latest job, while any job runs
+        self._overlap = overlap
+        self._on_idle = on_idle
+        self._running = 0  # jobs started and not yet finished
         self._serial = 0  # submissions so far; the latest is the one delivered
         self._waiting: tuple | None = None  # (serial, task, callbacks) to start next
 
     @property
     def idle(self) -> bool:
         """True when nothing runs or waits."""
-        return self.job is None and self._waiting is None
+        return self._running == 0 and self._waiting is None
 
     @property
     def latest(self) -> int:
@@ -161,18 +167,23 @@ class LatestJob:
         """Run ``task`` as the latest work; returns its serial number."""
         self._serial += 1
         self._waiting = (self._serial, task, (on_done, on_error, on_cancelled, on_progress))
-        if self.job is not None:
-            self.job.cancel()  # it reports back as cancelled (dropped), then the new one starts
-        else:
+        running = self.job
+        if running is not None:
+            running.cancel()  # it reports back as cancelled (dropped)
+        if running is None or self._overlap:
             self._start()
         return self._serial
 
-    def cancel(self) -> None:
-        """Drop the waiting task and cancel the running one (its outcome is dropped too)."""
+    def stop(self) -> None:
+        """Drop the waiting task and ask the latest job to stop (it reports as cancelled)."""
         self._waiting = None
-        self._serial += 1
         if self.job is not None:
             self.job.cancel()
+
+    def drop(self) -> None:
+        """As :meth:`stop`, but nothing of the latest job is delivered any more."""
+        self._serial += 1
+        self.stop()
 
     def _start(self) -> None:
         serial, task, (on_done, on_error, on_cancelled, on_progress) = self._waiting
@@ -183,14 +194,21 @@ class LatestJob:
                 return None
             return lambda *args: callback(*args) if serial == self._serial else None
 
+        self._running += 1
         self.job = start_job(task, on_progress=latest(on_progress), on_done=latest(on_done),
                              on_error=latest(on_error or _notify),
                              on_cancelled=latest(on_cancelled), on_finished=self._finished)
 
     def _finished(self) -> None:
-        self.job = None
+        self._running -= 1
+        if self._running > 0:
+            return
         if self._waiting is not None:
             self._start()
+            return
+        self.job = None
+        if self._on_idle is not None:
+            self._on_idle()
 
 
 def callback_task(function: Callable[[Callable[..., None], ShouldStop], Any]) -> CallbackTask:

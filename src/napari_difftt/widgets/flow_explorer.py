@@ -41,6 +41,7 @@ from ._layers import derived_kwargs
 from ._lifetime import Lifetime
 from ._shortcuts import key_text, register
 from ._state import ViewerState
+from ._worker import LatestJob
 
 if TYPE_CHECKING:
     from napari.layers import Layer
@@ -68,9 +69,6 @@ class FlowExplorerWidget(QWidget):
         self.frames: FlowFrames | None = None
         self.layer: Layer | None = None
         self.vectors: Layer | None = None
-        self.job = None
-        self._passes = 0  # building and precomputing passes started and not yet finished
-        self._shown = 0  # Show flow requests so far: a build's result is used only if latest
         self._building = False
         self._requested_path = self._shown_path = DEFAULT_PATH  # latest Show flow; layer shown
 
@@ -122,17 +120,23 @@ class FlowExplorerWidget(QWidget):
         self.state.changed.connect(self._on_state)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self.lifetime = Lifetime(self, self._on_closed)
+        # building, then precomputing, the frames: a newer Show flow starts at once and only
+        # the latest pass reports back
+        self._passes = LatestJob(overlap=True, on_idle=self.lifetime.guard(self._on_idle))
         register(napari_viewer, self, {"cancel": self.cancel, "t_forward": (self.step_t, 1),
                                        "t_back": (self.step_t, -1)})
         self._on_state("prediction")
 
     # ---------------------------------------------------------------- public API
+    @property
+    def job(self) -> Job | None:
+        """The latest pass's job (building or precomputing), while any pass runs."""
+        return self._passes.job
+
     def show_flow(self) -> Job | None:
         """Start building the frames of the current prediction in a worker; the layer
         (:attr:`layer`) is added or updated when they are ready, then the remaining frames are
         precomputed. Returns the build's job, or None without a prediction."""
-        from ._worker import start_job
-
         record = self.state.prediction
         if record is None:
             show_warning(NO_PREDICTION)
@@ -149,21 +153,15 @@ class FlowExplorerWidget(QWidget):
                 frames.frame(0)  # cached: napari's first read on the GUI thread is free
             return frames
 
-        self.cancel()
-        self._shown += 1
-        request = self._shown
         self._requested_path = path
         self._building = True
         self._start_pass(count, "building the frames")
-        live = self.lifetime.guard  # weak and closed-aware; the lambdas add the request only
-        built, failed = live(self._on_built), live(self._on_build_error)
-        stopped = live(self._on_build_cancelled)
-        self.job = start_job(
-            build, on_progress=live(self._on_progress),
-            on_done=lambda frames: built(request, record, frames),
-            on_error=lambda error: failed(request, error),
-            on_cancelled=lambda: stopped(request),
-            on_finished=live(self._on_finished))
+        live = self.lifetime.guard  # weak and closed-aware; the lambda adds the record only
+        built = live(self._on_built)
+        self._passes.submit(build, on_progress=live(self._on_progress),
+                            on_done=lambda frames: built(record, frames),
+                            on_error=live(self._on_build_error),
+                            on_cancelled=live(self._on_build_cancelled))
         return self.job
 
     @property
@@ -174,8 +172,7 @@ class FlowExplorerWidget(QWidget):
     def cancel(self) -> None:
         """Stop building or precomputing frames (frames are still computed when the slider
         reaches them)."""
-        if self.job is not None:
-            self.job.cancel()
+        self._passes.stop()
 
     def step_t(self, delta: int = 1) -> int | None:
         """Move the t slider ``delta`` frames (clipped to 0 … K − 1); the frame now shown, or
@@ -258,11 +255,9 @@ class FlowExplorerWidget(QWidget):
             self.viewer.layers.selection.active = self.layer
 
     # ---------------------------------------------------------------- background frames
-    def _on_built(self, request: int, record, frames: FlowFrames) -> None:
-        if request != self._shown:
-            return  # a newer Show flow superseded this build
+    def _on_built(self, record, frames: FlowFrames) -> None:
         if self.job is not None and self.job.cancel_requested:  # Stop came after its last check
-            self._on_build_cancelled(request)
+            self._on_build_cancelled()
             return
         self._building = False
         source = self.state.layer(record.source)
@@ -279,9 +274,7 @@ class FlowExplorerWidget(QWidget):
         self._update_vectors()
         self._precompute(record)
 
-    def _on_build_error(self, request: int, error: BaseException) -> None:
-        if request != self._shown:
-            return
+    def _on_build_error(self, error: BaseException) -> None:
         self._building = False
         if isinstance(error, ValueError):  # what the prediction lacks for this path: as it is
             show_warning(str(error))
@@ -289,10 +282,9 @@ class FlowExplorerWidget(QWidget):
         else:
             self._on_error(error)
 
-    def _on_build_cancelled(self, request: int) -> None:
-        if request == self._shown:
-            self._building = False
-            self.status.setText("Stopped before the frames were shown.")
+    def _on_build_cancelled(self) -> None:
+        self._building = False
+        self.status.setText("Stopped before the frames were shown.")
 
     def _start_pass(self, total: int, message: str) -> None:
         self.progress.setRange(0, total)
@@ -301,11 +293,8 @@ class FlowExplorerWidget(QWidget):
         self.progress.setVisible(True)
         self.cancel_button.setEnabled(True)
         self.lifetime.watch(self)
-        self._passes += 1
 
     def _precompute(self, record) -> None:
-        from ._worker import start_job
-
         frames = self.frames
 
         def task(should_stop):
@@ -319,8 +308,8 @@ class FlowExplorerWidget(QWidget):
 
         self._start_pass(len(frames), f"frame 0 of {len(frames)}")
         live = self.lifetime.guard
-        self.job = start_job(task, on_progress=live(self._on_progress), on_done=live(self._on_done),
-                             on_error=live(self._on_error), on_finished=live(self._on_finished))
+        self._passes.submit(task, on_progress=live(self._on_progress),
+                            on_done=live(self._on_done), on_error=live(self._on_error))
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress.setValue(done)
@@ -345,11 +334,7 @@ class FlowExplorerWidget(QWidget):
         show_warning(message)
         self.status.setText(message)
 
-    def _on_finished(self) -> None:
-        self._passes -= 1
-        if self._passes > 0:  # a cancelled earlier pass ended; the newer one is still running
-            return  # (its worker may not have started yet, so is_running cannot tell)
-        self.job = None
+    def _on_idle(self) -> None:
         self.cancel_button.setEnabled(False)
         self.progress.setVisible(False)
 
@@ -386,8 +371,7 @@ class FlowExplorerWidget(QWidget):
             self.path.setCurrentIndex(self.path.findData(paths[0]))
 
     def _on_closed(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self._passes.drop()
         self.state.changed.disconnect(self._on_state)
         self.viewer.dims.events.current_step.disconnect(self._on_step)
 

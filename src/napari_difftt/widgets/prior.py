@@ -78,7 +78,7 @@ class PriorWidget(QWidget):
         self.radii = [spin_box(0.1, 1e5, 10.0, decimals=2,
                                tooltip=f"semi-axis of the p = ½ contour along {a} (mm)")
                       for a in AXES]
-        self.rotate = QCheckBox("rotate (full Σ)")
+        self.rotate = QCheckBox("rotate (full Σ; θ in degrees)")
         self.angles = [spin_box(-180.0, 180.0, 0.0, step=5.0, decimals=1,
                                 tooltip=f"rotation about array axis {a} (degrees)") for a in AXES]
         self.beta = spin_box(0.05, 20.0, 1.0, step=0.1, tooltip="β: 1 Gaussian, larger is flatter")
@@ -348,7 +348,7 @@ class PriorWidget(QWidget):
     def _remove_preview(self, *_) -> None:
         """Remove the preview layers this widget made (those still in the viewer)."""
         layers, self._layers, self._grid = self._layers, None, None
-        self._volume.cancel()
+        self._volume.drop()
         self._written = self._volume.latest  # nothing left to show
         for preview in (layers or ())[1:]:
             if preview in self.viewer.layers:
@@ -441,9 +441,13 @@ class PriorWidget(QWidget):
         grid = QGridLayout()
         for k, axis in enumerate(AXES):
             grid.addWidget(QLabel(axis), 0, k + 1)
-        rows = (("μ (mm)", self.mean), ("radii (mm)", self.radii), ("angle (°)", self.angles))
-        for row, (title, boxes) in enumerate(rows, start=1):
-            grid.addWidget(QLabel(title), row, 0)
+        rows = (("μ", self.mean, "centre (mm)"), ("r", self.radii, "semi-axes of the p = ½ "
+                                                                    "contour (mm)"),
+                ("θ", self.angles, "rotation angles (degrees)"))
+        for row, (title, boxes, tip) in enumerate(rows, start=1):  # short titles: a narrow dock
+            label = QLabel(title)
+            label.setToolTip(tip)
+            grid.addWidget(label, row, 0)
             for k, box in enumerate(boxes):
                 grid.addWidget(box, row, k + 1)
         form.addRow(grid)
