@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..layer_metadata import layer_volume
 from ..pipeline import Result, format_metrics, format_topology, segment
-from ._controls import LayerChooser
+from ._controls import LayerChooser, folder_edit
 from ._layers import PREDICTION_VIEWS, add_derived, retire_derived
 from ._lifetime import Lifetime
 from ._shortcuts import key_text, register
@@ -75,8 +75,13 @@ class RunModelWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.resample = QCheckBox("resample to the model's spacing")
-        self.folder_in = _folder_edit("folder of .nii/.nii.gz volumes")
-        self.folder_out = _folder_edit("output folder")
+        self.folder_in = folder_edit("every NIfTI volume in this folder is segmented",
+                                     placeholder="NIfTI folder")
+        self.folder_out = folder_edit("outputs get the names `napari-difftt predict "
+                                      "--probabilities` writes: NAME_seg.nii.gz and "
+                                      "NAME_prob.nii.gz; existing ones are kept unless "
+                                      "'replace existing outputs' is ticked",
+                                      placeholder="output folder")
         self.overwrite = QCheckBox("replace existing outputs")
         self.folder_button = QPushButton("Run folder")
         for control, tip in (
@@ -91,11 +96,6 @@ class RunModelWidget(QWidget):
                             "network and the result back onto the image's grid (as `napari-"
                             "difftt predict --spacing model`); its flow then lives on the "
                             "network's grid, so Flow explorer and Jacobian are off"),
-            (self.folder_in.native, "every NIfTI volume in this folder is segmented"),
-            (self.folder_out.native, "outputs get the names `napari-difftt predict "
-                                     "--probabilities` writes: NAME_seg.nii.gz and "
-                                     "NAME_prob.nii.gz; existing ones are kept unless "
-                                     "'replace existing outputs' is ticked"),
             (self.overwrite, "replace outputs of the same names in the output folder"),
             (self.folder_button, "Segment the folder in the background (Cancel stops it; "
                                  "files already written are kept)"),
@@ -435,11 +435,3 @@ class RunModelWidget(QWidget):
         layout.addWidget(self.metrics)
         layout.addStretch(1)
 
-
-def _folder_edit(placeholder: str):
-    """A magicgui folder field (text and a Browse button) showing ``placeholder`` when empty."""
-    from magicgui.widgets import FileEdit
-
-    edit = FileEdit(mode="d", value="")
-    edit.line_edit.native.setPlaceholderText(placeholder)
-    return edit

@@ -63,8 +63,8 @@ PREVIEW_LOOK = {"colormap": "gray", "contrast_limits": (0.0, 1.0), "blending": "
 USER_ROLE = Qt.ItemDataRole.UserRole
 DICE_LABELS = {True: "validation Dice", False: "Dice on the training image"}  # by held_out
 # the TrainConfig fields the form offers, in two columns; the rest keep their defaults
-FORM = (("kind", "iterations", "patch_size", "lr", "width", "pieces"),
-        ("prior", "train_beta", "device", "seed", "val_every"))
+FORM = (("kind", "iterations", "patch_size", "lr", "width", "pieces", "prior", "train_beta",
+         "device", "seed", "val_every"),)  # one column: the dock stays narrow
 LABELS = {"kind": "model", "lr": "learning rate", "pieces": "pieces T",
           "val_every": "validate every", "train_beta": "train β"}
 OPTIONS = {  # magicgui options beyond each field's type and default (choices: at build time)
@@ -115,8 +115,6 @@ class TrainWidget(QWidget):
         self._running: dict = {}  # "held_out": whether validation uses held-out pairs
 
         layout = QVBoxLayout(self)
-        layout.addWidget(self._data_box())
-        layout.addWidget(self._settings_box())
         self.start_button = QPushButton("Start training")
         self.start_button.setToolTip("Start training in the background; press again to stop "
                                      "after the current step (a checkpoint is saved)")
@@ -126,10 +124,14 @@ class TrainWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
         self.plot = LossPlot(napari_viewer)
+        # Start, progress and the plot first: visible without scrolling at 800 px; the data and
+        # settings below them scroll
         layout.addWidget(self.start_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
+        layout.addWidget(self._data_box())
+        layout.addWidget(self._settings_box())
         layout.addStretch(1)
         self.start_button.clicked.connect(self.toggle)
         self.lifetime = Lifetime(self, lambda: _stop_on_close(self))
@@ -179,8 +181,28 @@ class TrainWidget(QWidget):
                                           Path.home() / "napari-difftt-checkpoints",
                                           label="checkpoints")
         form = Container(widgets=[self.settings.container, self.checkpoint_dir])
-        QVBoxLayout(box).addWidget(form.native)
+        # collapsible (ticked: shown), so the tab fits a laptop screen; a summary when folded
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        box.setCheckable(True)
+        box.setChecked(False)
+        box.setToolTip("Tick to show every setting")
+        box.toggled.connect(lambda shown: (form.native.setVisible(shown),
+                                           self.summary.setVisible(not shown)))
+        form.native.setVisible(False)
+        self.settings.container.changed.connect(self._summarise)
+        self._summarise()
+        layout = QVBoxLayout(box)
+        layout.addWidget(self.summary)
+        layout.addWidget(form.native)
+        self.settings_box = box
         return box
+
+    def _summarise(self, *_) -> None:
+        values = self.settings.asdict()
+        self.summary.setText(f"{values['kind']}, {values['iterations']} steps, patch "
+                             f"{values['patch_size']}, validate every {values['val_every']}, "
+                             f"{values['device']} (tick 'settings' to change)")
 
     def set_settings(self, **values) -> None:
         """Set form fields by their :class:`TrainConfig` name, e.g. ``iterations=20``;
