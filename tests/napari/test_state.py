@@ -211,9 +211,8 @@ def test_latest_job_runs_one_at_a_time_and_delivers_only_the_latest(qtbot):
 
 
 def test_latest_job_with_overlap_starts_at_once_and_stop_reports_the_cancellation(qtbot):
-    from napari_difftt.widgets._worker import LatestJob, callback_task
-
     from napari_difftt.errors import Cancelled
+    from napari_difftt.widgets._worker import LatestJob, callback_task
 
     idle, cancelled, delivered = [], [], []
 
