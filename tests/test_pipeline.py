@@ -218,3 +218,27 @@ def test_text():
     text = pipeline.format_metrics({"dice": 0.5, "hausdorff": float("inf"), "components": 2,
                                     "unknown": 1})
     assert text.splitlines() == ["Dice: 0.500", "HD (mm): ∞", "components: 2"]
+
+
+def test_a_posed_prediction_records_the_posed_prior(phantom):
+    """With a pose level the flow deforms S∘A: the record's prior is that one, so the Flow
+    explorer starts at the prediction's own unwarped prior and ends at its probability."""
+    import torch
+
+    from napari_difftt.core.inference import LoadedModel
+    from napari_difftt.core.models import TemplateTransformer
+    from napari_difftt.core.pose import posed_prior
+
+    torch.manual_seed(3)
+    model = TemplateTransformer("svf", ndim=3, width=2, pose=True).eval()
+    with torch.no_grad():
+        model.pose_head.mlp[-1].bias.copy_(torch.linspace(-0.4, 0.4, 12))  # a real pose
+    loaded = LoadedModel(model, {}, torch.device("cpu"))
+    result = pipeline.segment(phantom.image, loaded)
+    pose = result.prediction.pose
+    assert pose is not None and not np.allclose(pose, np.eye(4), atol=1e-3)
+    assert result.prior == posed_prior(model.prior, torch.as_tensor(pose)).to_dict()
+    assert result.prior != model.prior.to_dict()
+    frames = pipeline.flow_frames(result, 3, "stationary")
+    np.testing.assert_allclose(frames[0], result.prediction.prior, atol=1e-4)
+    np.testing.assert_allclose(frames[2], result.prediction.probability, atol=1e-4)

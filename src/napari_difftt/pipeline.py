@@ -228,8 +228,9 @@ def segment(
         from .core.prior import prior_from_dict
 
         template = prior_from_dict(prior)
-    used_prior = (loaded.model.prior if template is None else template).to_dict()
     prediction = _predict(loaded, image, template, progress, should_stop)
+    used_prior = _deformed_prior(loaded.model.prior if template is None else template,
+                                 prediction.pose)
     if resample_mm is not None:
         from .core.data import resample_back
 
@@ -667,6 +668,19 @@ def _predict(loaded: LoadedModel, image: np.ndarray, prior, progress: Progress |
     with Interruptible(should_stop, convolved):
         return predict_volume(loaded.model, image, device=loaded.device, progress=stage,
                               should_stop=should_stop, prior=prior)
+
+
+def _deformed_prior(prior, pose: np.ndarray | None) -> dict:
+    """``to_dict()`` of the prior the flow deformed: ``prior`` itself, or with a pose level
+    (:mod:`core.pose`) the posed prior S∘A, so the Flow explorer's t = 0 and t = 1 and Export
+    use the prior the segmentation came from."""
+    if pose is None:
+        return prior.to_dict()
+    import torch
+
+    from .core.pose import posed_prior
+
+    return posed_prior(prior, torch.as_tensor(pose)).to_dict()
 
 
 def _batch_progress(progress: Progress, index: int, count: int, label: str) -> Progress:
