@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_difftt"
 GUI = {"qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "napari", "magicgui", "vispy"}
 # what the GUI-free layers outside core may use of the package
 WIDGET_MAY_IMPORT = ("napari_difftt.pipeline", "napari_difftt.errors",
-                     "napari_difftt.layer_metadata", "napari_difftt.widgets")
+                     "napari_difftt.layer_metadata", "napari_difftt.widgets",
+                     "napari_difftt._resources")  # the bundled files (model card, checkpoints)
 # the core's data types and constants the widgets use as they are (docs/ARCHITECTURE.md)
 CORE_TYPES = {
     "napari_difftt.core.device": {"list_devices"},  # the devices offered in the combo boxes
