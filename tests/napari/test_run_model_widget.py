@@ -500,3 +500,21 @@ def test_resampling_to_the_model_spacing_in_the_gui(viewer, dock, tiny_checkpoin
         assert not getattr(view, button).isEnabled(), title  # no flow on the image's grid
     assert "resampled" in tabs.widgets["Flow explorer"].info.text()
     assert "resampled" in tabs.widgets["Jacobian"].summary.text()
+
+
+def test_contours_stay_readable_in_3d(viewer, dock, tiny_phantom, tiny_checkpoint, qtbot):
+    from napari_difftt.widgets._layers import OPACITY_3D
+
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    _run(widget, qtbot)
+    segmentation = viewer.layers["tiny segmentation"]
+    assert segmentation.contour == 2 and segmentation.opacity == 1.0
+    viewer.dims.ndisplay = 3  # an outline would render as a solid blob: see-through instead
+    assert segmentation.contour == 0 and segmentation.rendering == "translucent"
+    assert segmentation.opacity == pytest.approx(OPACITY_3D)
+    viewer.dims.ndisplay = 2
+    assert segmentation.contour == 2 and segmentation.opacity == 1.0
+    _run(widget, qtbot)  # refreshed in place: still followed once, not twice
+    viewer.dims.ndisplay = 3
+    assert segmentation.opacity == pytest.approx(OPACITY_3D)

@@ -42,6 +42,7 @@ __all__ = [
     "layer_metadata",
     "layer_volume",
     "mark_written",
+    "readable_in_3d",
     "retire_derived",
     "spacing_kwargs",
     "spacing_of",
@@ -49,6 +50,8 @@ __all__ = [
 
 # Labels layer → checksum of the data this plugin last wrote into it (weak: layers come and go)
 _WRITTEN: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_FOLLOWING: weakref.WeakSet = weakref.WeakSet()  # Labels layers readable_in_3d looks after
+OPACITY_3D = 0.35  # a contour layer's opacity in 3D views: the image shows through it
 STALE_SUFFIX = " (previous prediction)"  # an edited layer of an older result keeps its data
 # roles of the layers computed from a prediction's flow: stale once a new prediction is stored
 PREDICTION_VIEWS = frozenset({"flow_frames", "flow_vectors", "jacobian", "deformed_grid", "folds"})
@@ -158,6 +161,33 @@ def retire_derived(viewer: napari.Viewer, source: Layer, roles: set[str]) -> lis
         elif not layer.name.endswith(STALE_SUFFIX):
             layer.name = f"{layer.name}{STALE_SUFFIX}"
     return removed
+
+
+def readable_in_3d(viewer: napari.Viewer, layer: Layer, contour: int) -> None:
+    """Draw the Labels ``layer`` as a ``contour`` px outline in 2D views and, in 3D views (where
+    napari renders an outline as a solid blob), as a see-through translucent volume at
+    :data:`OPACITY_3D`; the 2D opacity comes back with the 2D view. Once per layer."""
+    key = getattr(layer, "__wrapped__", layer)
+    if key in _FOLLOWING:
+        return
+    _FOLLOWING.add(key)
+    target, kept = weakref.ref(key), {"opacity": float(layer.opacity)}
+
+    def follow(*_: object) -> None:
+        labels = target()
+        if labels is None or labels not in viewer.layers:
+            viewer.dims.events.ndisplay.disconnect(follow)
+            return
+        if viewer.dims.ndisplay == 3:
+            if labels.contour:
+                kept["opacity"] = float(labels.opacity)
+            labels.contour, labels.rendering, labels.opacity = 0, "translucent", OPACITY_3D
+        else:
+            labels.contour, labels.rendering, labels.opacity = contour, "iso_categorical", (
+                kept["opacity"])
+
+    viewer.dims.events.ndisplay.connect(follow)
+    follow()
 
 
 def _numbered(name: str):

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._controls import LayerChooser, fit_to_range, spin_box
-from ._layers import add_derived
+from ._layers import add_derived, readable_in_3d
 from ._lifetime import Lifetime
 from ._state import ViewerState
 from ._worker import LatestJob, callback_task
@@ -279,7 +279,7 @@ class PriorWidget(QWidget):
         contour = add_derived(
             self.viewer, "labels", np.zeros(shape, np.uint8), layer, f"{layer.name} prior ½",
             "prior_contour", scale=scale, colormap=CONTOUR_COLOURS)
-        contour.contour = 1
+        readable_in_3d(self.viewer, contour, contour=1)
         self._layers = (layer, probability, contour)
         return probability, contour
 

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..layer_metadata import layer_volume
 from ..pipeline import Result, format_metrics, format_topology, segment
 from ._controls import LayerChooser, folder_edit
-from ._layers import PREDICTION_VIEWS, add_derived, retire_derived
+from ._layers import PREDICTION_VIEWS, add_derived, readable_in_3d, retire_derived
 from ._lifetime import Lifetime
 from ._shortcuts import key_text, register
 from ._state import ViewerState
@@ -275,7 +275,8 @@ class RunModelWidget(QWidget):
             self.viewer, "labels", prediction.segmentation, image, f"{image.name} segmentation",
             "segmentation", opacity=1.0, colormap=SEGMENTATION_COLOURS,
         )
-        segmentation.contour = 2  # an outline, so the image and a ground truth show through
+        # an outline in 2D, so the image and a ground truth show through
+        readable_in_3d(self.viewer, segmentation, contour=2)
         retired = retire_derived(self.viewer, image, PREDICTION_VIEWS)
         result.layers.update(probability=probability.unique_id,
                              segmentation=segmentation.unique_id)
