@@ -428,3 +428,20 @@ def test_the_default_path_ends_at_the_prediction(viewer, dock, predicted, qtbot)
     assert viewer.dims.axis_labels[t_axis] == f"t = {1 / last:.3g}"
     widget.step_t(last)
     assert viewer.dims.axis_labels[t_axis] == "t = 1"
+
+
+def test_a_3d_view_shows_the_arrows_of_a_few_slices(viewer, dock, predicted, qtbot):
+    from napari_difftt.widgets.flow_explorer import SLICES_3D
+
+    widget = dock("Flow explorer")
+    widget.show_vectors.setChecked(True)
+    _show(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    every = len(widget.vectors.data)
+    depth = predicted.prediction.probability.shape[0]
+    assert len(np.unique(widget.vectors.data[:, 0, 0])) == depth  # 2D: each slice has its own
+    viewer.dims.ndisplay = 3
+    slices = np.unique(widget.vectors.data[:, 0, 0])
+    assert 1 < len(slices) <= SLICES_3D and len(widget.vectors.data) < every / 1.5
+    viewer.dims.ndisplay = 2
+    assert len(widget.vectors.data) == every

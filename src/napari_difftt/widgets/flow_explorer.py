@@ -56,6 +56,7 @@ __all__ = ["FlowExplorerWidget", "current_frame", "flow_layer", "resampled"]
 FRAMES_ROLE = "flow_frames"
 VECTORS_ROLE = "flow_vectors"
 NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then show its flow."
+SLICES_3D = 8  # slices whose arrows a 3D view shows (a 2D view shows its own slice's)
 DEFAULT_PATH = "stationary"  # exp(t·z) ends at the model's own Φ (the piecewise path may not)
 
 
@@ -119,6 +120,7 @@ class FlowExplorerWidget(QWidget):
         self.show_vectors.toggled.connect(self._update_vectors)
         self.state.changed.connect(self._on_state)
         self.viewer.dims.events.current_step.connect(self._on_step)
+        self.viewer.dims.events.ndisplay.connect(self._on_step)  # 3D: fewer arrows
         self.lifetime = Lifetime(self, self._on_closed)
         # building, then precomputing, the frames: a newer Show flow starts at once and only
         # the latest pass reports back
@@ -241,6 +243,8 @@ class FlowExplorerWidget(QWidget):
                 self.vectors.visible = False
             return
         data = arrows(self.frames.displacement(current_frame(self.viewer, self.layer)))
+        if self.viewer.dims.ndisplay == 3 and data.shape[-1] == 3:
+            data = thin_slices(data, self.frames.shape[1])
         if self.vectors is not None:
             self.vectors.data = data
             self.vectors.visible = True
@@ -374,6 +378,7 @@ class FlowExplorerWidget(QWidget):
         self._passes.drop()
         self.state.changed.disconnect(self._on_state)
         self.viewer.dims.events.current_step.disconnect(self._on_step)
+        self.viewer.dims.events.ndisplay.disconnect(self._on_step)
 
 
 def flow_layer(viewer: napari.Viewer, source: Layer | None = None) -> Layer | None:
@@ -389,6 +394,13 @@ def flow_layer(viewer: napari.Viewer, source: Layer | None = None) -> Layer | No
         if wanted is None or entry.get("source_id") == wanted:
             return layer
     return None
+
+
+def thin_slices(vectors: np.ndarray, depth: int) -> np.ndarray:
+    """Of 3D arrows ``(N, 2, 3)`` (one set per slice of a volume ``depth`` slices deep), those of
+    :data:`SLICES_3D` evenly spaced slices: a 3D view shows every slice at once."""
+    step = max(1, int(np.ceil(depth / SLICES_3D)))
+    return vectors[np.round(vectors[:, 0, 0]).astype(int) % step == step // 2]
 
 
 def resampled(record) -> bool:
