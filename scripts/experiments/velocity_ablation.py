@@ -198,8 +198,8 @@ def report(folder: Path) -> None:
         tests = len(rows[0]["cases"])
         print(f"#### {dataset} ({tests} test volumes, {rows[0]['config']['iterations']} "
               "iterations)\n")
-        print("| model | row | k | lattice | σ | bound | λ | β | prior | pose | T | Dice | HD95 mm | "
-              "max % det J ≤ 0 central | max % digital | 1 component (face) | "
+        print("| model | row | k | lattice | σ | bound | λ | β | prior | pose | T | Dice | "
+              "HD95 mm | max % det J ≤ 0 central | max % digital | 1 component (face) | "
               "1 component (full) | train s |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         order = list(ROWS)
