@@ -176,6 +176,8 @@ def test_the_dock_leaves_the_canvas_large_and_adds_no_layer(laptop):
 
     train = tabs.show_tab("Train")
     _settle()
+    assert not train.settings_box.isChecked() and train.summary.isEnabled()  # folded, readable
+    assert "30 steps" not in train.summary.text() and "steps, patch" in train.summary.text()
     viewport = tabs.currentWidget().viewport()
     for control in (train.start_button, train.progress, train.plot):
         bottom = control.mapTo(viewport, control.rect().bottomLeft()).y()

@@ -132,6 +132,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self._data_box())
         layout.addWidget(self._settings_box())
+        layout.addWidget(self.summary)  # outside the box: a folded box greys what it holds
         layout.addStretch(1)
         self.start_button.clicked.connect(self.toggle)
         self.lifetime = Lifetime(self, lambda: _stop_on_close(self))
@@ -181,7 +182,7 @@ class TrainWidget(QWidget):
                                           Path.home() / "napari-difftt-checkpoints",
                                           label="checkpoints")
         form = Container(widgets=[self.settings.container, self.checkpoint_dir])
-        # collapsible (ticked: shown), so the tab fits a laptop screen; a summary when folded
+        # collapsible (ticked: shown), so the tab fits a laptop screen; a summary below when folded
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         box.setCheckable(True)
@@ -192,9 +193,7 @@ class TrainWidget(QWidget):
         form.native.setVisible(False)
         self.settings.container.changed.connect(self._summarise)
         self._summarise()
-        layout = QVBoxLayout(box)
-        layout.addWidget(self.summary)
-        layout.addWidget(form.native)
+        QVBoxLayout(box).addWidget(form.native)
         self.settings_box = box
         return box
 
