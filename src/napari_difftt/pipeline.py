@@ -60,7 +60,6 @@ __all__ = [
     "grid_coordinates",
     "isotropic_spacing",
     "jacobian_report",
-    "layer_sample",
     "list_inputs",
     "load",
     "output_paths",
@@ -73,6 +72,7 @@ __all__ = [
     "segment",
     "split_validation",
     "train",
+    "training_sample",
 ]
 
 # the one file contract of predict, the Run model folder batch and the Export widget
@@ -595,8 +595,8 @@ def prior_values(
 
 
 # -------------------------------------------------------------------------------- training
-def layer_sample(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], name: str,
-                 ignore_value: int) -> Sample:
+def training_sample(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], name: str,
+                    ignore_value: int) -> Sample:
     """A training sample of arrays (copied, normalised, checked: :func:`core.data.array_sample`)."""
     from .core.data import array_sample
 

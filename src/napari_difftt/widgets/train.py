@@ -506,7 +506,7 @@ def layer_sample(image: Layer, labels: Layer):
     values are checked by :func:`core.data.array_sample`.
     """
     from ..core.train.config import DEFAULTS
-    from ..pipeline import layer_sample as sample
+    from ..pipeline import training_sample as sample
 
     if getattr(image, "rgb", False):
         raise ValueError(f"image {image.name!r} is RGB; Train needs a grey-scale 2D or 3D image")
