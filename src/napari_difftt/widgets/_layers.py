@@ -34,11 +34,12 @@ if TYPE_CHECKING:
 
     import napari
 
+# layer_affine, layer_metadata, layer_volume, spacing_kwargs, spacing_of: from layer_metadata
 __all__ = [
     "add_derived",
     "derived_kwargs",
     "edited",
-    "layer_affine",  # this and the five below: re-exported from layer_metadata
+    "layer_affine",
     "layer_metadata",
     "layer_volume",
     "mark_written",
