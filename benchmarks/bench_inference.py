@@ -3,16 +3,19 @@
     .venv/bin/python benchmarks/bench_inference.py [--sizes 64 128] [--repeats 5]
         [--legacy OLD.pt] [--threads 2] [--json out.json]
 
-Each model runs :func:`napari_difftt.core.inference.predict_volume` on the same seeded phantom
-(normalisation, padding, network, flow, prior, threshold), once to warm up, then ``--repeats``
-times in turn (round robin, so a change of load hits every model alike), in three modes
-(:data:`MODES`): the segmentation alone; as ``napari-difftt predict`` (plus
-the topology report); as the Run model widget (plus the velocities upsampled for the Flow
-explorer). Medians are printed with their ratio to the U-Net of the same width in the same mode,
-all measured in this one run. The U-Nets have random weights (their cost does not depend on
-them); the bch models are real checkpoints, because the number of squarings follows the size of
-their velocities. ``--legacy`` adds a checkpoint written before velocity spaces existed
-(full-resolution velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``.
+Each model segments the same seeded phantom (normalisation, padding, network, flow, prior,
+threshold), once to warm up, then ``--repeats`` times in turn (round robin, so a change of load
+hits every model alike), in the modes of :data:`MODES`: the segmentation alone;
+:func:`~napari_difftt.core.inference.predict_volume` as called by default (plus the topology
+report; the velocities stay on the coarse grid); as ``napari-difftt predict``
+(:func:`napari_difftt.pipeline.segment`); as the Run model widget (``segment`` with progress and
+Cancel, under :class:`~napari_difftt.core.interrupt.Interruptible`). Medians are printed with
+their ratio to the U-Net of the same width in the same mode, all measured in this one run; then
+what the Flow explorer adds on demand (the coarse velocities upsampled to the image grid).
+The U-Nets have random weights (their cost does not depend on them); the bch models are real
+checkpoints, because the number of squarings follows the size of their velocities.
+``--legacy`` adds a checkpoint written before velocity spaces existed (full-resolution
+velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``.
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ from pathlib import Path
 import torch
 
 from napari_difftt.core.data import make_phantom
-from napari_difftt.core.inference import default_checkpoint, load_model, predict_volume
+from napari_difftt.core.inference import LoadedModel, default_checkpoint, load_model, predict_volume
 from napari_difftt.core.models import TemplateTransformer
+from napari_difftt.pipeline import segment
 
-# what predict_volume computes besides the segmentation, per use
+
+def _run_model(loaded: LoadedModel, image) -> None:
+    segment(image, loaded, progress=lambda done, total, message: None, should_stop=lambda: False)
+
+
+# one use each: a function of (loaded model, image)
 MODES = {
-    "segmentation": {"topology": False, "velocities": False},
-    "predict (+ topology report)": {"topology": True, "velocities": False},
-    "Run model (+ flow velocities)": {"topology": True, "velocities": True},
+    "segmentation": lambda loaded, image: predict_volume(loaded.model, image, topology=False),
+    "predict_volume (default)": lambda loaded, image: predict_volume(loaded.model, image),
+    "predict (pipeline.segment)": lambda loaded, image: segment(image, loaded),
+    "Run model (segment + Cancel)": _run_model,
 }
 
 
@@ -47,40 +57,51 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundled = load_model(default_checkpoint(), device="cpu").model
+    cpu = torch.device("cpu")
+    bundled = load_model(default_checkpoint(), device="cpu")
     models = {"bch (bundled)": bundled}
     if args.legacy is not None:
-        models["bch (legacy, full resolution)"] = load_model(args.legacy, device="cpu").model
-    for width in sorted({model.width for model in models.values()}):
-        models[f"unet width {width}"] = TemplateTransformer("unet", ndim=3, width=width).eval()
-    space = bundled.velocity_space
+        models["bch (legacy, full resolution)"] = load_model(args.legacy, device="cpu")
+    for width in sorted({loaded.model.width for loaded in models.values()}):
+        unet = TemplateTransformer("unet", ndim=3, width=width).eval()
+        models[f"unet width {width}"] = LoadedModel(unet, {}, cpu)
+    space = bundled.model.velocity_space
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
-          f"width {bundled.width}, bundled velocity space {space}")
+          f"width {bundled.model.width}, bundled velocity space {space}")
     records = []
     for size in args.sizes:
         image = make_phantom((size,) * 3, seed=999).image
         medians = {}
-        for mode, options in MODES.items():
+        for mode, run in MODES.items():
             times = {name: [] for name in models}
-            for model in models.values():
-                predict_volume(model, image, **options)  # warm-up
+            for loaded in models.values():
+                run(loaded, image)  # warm-up
             for _ in range(args.repeats):  # round robin: a change of load hits every model
-                for name, model in models.items():
+                for name, loaded in models.items():
                     started = time.perf_counter()
-                    predict_volume(model, image, **options)
+                    run(loaded, image)
                     times[name].append(time.perf_counter() - started)
-            for name, model in models.items():
+            for name, loaded in models.items():
                 medians[name, mode] = statistics.median(times[name])
-                records.append({"model": name, "width": model.width, "size": size, "mode": mode,
-                                **options, "seconds": times[name], "median": medians[name, mode]})
+                records.append({"model": name, "width": loaded.model.width, "size": size,
+                                "mode": mode, "seconds": times[name],
+                                "median": medians[name, mode]})
         print(f"\n{size}³ (s, median of {args.repeats}; × the U-Net of the same width; load "
               f"average {os.getloadavg()[0]:.2f})\n"
               f"| model | width | {' | '.join(MODES)} |\n|---|---|{'---|' * len(MODES)}")
-        for name, model in models.items():
-            unet = f"unet width {model.width}"
+        for name, loaded in models.items():
+            unet = f"unet width {loaded.model.width}"
             cells = [f"{medians[name, mode]:.3f} s ({medians[name, mode] / medians[unet, mode]:.3f}"
                      " ×)" for mode in MODES]
-            print(f"| {name} | {model.width} | {' | '.join(cells)} |")
+            print(f"| {name} | {loaded.model.width} | {' | '.join(cells)} |")
+        flow = predict_volume(bundled.model, image).flow
+        upsampling = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            flow.on_image_grid()
+            upsampling.append(time.perf_counter() - started)
+        print(f"Flow explorer, on demand: the bundled model's {flow.pieces} + 1 velocities "
+              f"upsampled to {size}³ in {statistics.median(upsampling):.3f} s (median)")
     if args.json is not None:
         args.json.write_text(json.dumps({"threads": torch.get_num_threads(),
                                          "load_average": os.getloadavg(),

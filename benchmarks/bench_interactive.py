@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_difftt.widgets._state import ViewerState
+
 PARTS = ["prior", "step", "gaps", "cancel"]
 
 
@@ -76,12 +78,15 @@ def main() -> None:
 
 
 def prior_latency(viewer, edge: int, repeats: int) -> tuple[list[float], list[float]]:
-    """ms from a radius change to the displayed slice's new data, and to the whole preview."""
+    """ms from a radius change to the displayed slice's new data, and to the whole preview
+    (shown: the preview layers exist, as after the first change, which also pays for napari
+    adding the two layers)."""
     from qtpy.QtWidgets import QApplication
 
     viewer.layers.clear()
     viewer.add_image(np.zeros((edge,) * 3, np.float32), name=f"cube{edge}")
     dock, widget = viewer.window.add_plugin_dock_widget("napari-difftt", "Shape prior")
+    widget.show_preview.setChecked(True)
     _settle(widget)
     box = widget.radii[2]
     slice_ms, volume_ms = [], []
@@ -122,7 +127,8 @@ def worker_gaps(viewer, record) -> dict[str, Gaps]:
 
     gaps = {}
     dock, widget = viewer.window.add_plugin_dock_widget("napari-difftt", "Run model")
-    widget.image.set_layer(record.source)
+    source = ViewerState.of(viewer).layer(record.source)
+    widget.image.set_layer(source)
     widget.set_device("cpu")
     gaps["Run model, 64³ (adds 2 layers)"] = _gap_during(viewer, widget.run,
                                                          lambda: widget.job is None)
@@ -130,7 +136,7 @@ def worker_gaps(viewer, record) -> dict[str, Gaps]:
     from napari_difftt.widgets.flow_explorer import flow_layer
 
     dock, widget = viewer.window.add_plugin_dock_widget("napari-difftt", "Flow explorer")
-    layer = "reuses its layer" if flow_layer(viewer, record.source) else "adds 1 layer"
+    layer = "reuses its layer" if flow_layer(viewer, source) else "adds 1 layer"
     gaps[f"Show flow, 64³, 17 frames ({layer})"] = _gap_during(
         viewer, widget.show_flow, lambda: widget.job is None)
     viewer.window.remove_dock_widget(dock)
@@ -140,7 +146,7 @@ def worker_gaps(viewer, record) -> dict[str, Gaps]:
     viewer.window.remove_dock_widget(dock)
     dock, widget = viewer.window.add_plugin_dock_widget("napari-difftt", "Train")
     with tempfile.TemporaryDirectory() as folder:
-        short_training(widget, record.source.name, 20, folder)
+        short_training(widget, source.name, 20, folder)
         gaps["Train, 20 steps of 32³, validation every 5 (adds 1 layer)"] = _gap_during(
             viewer, widget.start, lambda: not widget.running)
     viewer.window.remove_dock_widget(dock)
@@ -168,19 +174,21 @@ def cancel_latency(viewer, edge: int, repeats: int) -> list[float]:
 
 def flow_cancel_latency(viewer, edge: int, repeats: int) -> list[float]:
     """ms from Stop (1 s into precomputing frames of an edge³ prediction) until the worker ends."""
-    from napari_difftt.core.inference import Prediction
-    from napari_difftt.widgets._state import PredictionRecord, ViewerState
+    from napari_difftt.core.flow.velocity import VelocitySpace
+    from napari_difftt.core.inference import CoarseFlow, Prediction
+    from napari_difftt.layer_metadata import layer_volume
+    from napari_difftt.pipeline import Result
 
     viewer.layers.clear()
     image = viewer.add_image(np.zeros((edge,) * 3, np.float32), name="big")
     rng = np.random.default_rng(1)
     velocity = rng.normal(0, 1, (3, edge, edge, edge)).astype(np.float32)
     prior = np.zeros((edge,) * 3, np.float32)
-    prediction = Prediction(prior, prior.astype(np.uint8), None, velocity, None, prior)
-    from napari_difftt.core.inference import default_checkpoint
-
-    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image,
-                                                           default_checkpoint(), "cpu"))
+    flow = CoarseFlow(velocity[None], velocity, VelocitySpace(factor=1), (edge,) * 3,
+                      (slice(0, edge),) * 3)
+    prediction = Prediction(prior, prior.astype(np.uint8), None, flow, prior)
+    ViewerState.of(viewer).set_prediction(Result(prediction, layer_volume(image), None, "svf",
+                                                 source=image.unique_id))
     dock, widget = viewer.window.add_plugin_dock_widget("napari-difftt", "Flow explorer")
     widget.path.setCurrentIndex(widget.path.findData("stationary"))
     times = []
@@ -202,12 +210,9 @@ def short_training(widget, image: str, iterations: int, folder: str) -> None:
     32³ patches, validation every 5 steps), checkpoints in ``folder``."""
     widget.image_choice.set_layer(image)
     widget.labels_choice.set_layer(f"{image} labels")
-    widget.iterations.setValue(iterations)
-    widget.patch.setText("32, 32, 32")
-    widget.width.setValue(4)
-    widget.val_every.setValue(5)
-    widget.device.setCurrentIndex(widget.device.findData("cpu"))
-    widget.checkpoint_dir.setText(folder)
+    widget.set_settings(iterations=iterations, patch_size=(32, 32, 32), width=4, val_every=5,
+                        device="cpu")
+    widget.checkpoint_dir.value = folder
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -220,14 +225,11 @@ def _predict(viewer, edge: int):
     from napari_difftt.core.inference import default_checkpoint
     from napari_difftt.layer_metadata import layer_volume
     from napari_difftt.pipeline import segment
-    from napari_difftt.widgets._state import PredictionRecord, ViewerState
-
     viewer.layers.clear()
     image, _ = (viewer.add_layer(Layer.create(*d))
                 for d in phantom_layers((edge,) * 3, 2026, (1.0, 1.0, 1.0), "phantom"))
-    result = segment(layer_volume(image), default_checkpoint(), device="cpu")
-    record = PredictionRecord(result.prediction, image, default_checkpoint(), "cpu",
-                              prior=result.prior, kind=result.kind)
+    record = segment(layer_volume(image), default_checkpoint(), device="cpu",
+                     source=image.unique_id)
     ViewerState.of(viewer).set_prediction(record)
     return record
 

@@ -4,7 +4,8 @@
 
 Opens the 3D phantom and the tabbed dock (*All widgets (tabs)*), then, one tab each: tunes
 the shape prior; runs the bundled model against the ground truth; shows the flow at t = ½ with
-its arrows; computes det J of Φ; trains a few steps; opens Export; shows the Help tab. Each
+its arrows; computes det J of Φ; trains a few steps; opens Export; shows the Help tab (the
+reader preference it could set lives in this run's own settings file). Each
 picture is ``viewer.screenshot(canvas_only=False)`` of the whole window, stored as a
 256-colour PNG to keep the README light.
 """
@@ -80,8 +81,7 @@ def main() -> None:
         short_training(train, "phantom", 30, folder)
         train.start()
         _settle(lambda: not train.running)
-        shots.append(_shot(viewer, args.out / "widget_train.png"))
-    train.preview_layer.visible = False
+        shots.append(_shot(viewer, args.out / "widget_train.png"))  # its preview is gone
 
     tabs.show_tab("Export")
     shots.append(_shot(viewer, args.out / "widget_export.png"))

@@ -314,7 +314,8 @@ def test_help_renders(argv, capsys):
 
 
 def test_resume_refuses_options_that_contradict_the_checkpoint(dataset, trained, tmp_path, capsys):
-    """--resume used to ignore --width 16 --lr 5 --patch-size 32 32 32 --pieces 2 --seed 9."""
+    """--resume with --width 16 --lr 5 --patch-size 32 32 32 --pieces 3 --seed 9 that contradict
+    the checkpoint is refused, each contradiction listed."""
     out = tmp_path / "more.pt"
     argv = ["train", "--data", str(dataset), "--iterations", "4", "--resume", str(trained),
             "--out", str(out), "--width", "16", "--lr", "5", "--patch-size", "32", "32", "32",
@@ -379,7 +380,7 @@ def _predict(trained, inputs, out, *extra) -> int:
 def test_predict_reports_topology_and_warns_naming_the_file(
     dataset, trained, tmp_path, capsys, monkeypatch
 ):
-    """Issue 10, item 4: every prediction states its components and folds; more than one
+    """Every prediction states its components and folds; more than one
     component or any digital fold is a warning naming the file."""
     from napari_difftt.core import inference
     from napari_difftt.core.metrics import topology_report
@@ -462,3 +463,24 @@ def test_evaluate_refuses_references_that_cannot_be_trusted(tmp_path, capsys):
     assert case["topology"] == {"folding_central": None, "folding_digital": None,
                                 "components": 1, "components_full": 1,
                                 "connectivity": [6, 26], "holds": True}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["flag", "variable", "neither"])
+def test_debug_shows_the_traceback_of_an_unexpected_error(how, tmp_path, capsys, monkeypatch):
+    """--debug or NAPARI_DIFFTT_DEBUG=1 print an internal error's traceback; without them one
+    line says how to see it."""
+    from napari_difftt.commands import predict
+
+    def broken(args):
+        raise TypeError("an internal bug")
+
+    monkeypatch.setattr(predict, "run", broken)
+    monkeypatch.delenv("NAPARI_DIFFTT_DEBUG", raising=False)
+    if how == "variable":
+        monkeypatch.setenv("NAPARI_DIFFTT_DEBUG", "1")
+    argv = ["predict", str(tmp_path / "x.nii.gz"), "--out", str(tmp_path)]
+    assert main(["--debug", *argv] if how == "flag" else argv) == 2
+    err = capsys.readouterr().err
+    assert "napari-difftt predict: error: an internal bug" in err
+    assert ("Traceback (most recent call last)" in err and "in broken" in err) == (how != "neither")
+    assert ("--debug predict" in err) == (how == "neither")

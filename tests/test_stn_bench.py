@@ -81,7 +81,7 @@ def test_table_shows_spread_only_with_repeats():
 
 
 def test_labels_outside_0_to_9_are_refused_with_the_values_found(digits_folder, capsys):
-    """Label values of 200 used to build a 201-class model without a word."""
+    """Label values of 200 are refused with a message, not turned into a 201-class model."""
     labels = (np.arange(48) % 10).astype(np.uint8)
     labels[[3, 7]] = 200
     labels[5] = 10

@@ -29,8 +29,8 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
 
 
 def _write(path: str, data: Any, attributes: dict, labels: bool) -> str:
-    from .core.io import Volume, write_nifti
-    from .layer_metadata import display_affine, metadata_entry
+    from .core.io import Volume, display_affine, write_nifti
+    from .layer_metadata import metadata_entry
 
     array = np.asarray(data)
     if array.ndim not in (2, 3) or attributes.get("rgb"):

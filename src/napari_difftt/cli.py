@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import DiskFull
 
+DEBUG_VARIABLE = "NAPARI_DIFFTT_DEBUG"  # set to 1: as --debug
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFull)  # the user can fix
 COMMANDS: dict[str, str] = {
     "train": "napari_difftt.commands.train",
     "predict": "napari_difftt.commands.predict",
@@ -33,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffeomorphic Template Transformers: train, predict, evaluate, bench, demo.",
     )
     parser.add_argument("--version", action="version", version=f"napari-difftt {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the full traceback of an error (or set {DEBUG_VARIABLE}=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -43,15 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns its exit status (errors print one clear line, status 2).
+    """Run one command; returns its exit status. Errors print one clear line (status 2); with
+    ``--debug`` (or ``NAPARI_DIFFTT_DEBUG=1``) their traceback first. An error the user cannot
+    fix (a TypeError, a RuntimeError) says how to see its traceback.
 
     Warnings print as one line, ``warning: MESSAGE``. A file-size limit (``ulimit -f``) makes
     writes fail with :class:`~napari_difftt.errors.DiskFull` instead of killing the process
     (SIGXFSZ is ignored), so a run can still save its work elsewhere.
     """
-    from .errors import DiskFull
-
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     shown = warnings.formatwarning
@@ -61,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-difftt: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError,
-            DiskFull) as error:
+    except (*USER_ERRORS, TypeError, RuntimeError) as error:
+        if debug:
+            traceback.print_exc()
         print(f"napari-difftt {args.command}: error: {error}", file=sys.stderr)
+        if not debug and not isinstance(error, USER_ERRORS):
+            print(f"napari-difftt: an unexpected error; `napari-difftt --debug {args.command} "
+                  f"...` (or {DEBUG_VARIABLE}=1) shows its traceback", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = shown

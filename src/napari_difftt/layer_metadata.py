@@ -10,17 +10,16 @@ Every layer this plugin creates carries the namespaced, versioned metadata entry
      "path": str | None,         # the file it came from
      "role": str | None,         # "probability", "segmentation", "prior", ... for derived layers
      "source": str | None,       # name of the layer it was derived from (shown, not matched)
-     "source_id": str | None,    # ``id`` of that layer: what derived layers are matched by
-     "id": str}                  # this layer's identity, given on first use (:func:`layer_id`)
+     "source_id": str | None}    # napari ``unique_id`` of that layer: what derived layers are
+                                 # matched by
 
-Identity is the ``id``, never the layer name, so renaming a layer keeps what the plugin knows
-about it. napari shows the *diagonal* part of the affine (``scale``/``translate``,
-``units="mm"``); oblique volumes keep their true affine only here.
+Identity is napari's own ``Layer.unique_id``, never the layer name, so renaming a layer keeps
+what the plugin knows about it. napari shows the *diagonal* part of the affine
+(``scale``/``translate``, ``units="mm"``); oblique volumes keep their true affine only here.
 """
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "META_KEY",
     "META_VERSION",
-    "display_affine",
+    "affine_kwargs",
     "layer_affine",
-    "layer_id",
     "layer_kwargs",
     "layer_metadata",
     "layer_volume",
@@ -71,26 +69,29 @@ def layer_kwargs(volume: Volume, name: str) -> dict[str, Any]:
     }
 
 
+def affine_kwargs(
+    array: np.ndarray, affine: np.ndarray, name: str, role: str | None = None
+) -> dict[str, Any]:
+    """:func:`layer_kwargs` of an ``array`` drawn with the ``(4, 4)`` index → world mm
+    ``affine`` (computed, no file behind it), with the metadata ``role``."""
+    from .core.io import Volume
+
+    kwargs = layer_kwargs(Volume(array, np.asarray(affine, dtype=float)), name)
+    kwargs["metadata"][META_KEY]["role"] = role
+    return kwargs
+
+
 def spacing_kwargs(
     spacing: tuple[float, ...], name: str, origin: tuple[float, ...] | None = None
 ) -> dict[str, Any]:
     """Layer keyword arguments for an array with voxel ``spacing`` (mm) whose first voxel is at
     ``origin`` (world mm, array order; default 0), no file."""
-    from .core.io import Volume
+    from .core.io import Volume, display_affine
 
     ndim = len(spacing)
     origin = (0.0,) * ndim if origin is None else tuple(origin)
     placeholder = np.empty((1,) * ndim)  # display_transform reads only the number of axes
     return layer_kwargs(Volume(placeholder, display_affine(spacing, origin)), name)
-
-
-def display_affine(scale, translate) -> np.ndarray:
-    """core.io affine (index (z, y, x, 1) → world (x, y, z) mm) of napari's scale/translate."""
-    ndim = len(scale)
-    zyx = np.eye(4)
-    zyx[3 - ndim : 3, 3 - ndim : 3] = np.diag(np.asarray(scale, dtype=float))
-    zyx[3 - ndim : 3, 3] = np.asarray(translate, dtype=float)
-    return zyx[[2, 1, 0, 3]]
 
 
 def metadata_entry(metadata: dict | None) -> dict[str, Any]:
@@ -100,21 +101,6 @@ def metadata_entry(metadata: dict | None) -> dict[str, Any]:
     if not isinstance(entry, dict) or entry.get("version") != META_VERSION:
         return {}
     return dict(entry)
-
-
-def layer_id(layer: Any) -> str:
-    """The layer's identity (``metadata["napari_difftt"]["id"]``), given on first use.
-
-    ``layer`` is anything with a ``metadata`` dict (a napari layer). A layer without our entry
-    gets one holding only the version and the id.
-    """
-    entry = layer.metadata.get(META_KEY)
-    if not isinstance(entry, dict) or entry.get("version") != META_VERSION:
-        entry = {"version": META_VERSION}
-        layer.metadata[META_KEY] = entry
-    if not entry.get("id"):
-        entry["id"] = uuid.uuid4().hex
-    return str(entry["id"])
 
 
 def layer_metadata(layer: Layer) -> dict[str, Any]:
@@ -134,6 +120,8 @@ def layer_affine(layer: Layer) -> np.ndarray:
         raise ValueError(
             f"layer {layer.name!r} has {layer.ndim} dimensions; only 2D/3D layers have an affine"
         )
+    from .core.io import display_affine
+
     return display_affine(layer.scale, layer.translate)
 
 

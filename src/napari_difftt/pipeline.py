@@ -1,62 +1,79 @@
 """The one Qt-free pipeline that the CLI and every widget call: numpy in, numpy out, with the
-affine.
+affine. Its use cases, each a typed function:
 
-* :func:`segment` — a volume and a model (or checkpoint) → :class:`Result`: the prediction, the
-  description of the prior used (``to_dict``), the model kind, metrics against a ground truth
-  and the topology report.
-* :func:`export` — a result's files, named by the one contract :data:`OUTPUTS` (see the README's
-  "Outputs"): ``STEM_seg.nii.gz``, ``STEM_prob.nii.gz``, ``STEM_jacdet.nii.gz`` (det ∇Φ, central
-  differences), ``STEM_displacement.npy`` (``(n, *S)`` float32, voxels, array order) and
-  ``STEM_surface.stl|.obj``; the NIfTI files carry the volume's affine and header.
-* :func:`jacobian_report` — det ∇φ, fold fractions (central and digital), folded regions, a
-  deformed grid and the log₂ display of one displacement (:mod:`napari_difftt.core.fields`,
-  served here with ``arrows`` and ``endpoint_gap``).
-* :func:`flow_frames` — the lazy frames S(φ(t)) of a result along a path, from its own prior.
+* :func:`segment` — a volume and a model (or checkpoint) → :class:`Result`, *the* record of one
+  prediction: its arrays, the input volume (affine, header), the prior used (``to_dict``), the
+  model kind, metrics against a ground truth, the topology report and — for the GUI — the
+  source layer's ``unique_id`` and the layers shown of it.
+* :func:`predict_files` — the one batch loop (``napari-difftt predict`` and Run folder).
+* :func:`export` — a result's files, named by the one contract :data:`OUTPUTS` (the README's
+  "Outputs"), all checked and computed before the first is written; a failure leaves none.
+* :func:`jacobian_report` and :func:`flow_frames` — what the Jacobian and Flow explorer widgets
+  show of a result; :func:`prior_values` and the prior helpers for the Shape prior widget;
+  :func:`train` and the sample helpers for the Train widget.
 
-Widgets keep only Qt/napari orchestration and reach the core through this module (see
-docs/ARCHITECTURE.md); torch is imported on first use, so importing this module is cheap.
-Arrays are in array order (z, y, x); displacements and velocities in voxels.
+torch is imported on first use, so importing this module is cheap. Arrays are in array order
+(z, y, x); displacements and velocities in voxels.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.paths import nifti_stem  # re-exported: the one NIfTI stem helper
+from .core.paths import is_nifti, nifti_stem
+from .core.progress import Progress
 
 if TYPE_CHECKING:
+    import torch
+
+    from .core.data import Sample
+    from .core.fields import JacobianReport
     from .core.flow.frames import FlowFrames
     from .core.inference import LoadedModel, Prediction
     from .core.io import Volume
+    from .core.prior import GeneralisedGaussianPrior, WorldEllipsoid
+    from .core.train import TrainConfig, TrainEvent
 
 __all__ = [
+    "FLOW_PATHS",
     "MESH_FORMATS",
     "METRIC_LABELS",
     "OUTPUTS",
-    "PATHS",
+    "Batch",
     "Result",
+    "arrows",
     "checkpoint_prior",
+    "default_checkpoint",
+    "endpoint_gap",
     "export",
+    "fit_prior",
     "flow_frames",
+    "folder_samples",
     "format_metrics",
     "format_topology",
-    "is_nifti",
+    "grid_coordinates",
+    "isotropic_spacing",
+    "jacobian_report",
     "list_inputs",
     "load",
-    "nifti_stem",
     "output_paths",
+    "parse_size",
+    "plan_files",
+    "predict_files",
+    "prior_from_display",
+    "prior_to_display",
     "prior_values",
     "segment",
+    "split_validation",
+    "train",
+    "training_sample",
 ]
-
-Progress = Callable[[int, int, str], None]
 
 # the one file contract of predict, the Run model folder batch and the Export widget
 OUTPUTS = {
@@ -67,6 +84,8 @@ OUTPUTS = {
     "mesh": "_surface",  # + MESH_FORMATS: the segmentation's surface in world mm (3D only)
 }
 MESH_FORMATS = (".stl", ".obj")
+ARRAY_NAMES = {"seg": "segmentation", "prob": "probability", "jacdet": "displacement",
+               "displacement": "displacement", "mesh": "segmentation"}  # what each output needs
 # core.metrics.METRIC_KEYS shown by the widgets and the demo, in this order, with their labels
 METRIC_LABELS = {
     "dice": "Dice",
@@ -77,59 +96,22 @@ METRIC_LABELS = {
     "components": "components",
     "components_full": "components (full connectivity)",
 }
-PATHS = {
+# the flow paths of flow_frames (core.flow.frames builds them), with their labels
+FLOW_PATHS = {
     "piecewise": "piecewise time-dependent: v₁ … v_T in turn",
     "stationary": "stationary: exp(t·z) of the combined velocity",
 }
 PREDICT_STAGES = 4  # core.inference.predict_volume's progress stages
-# core names the widgets use as they are, served lazily (importing them loads torch)
-_CORE = {
-    "FlowFrames": "core.flow.frames",
-    "GRID_EVERY": "core.fields",
-    "JacobianReport": "core.fields",
-    "arrows": "core.fields",
-    "endpoint_gap": "core.fields",
-    "grid_lines": "core.fields",
-    "jacobian_report": "core.fields",
-    "GeneralisedGaussianPrior": "core.prior",
-    "Interruptible": "core.interrupt",
-    "count_convolutions": "core.interrupt",
-    "default_checkpoint": "core.inference",
-    "evaluate_case": "core.metrics",
-    "fit_to_mask": "core.prior",
-    "grid_coordinates": "core.prior",
-    "list_devices": "core.device",
-    "prior_from_display": "core.prior:from_display",
-    "prior_to_display": "core.prior:to_display",
-    "read_nifti": "core.io",
-    "summarise": "core.metrics",
-    "topology_report": "core.metrics",
-    # training (the Train widget drives core.train's Trainer and its events)
-    "DEFAULTS": "core.train.config",
-    "KINDS": "core.train.config",
-    "PARAMETERISATIONS": "core.train.config",
-    "TrainConfig": "core.train",
-    "Trainer": "core.train",
-    "array_sample": "core.data",
-    "load_nifti_folder": "core.data",
-    "parse_size": "core.data",
-    "split_validation": "core.data",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _CORE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, _, attribute = _CORE[name].partition(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), attribute or name)
 
 
 @dataclass(frozen=True)
 class Result:
-    """One prediction and what made it (provenance: nothing is recovered later by guessing)."""
+    """The record of one prediction and what made it: the pipeline returns it, the widgets store
+    it (:class:`~napari_difftt.widgets._state.ViewerState`), and :func:`export`,
+    :func:`flow_frames` and :func:`jacobian_report` read it. Nothing is recovered by guessing."""
 
     prediction: Prediction  # core.inference.Prediction, arrays in the volume's array order
-    affine: np.ndarray  # (4, 4) index (z, y, x, 1) → world mm, the volume's
+    volume: Volume  # the input: its array, affine (index → world mm), header and path
     prior: dict | None  # to_dict() of the prior the model used (a tuned one when given)
     kind: str | None  # the model kind: "bch" | "svf" | "stt" | "unet"
     metrics: dict | None = None  # core.metrics.evaluate_case against the truth, else None
@@ -137,6 +119,15 @@ class Result:
     device: str = "cpu"  # the device actually used
     seconds: float = 0.0  # wall time of segment()
     warning: str | None = None  # e.g. the volume's spacing differs from the training spacing
+    source: str | None = None  # napari Layer.unique_id of the image layer it was computed from
+    # role ("probability", "segmentation", ...) → unique_id of the layers the GUI shows of it;
+    # filled by the widget that adds them, on the GUI thread
+    layers: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """``(4, 4)`` index (z, y, x, 1) → world mm of the volume."""
+        return np.asarray(self.volume.affine, dtype=float)
 
     @property
     def topology(self) -> dict | None:
@@ -146,25 +137,42 @@ class Result:
     @classmethod
     def of_arrays(
         cls,
+        volume: Volume,
         segmentation: np.ndarray | None,
-        affine: np.ndarray,
         probability: np.ndarray | None = None,
         displacement: np.ndarray | None = None,
     ) -> Result:
-        """A result holding only these arrays (e.g. layers to export; no model made them)."""
+        """A result holding only these arrays on ``volume``'s grid (no model made them)."""
         from .core.inference import Prediction
 
-        prediction = Prediction(probability, segmentation, displacement, None, None, None)
-        return cls(prediction, np.asarray(affine, dtype=float), None, None)
+        prior = np.zeros(volume.array.shape, np.float32)
+        return cls(Prediction(probability, segmentation, displacement, None, prior), volume,
+                   None, None)
 
 
-# -------------------------------------------------------------------------------- entry points
+@dataclass(frozen=True)
+class Batch:
+    """What :func:`predict_files` wrote."""
+
+    written: list[Path]  # every file written, in order
+    files: int  # volumes segmented
+    folder: Path  # where
+
+
+# -------------------------------------------------------------------------------- prediction
 def load(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
     """A checkpoint's model in eval mode on ``device`` (:func:`core.inference.load_model`), to
     :func:`segment` many volumes with one load."""
     from .core.inference import load_model
 
     return load_model(checkpoint, device=device)
+
+
+def default_checkpoint(ndim: int = 3) -> Path:
+    """The bundled model for ``ndim``-D images (:func:`core.inference.default_checkpoint`)."""
+    from .core.inference import default_checkpoint as bundled
+
+    return bundled(ndim)
 
 
 def segment(
@@ -176,24 +184,25 @@ def segment(
     should_stop: Callable[[], bool] | None = None,
     *,
     device: str = "auto",
-    resample_mm: float | None = None,
+    resample_mm: float | str | None = None,
     ignore_value: int | None = None,
-    velocities: bool = True,
+    source: str | None = None,
 ) -> Result:
     """Segment ``volume`` (a :class:`core.io.Volume`, or an array ``(*S)`` with 1 mm voxels).
 
-    ``model`` is a checkpoint path (loaded on ``device``) or a loaded model. ``prior`` (a
-    ``to_dict()`` description) replaces the model's prior for this call. ``truth`` ``(*S)``
-    (non-zero = inside, ``ignore_value`` = unlabelled) fills ``Result.metrics``.
+    ``model`` is a checkpoint path (loaded on ``device``) or a loaded model, which is never
+    changed: ``prior`` (a ``to_dict()`` description) is built for this call and passed to the
+    forward pass, so calls with different priors may run at once on one model. ``truth``
+    ``(*S)`` (non-zero = inside, ``ignore_value`` = unlabelled) fills ``Result.metrics``.
     ``progress(done, total, message)``; with ``should_stop`` the forward pass runs under
     :class:`core.interrupt.Interruptible` (cancel between torch operations, progress per
-    convolution) and True raises :class:`core.inference.Cancelled`. ``resample_mm`` resamples
-    the volume to that isotropic spacing for the network and the probability back onto the
-    volume's grid (linear, then > 0.5); the displacement and the topology report are then the
-    network grid's. ``velocities=False`` leaves out the velocity fields that only replaying the
-    flow needs (:func:`flow_frames`), for callers that only write files. An image that is not
-    2D/3D, has an axis of one voxel, no finite voxel or no contrast (constant) is refused
-    first, naming its file (:class:`~napari_difftt.errors.VolumeError`).
+    convolution) and True raises :class:`~napari_difftt.errors.Cancelled`. ``resample_mm``
+    resamples the volume to that isotropic spacing for the network and the probability back
+    onto the volume's grid (linear, then > 0.5); the displacement and the topology report are
+    then the network grid's; "model" means the model's own (isotropic) training spacing
+    (:func:`isotropic_spacing`). ``source`` is recorded as :attr:`Result.source`.
+    An image that is not 2D/3D, has an axis of one voxel, no finite voxel or no contrast
+    (constant) is refused first, naming its file (:class:`~napari_difftt.errors.VolumeError`).
     """
     from .core.data import check_segmentable
     from .core.inference import LoadedModel, spacing_mismatch
@@ -213,24 +222,26 @@ def segment(
         name = "the model" if checkpoint is None else checkpoint.name
         raise ValueError(f"{name} is a {loaded.model.ndim}D model but the image is "
                          f"{image.ndim}D; choose a {image.ndim}D checkpoint")
+    if resample_mm == "model":
+        resample_mm = isotropic_spacing(loaded.checkpoint.get("spacing"))
     if resample_mm is not None:
-        from .core.data import _resample
+        from .core.data import resample
 
-        image = _resample(image.astype(np.float32), spacing, resample_mm, order=1)
+        image = resample(image.astype(np.float32), spacing, resample_mm, order=1)
         spacing = (float(resample_mm),) * image.ndim
-    own_prior = loaded.model.prior
+    template = None
     if prior is not None:
         from .core.prior import prior_from_dict
 
-        loaded.model.prior = prior_from_dict(prior).to(loaded.device)
-    try:
-        used_prior = loaded.model.prior.to_dict()
-        prediction = _predict(loaded, image, progress, should_stop, velocities)
-    finally:
-        loaded.model.prior = own_prior
+        template = prior_from_dict(prior)
+    prediction = _predict(loaded, image, template, progress, should_stop)
+    used_prior = _deformed_prior(loaded.model.prior if template is None else template,
+                                 prediction.pose)
     if resample_mm is not None:
-        probability = _back_onto(prediction.probability, spacing, volume.spacing,
-                                 volume.array.shape)
+        from .core.data import resample_back
+
+        probability = resample_back(prediction.probability, spacing, volume.spacing,
+                                    volume.array.shape)
         prediction = prediction._replace(
             probability=probability, segmentation=(probability > 0.5).astype(np.uint8))
     metrics = None
@@ -243,14 +254,82 @@ def segment(
                                 topology=None if resample_mm is not None else prediction.topology)
     name = "the image" if volume.path is None else str(volume.path)
     warning = spacing_mismatch(spacing, loaded.checkpoint.get("spacing"), name)
-    return Result(prediction, np.asarray(volume.affine, dtype=float), used_prior,
-                  loaded.model.kind, metrics, checkpoint, str(loaded.device),
-                  time.perf_counter() - start, warning)
+    return Result(prediction, volume, used_prior, loaded.model.kind, metrics, checkpoint,
+                  str(loaded.device), time.perf_counter() - start, warning, source)
+
+
+def isotropic_spacing(trained: Sequence[float] | None) -> float:
+    """The one spacing (mm) of an isotropic training spacing ``trained`` (a checkpoint's
+    "spacing"); ValueError when it is unknown or differs between axes."""
+    if not trained or len(set(trained)) != 1:
+        raise ValueError(f"resampling to the model's spacing needs an isotropic training spacing "
+                         f"in the checkpoint, which has {trained}; give a spacing in mm")
+    return float(trained[0])
+
+
+def predict_files(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    model: LoadedModel | str | Path,
+    what: Sequence[str] = ("seg",),
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
+    *,
+    device: str = "auto",
+    resample_mm: float | None = None,
+    on_case: Callable[[Path, Result, list[Path]], None] | None = None,
+) -> Batch:
+    """Segment every NIfTI file of ``inputs`` (files, or folders of them) with one loaded model
+    and write the outputs ``what`` (keys of :data:`OUTPUTS`) of each into ``out``.
+
+    Before any work: the inputs are listed (:func:`list_inputs`), ``out`` must be writable and
+    no output may exist unless ``overwrite`` (FileExistsError naming the first and the count).
+    ``progress(done, total, message)`` covers the whole batch; ``should_stop`` cancels between
+    torch operations (:func:`segment`), and the files of finished volumes are kept. Each case is
+    exported whole or not at all (:func:`export`). ``on_case(input, result, written)`` runs
+    after each volume (e.g. the CLI prints its topology report).
+    """
+    from .core.io import read_nifti
+
+    files = list(plan_files(inputs, out, what, overwrite))
+    out = Path(out)
+    loaded = load(model, device=device) if isinstance(model, str | Path) else model
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for index, path in enumerate(files):
+        label = f"[{index + 1}/{len(files)}] {path.name}"
+        report = None if progress is None else _batch_progress(progress, index, len(files), label)
+        volume = read_nifti(path)
+        result = segment(volume, loaded, progress=report, should_stop=should_stop,
+                         resample_mm=resample_mm)
+        case = export(result, out, nifti_stem(path), what, overwrite=overwrite)
+        written += case
+        if on_case is not None:
+            on_case(path, result, case)
+    if progress is not None:
+        progress(1000 * len(files), 1000 * len(files), "done")
+    return Batch(written, len(files), out)
+
+
+def plan_files(
+    inputs: Iterable[str | Path], out: str | Path, what: Sequence[str], overwrite: bool = False
+) -> dict[Path, dict[str, Path]]:
+    """``{input: {key: output path}}`` of :func:`predict_files`, checked before any work: the
+    inputs exist and are NIfTI (:func:`list_inputs`), ``out`` is writable, and no output exists
+    unless ``overwrite`` (FileExistsError naming the first and the count)."""
+    from .core.io import check_output_folder
+
+    out = check_output_folder(out)
+    planned = {path: output_paths(out, nifti_stem(path), what) for path in list_inputs(inputs)}
+    existing = [p for outs in planned.values() for p in outs.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} output(s) in all) in {out}")
+    return planned
 
 
 def export(
     result: Result,
-    volume: Volume,
     folder: str | Path,
     stem: str,
     what: Iterable[str],
@@ -260,60 +339,73 @@ def export(
 ) -> list[Path]:
     """Write the outputs ``what`` (keys of :data:`OUTPUTS`) of ``result`` into ``folder``.
 
-    ``volume`` gives the affine and header of every NIfTI file (its array is not written).
-    Every name is checked before anything is written: an existing file raises
-    FileExistsError unless ``overwrite``; "jacdet"/"displacement" without a displacement (a
-    U-Net) and "mesh" of a 2D segmentation raise ValueError. Returns the files written.
+    Every NIfTI file gets the affine and header of ``result.volume``. All or nothing: the names,
+    the arrays (present, on the volume's grid: segmentation and probability ``(*S)``, the
+    displacement ``(n, *S)``), the mesh's dimensionality and existing files (FileExistsError
+    unless ``overwrite``) are checked and every output is computed before the first file is
+    written; if writing one fails (a full disk raises :class:`~napari_difftt.errors.DiskFull`)
+    the files this call had already written new are removed again. Returns the files written.
     """
-    from .core.io import write_nifti
+    from .core.io import atomic_write, write_nifti
 
     paths = output_paths(folder, stem, what, mesh_format)
-    prediction = result.prediction
-    if {"jacdet", "displacement"} & set(paths) and prediction.displacement is None:
-        raise ValueError("the Jacobian determinant and the displacement need a prediction with "
-                         "a flow (a bch/svf/stt model); this one has none")
-    if {"seg", "mesh"} & set(paths) and prediction.segmentation is None:
-        raise ValueError("this result has no segmentation to export")
-    if "mesh" in paths and np.ndim(prediction.segmentation) != 3:
-        raise ValueError("a 2D segmentation has no surface: the mesh needs a 3D segmentation")
-    if "prob" in paths and prediction.probability is None:
-        raise ValueError("this result has no probability to export")
-    existing = [path for path in paths.values() if path.exists()]
+    contents = _export_contents(result, paths)
+    existing = {path for path in paths.values() if path.exists()}
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists ({len(existing)} output(s) in all); "
+        first = next(path for path in paths.values() if path in existing)
+        raise FileExistsError(f"{first} exists ({len(existing)} output(s) in all); "
                               "choose another name or allow overwriting")
-    written = []
-    for key, path in paths.items():
-        if key == "seg":
-            written.append(write_nifti(path, prediction.segmentation, like=volume, labels=True,
-                                       overwrite=overwrite))
-        elif key == "prob":
-            written.append(write_nifti(path, prediction.probability, like=volume,
-                                       overwrite=overwrite))
-        elif key == "jacdet":
-            from .core.fields import jacobian_determinant
+    volume, written = result.volume, []
+    try:
+        for key, path in paths.items():
+            content = contents[key]
+            if key in ("seg", "prob", "jacdet"):
+                write_nifti(path, content, like=volume, labels=key == "seg", overwrite=overwrite)
+            elif key == "displacement":
+                atomic_write(path, lambda tmp, array=content: np.save(tmp, array),
+                             overwrite=overwrite)
+            else:
+                from .core.mesh import write_mesh
 
-            written.append(write_nifti(path, jacobian_determinant(prediction.displacement),
-                                       like=volume, overwrite=overwrite))
-        elif key == "displacement":
-            np.save(path, np.asarray(prediction.displacement, dtype=np.float32))
+                write_mesh(path, content, overwrite=overwrite)
             written.append(path)
-        else:
-            from .core.mesh import surface_mesh, write_mesh
-
-            mesh = surface_mesh(np.asarray(prediction.segmentation), volume.affine)
-            written.append(write_mesh(path, mesh, overwrite=overwrite))
+    except BaseException:
+        for path in written:
+            if path not in existing:
+                path.unlink(missing_ok=True)
+        raise
     return written
 
 
-def flow_frames(result: Any, count: int, path: str) -> FlowFrames:
-    """Lazy frames S(φ(t_k)), k = 0 … ``count`` − 1, of a prediction along ``path``.
+def jacobian_report(result: Result, displacement: np.ndarray | None = None) -> JacobianReport:
+    """det ∇φ, fold fractions (central and digital), folded regions, a deformed grid and the
+    log₂ display (:func:`core.fields.jacobian_report`) of the result's Φ, or of
+    ``displacement`` ``(n, *S)`` voxels: another map of this prediction on its grid (e.g. φ(t)
+    of its :func:`flow_frames`). Raises ValueError, naming the model kind, when there is no
+    displacement (a U-Net), or when ``displacement`` is not on the volume's grid."""
+    from .core.fields import jacobian_report as report
 
-    ``result``: a :class:`Result` (or anything with its ``prediction`` and ``prior``).
-    ``path`` "piecewise" (v₁ … v_T in turn) or "stationary" (exp(t·z), ending at Φ). The prior
-    is evaluated analytically at φ(t)(x) from the result's own ``prior`` description; without
-    one the prior array is resampled (exact at the voxels, linear in between). Raises
-    ValueError saying what is missing when the model has no such flow.
+    shape = tuple(result.volume.array.shape)
+    if displacement is None:
+        displacement = result.prediction.displacement
+    if displacement is None:
+        kind = f"a {result.kind!r}" if result.kind else "this"
+        raise ValueError(f"{kind} model predicts no displacement: there is no Jacobian to show")
+    if np.shape(displacement) != (len(shape), *shape):
+        raise ValueError(f"a displacement of shape {np.shape(displacement)} is not on this "
+                         f"prediction's grid {shape}")
+    return report(np.asarray(displacement))
+
+
+def flow_frames(result: Result, count: int, path: str) -> FlowFrames:
+    """Lazy frames S(φ(t_k)), k = 0 … ``count`` − 1, of a result along ``path``.
+
+    ``path`` "piecewise" (v₁ … v_T in turn) or "stationary" (exp(t·z), ending at Φ). The coarse
+    velocities are upsampled to the image grid here, once per call
+    (:meth:`core.inference.CoarseFlow.on_image_grid`). The prior is evaluated analytically at
+    φ(t)(x) from the result's own ``prior`` description; without one the prior array is
+    resampled (exact at the voxels, linear in between). Raises ValueError saying what is
+    missing when the model has no such flow.
     """
     import torch
 
@@ -325,28 +417,27 @@ def flow_frames(result: Any, count: int, path: str) -> FlowFrames:
         warp_prior,
     )
 
+    if path not in FLOW_PATHS:
+        raise ValueError(f"path must be one of {sorted(FLOW_PATHS)}, got {path!r}")
     prediction = result.prediction
     shape = tuple(prediction.prior.shape)
+    coarse = prediction.flow
+    if coarse is None:
+        raise ValueError(
+            "This prediction has no velocity field (a 'stt' or 'unet' model predicts no flow): "
+            "run a 'bch' or 'svf' model to explore its flow."
+        )
+    if path == "stationary" and coarse.velocity is None:
+        raise ValueError("This prediction has no combined velocity (its pieces are composed): "
+                         "choose the piecewise path.")
+    velocity, velocities = coarse.on_image_grid()
     if path == "piecewise":
-        if prediction.velocities is None:
-            raise ValueError(
-                "This prediction has no piecewise velocities (the model is not time-dependent): "
-                "choose the stationary path, or run a 'bch' model."
-            )
-        flow = piecewise_path(torch.from_numpy(np.asarray(prediction.velocities))[None])
-    elif path == "stationary":
-        if prediction.velocity is None:
-            raise ValueError(
-                "This prediction has no velocity field (a 'stt' or 'unet' model predicts no flow): "
-                "run a 'bch' or 'svf' model to explore its flow."
-            )
-        velocity = torch.from_numpy(np.asarray(prediction.velocity))[None]
+        flow = piecewise_path(torch.from_numpy(velocities)[None])
+    else:
         endpoint = None
         if prediction.displacement is not None:
             endpoint = torch.from_numpy(np.asarray(prediction.displacement))[None]
-        flow = stationary_path(velocity, endpoint, steps=count - 1)
-    else:
-        raise ValueError(f"path must be one of {sorted(PATHS)}, got {path!r}")
+        flow = stationary_path(torch.from_numpy(velocity)[None], endpoint, steps=count - 1)
     if result.prior is None:
         render = warp_prior(prediction.prior)
     else:
@@ -354,6 +445,22 @@ def flow_frames(result: Any, count: int, path: str) -> FlowFrames:
 
         render = evaluate_prior(prior_from_dict(result.prior), shape)
     return FlowFrames(flow, count, render, shape)
+
+
+def endpoint_gap(frames: FlowFrames, displacement: np.ndarray | None) -> float:
+    """Largest distance (voxels) between the last frame's φ(1) and the model's Φ (0 if
+    unknown) (:func:`core.fields.endpoint_gap`)."""
+    from .core.fields import endpoint_gap as gap
+
+    return gap(frames, displacement)
+
+
+def arrows(displacement: np.ndarray) -> np.ndarray:
+    """napari vectors ``(N, 2, n)`` of a displacement ``(n, *S)`` voxels on a subsampled grid
+    (:func:`core.fields.arrows`)."""
+    from .core.fields import arrows as vectors
+
+    return vectors(displacement)
 
 
 # -------------------------------------------------------------------------------- files
@@ -379,7 +486,7 @@ def list_inputs(items: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, items):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if is_nifti(p))
+            found = sorted(p for p in item.iterdir() if p.is_file() and is_nifti(p))
             if not found:
                 raise FileNotFoundError(f"{item}: folder holds no .nii/.nii.gz files")
             files += found
@@ -394,11 +501,6 @@ def list_inputs(items: Iterable[Path]) -> list[Path]:
     if duplicates:
         raise ValueError(f"several inputs are named {duplicates[0]!r}: outputs would collide")
     return files
-
-
-def is_nifti(path: Path) -> bool:
-    """A file named .nii or .nii.gz."""
-    return path.is_file() and path.name.endswith((".nii", ".nii.gz"))
 
 
 # -------------------------------------------------------------------------------- text
@@ -422,7 +524,7 @@ def format_topology(report: dict) -> str:
 
 
 # -------------------------------------------------------------------------------- priors
-def checkpoint_prior(path: str | Path, ndim: int):
+def checkpoint_prior(path: str | Path, ndim: int) -> GeneralisedGaussianPrior | None:
     """The generalised Gaussian prior a checkpoint was trained with, if it is one of ``ndim``
     dimensions; None when the file is unreadable or holds another prior."""
     from .core.io import load_checkpoint
@@ -437,11 +539,48 @@ def checkpoint_prior(path: str | Path, ndim: int):
     return None
 
 
+def prior_from_display(
+    mean_mm: Sequence[float], radii_mm: Sequence[float], rotation_deg: Sequence[float],
+    beta: float, shape: Sequence[int], scale: Sequence[float], translate: Sequence[float],
+) -> GeneralisedGaussianPrior:
+    """The prior of an ellipsoid in a viewer's world (mm, degrees) on an image of ``shape`` drawn
+    with napari's ``scale``/``translate`` (:func:`core.prior.from_display`)."""
+    from .core.prior import from_display
+
+    return from_display(mean_mm, radii_mm, rotation_deg, beta, shape, scale, translate)
+
+
+def prior_to_display(
+    prior: GeneralisedGaussianPrior, shape: Sequence[int], scale: Sequence[float],
+    translate: Sequence[float],
+) -> WorldEllipsoid:
+    """The inverse of :func:`prior_from_display` (:func:`core.prior.to_display`)."""
+    from .core.prior import to_display
+
+    return to_display(prior, shape, scale, translate)
+
+
+def fit_prior(mask: np.ndarray, beta: float) -> GeneralisedGaussianPrior:
+    """A prior of shape exponent ``beta`` whose ½-contour matches ``mask`` ``(*S)``
+    (:func:`core.prior.fit_to_mask`)."""
+    from .core.prior import fit_to_mask
+
+    return fit_to_mask(mask, beta=beta)
+
+
+def grid_coordinates(shape: Sequence[int]) -> torch.Tensor:
+    """Normalised coordinates ``(1, n, *S)`` of a whole grid (:func:`core.prior.grid_coordinates`),
+    for :func:`prior_values`."""
+    from .core.prior import grid_coordinates as coordinates
+
+    return coordinates(shape)
+
+
 def prior_values(
     prior, coords, where: tuple = (Ellipsis,), *, one_thread: bool = False
 ) -> np.ndarray:
     """Values of a prior module at ``coords[(:, :, *where)]`` (normalised coordinates
-    ``(1, n, *S)``, :func:`core.prior.grid_coordinates`) as a float32 array ``(*S')``.
+    ``(1, n, *S)``, :func:`grid_coordinates`) as a float32 array ``(*S')``.
 
     ``one_thread`` evaluates with one torch thread: for a small piece on a busy machine a
     second intra-op thread only waits for a core (tens of ms). Without it the thread count is
@@ -461,15 +600,65 @@ def prior_values(
             torch.set_num_threads(threads)
 
 
+# -------------------------------------------------------------------------------- training
+def training_sample(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], name: str,
+                    ignore_value: int) -> Sample:
+    """A training sample of arrays (copied, normalised, checked: :func:`core.data.array_sample`)."""
+    from .core.data import array_sample
+
+    return array_sample(image, labels, spacing, name, ignore_value)
+
+
+def folder_samples(images: Path, labels: Path, ignore_value: int) -> list[Sample]:
+    """The samples of an imagesTr/labelsTr pair of folders (:func:`core.data.load_nifti_folder`)."""
+    from .core.data import load_nifti_folder
+
+    return load_nifti_folder(images, labels, ignore_value=ignore_value)
+
+
+def parse_size(text: str, ndim: int | None = None, *, what: str = "size") -> tuple[int, ...]:
+    """"64, 64, 32" (or "64x64") as ints, with ``ndim`` exactly that many
+    (:func:`core.data.parse_size`); the ValueError starts with ``what``."""
+    from .core.data import parse_size as parse
+
+    return parse(text, ndim, what=what)
+
+
+def split_validation(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """(train, validation): the last sample held out when there are two or more, else the one
+    sample twice (:func:`core.data.split_validation`)."""
+    from .core.data import split_validation as split
+
+    return split(samples)
+
+
+def train(
+    config: TrainConfig, samples: Sequence[Sample], validation: Sequence[Sample],
+    should_stop: Callable[[], bool],
+) -> Generator[TrainEvent, None, int]:
+    """Train a model as ``config`` says, yielding one :class:`core.train.TrainEvent` per step;
+    returns the number of steps done. A stop ends the run after the current step with a
+    checkpoint; closing the generator does the same, in the thread that closes it."""
+    from contextlib import closing
+
+    from .core.train import Trainer
+
+    trainer = Trainer(config, samples, validation)
+    with closing(trainer.events(should_stop)) as events:
+        yield from events
+    return trainer.step
+
+
 # -------------------------------------------------------------------------------- helpers
-def _predict(loaded: LoadedModel, image: np.ndarray, progress: Progress | None,
-             should_stop: Callable[[], bool] | None, velocities: bool) -> Prediction:
-    """predict_volume; with ``should_stop``, interruptible with per-convolution progress."""
+def _predict(loaded: LoadedModel, image: np.ndarray, prior, progress: Progress | None,
+             should_stop: Callable[[], bool] | None) -> Prediction:
+    """predict_volume with ``prior`` (None: the model's); with ``should_stop``, interruptible
+    with per-convolution progress."""
     from .core.inference import predict_volume
 
     if should_stop is None:
         return predict_volume(loaded.model, image, device=loaded.device, progress=progress,
-                              velocities=velocities)
+                              prior=prior)
     from .core.interrupt import Interruptible, count_convolutions
 
     report = progress or (lambda done, total, message: None)
@@ -484,21 +673,74 @@ def _predict(loaded: LoadedModel, image: np.ndarray, progress: Progress | None,
 
     with Interruptible(should_stop, convolved):
         return predict_volume(loaded.model, image, device=loaded.device, progress=stage,
-                              should_stop=should_stop, velocities=velocities)
+                              should_stop=should_stop, prior=prior)
 
 
-def _back_onto(array, spacing, original: Sequence[float], shape: tuple[int, ...]) -> np.ndarray:
-    """``array`` ``(*S')`` of ``spacing`` mm resampled (linearly, voxel 0 kept in place) onto
-    the input's grid: ``shape`` voxels of ``original`` mm — the inverse of ``data._resample``."""
-    from scipy import ndimage
+def _deformed_prior(prior, pose: np.ndarray | None) -> dict:
+    """``to_dict()`` of the prior the flow deformed: ``prior`` itself, or with a pose level
+    (:mod:`core.pose`) the posed prior S∘A, so the Flow explorer's t = 0 and t = 1 and Export
+    use the prior the segmentation came from."""
+    if pose is None:
+        return prior.to_dict()
+    import torch
 
-    step = np.asarray(original, dtype=float) / np.asarray(spacing, dtype=float)
-    return ndimage.affine_transform(array, step, output_shape=shape, order=1, mode="nearest")
+    from .core.pose import posed_prior
+
+    return posed_prior(prior, torch.as_tensor(pose)).to_dict()
+
+
+def _batch_progress(progress: Progress, index: int, count: int, label: str) -> Progress:
+    """One case's ``progress`` as a part of the batch's: case ``index`` of ``count`` spans
+    [index, index + 1) of a total of ``count`` units, in thousandths."""
+    def report(done: int, total: int, message: str = "") -> None:
+        part = min(max(done / max(total, 1), 0.0), 1.0)
+        progress(int(1000 * (index + part)), 1000 * count, f"{label}: {message}")
+
+    return report
+
+
+def _export_contents(result: Result, paths: dict[str, Path]) -> dict[str, Any]:
+    """Every output's content (arrays, mesh), each checked against the volume's grid; raises
+    ValueError saying what is missing or misfits before anything is written."""
+    prediction, shape = result.prediction, tuple(result.volume.array.shape)
+    arrays = {"seg": prediction.segmentation, "prob": prediction.probability,
+              "jacdet": prediction.displacement, "displacement": prediction.displacement,
+              "mesh": prediction.segmentation}
+    flowless = ("the Jacobian determinant and the displacement need a prediction with a flow "
+                "(a bch/svf/stt model); this one has none")
+    missing = {"seg": "this result has no segmentation to export",
+               "mesh": "this result has no segmentation to export",
+               "prob": "this result has no probability to export",
+               "jacdet": flowless, "displacement": flowless}
+    contents: dict[str, Any] = {}
+    for key in paths:
+        array = arrays[key]
+        if array is None:
+            raise ValueError(missing[key])
+        array = np.asarray(array)
+        expected = (len(shape), *shape) if key in ("jacdet", "displacement") else shape
+        if array.shape != expected:
+            raise ValueError(f"the {ARRAY_NAMES[key]} has shape {array.shape} but the volume's "
+                             f"grid needs {expected}: it is not this volume's prediction")
+        contents[key] = array
+    if "mesh" in paths and len(shape) != 3:
+        raise ValueError("a 2D segmentation has no surface: the mesh needs a 3D segmentation")
+    if "jacdet" in contents:
+        from .core.fields import jacobian_determinant
+
+        contents["jacdet"] = jacobian_determinant(contents["jacdet"])
+    if "displacement" in contents:
+        contents["displacement"] = contents["displacement"].astype(np.float32)
+    if "mesh" in contents:
+        from .core.mesh import surface_mesh
+
+        contents["mesh"] = surface_mesh(contents["mesh"], result.volume.affine)
+    return contents
 
 
 def _unit_affine(ndim: int) -> np.ndarray:
     """The affine of 1 mm voxels at the origin (core.io convention)."""
-    from .layer_metadata import display_affine
+    from .core.io import display_affine
 
     return display_affine((1.0,) * ndim, (0.0,) * ndim)
 

@@ -22,8 +22,8 @@ from napari_difftt.core.flow import (
     bch,
     choose_squarings,
     exp,
+    exp_frames,
     flow_at,
-    flow_frames,
     folding_fraction,
     integrate,
     jacobian,
@@ -150,7 +150,7 @@ def test_choose_squarings_keeps_the_step_under_max_step():
 def test_flow_at_and_frames_agree():
     shape = (24, 30)
     v = smooth_field(shape, 3.0, seed=5)
-    frames = flow_frames(v, 4)
+    frames = exp_frames(v, 4)
     assert frames.shape == (5, 1, 2, *shape)
     assert torch.equal(frames[0], torch.zeros_like(v))
     for k in range(1, 5):
@@ -161,7 +161,7 @@ def test_flow_at_and_frames_agree():
 
 def test_flow_frames_of_a_linear_field_are_matrix_exponentials(linear_field):
     shape = SHAPE2
-    frames = flow_frames(linear_field(A2, shape), 3, squarings=12)
+    frames = exp_frames(linear_field(A2, shape), 3, squarings=12)
     for k in range(4):
         expected = linear_field(expm(k / 3 * A2) - np.eye(2), shape)
         assert max_error(frames[k], expected, inside(shape, 3)) < 1e-4
@@ -408,7 +408,7 @@ def test_gradcheck_exp_bch_integrate_frames(shape):
             (v * 0.5, w * 0.5),
             fast_mode=fast,
         )
-    assert torch.autograd.gradcheck(lambda x: flow_frames(x, 2, squarings=1), (v,), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x: exp_frames(x, 2, squarings=1), (v,), fast_mode=fast)
     assert torch.autograd.gradcheck(jacobian_det, (v,), fast_mode=fast)
 
 
@@ -419,7 +419,7 @@ def test_dtypes_are_preserved(dtype):
     assert bch(v, v, 4).dtype == dtype
     assert integrate([v, v], method="bch").displacement.dtype == dtype
     assert integrate([v, v], method="compose").displacement.dtype == dtype
-    assert flow_frames(v, 2).dtype == dtype
+    assert exp_frames(v, 2).dtype == dtype
     assert jacobian_det(v).dtype == dtype
 
 
@@ -580,7 +580,7 @@ def test_other_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"t must be a finite number"):
         flow_at(v, float("nan"))
     with pytest.raises(ValueError, match=r"n must be a positive int"):
-        flow_frames(v, 0)
+        exp_frames(v, 0)
     with pytest.raises(ValueError, match=r"order must be an int in 1..4, got 5"):
         bch(v, v, 5)
     with pytest.raises(ValueError, match=r"order must be an int in 1..4, got 0"):
@@ -616,7 +616,7 @@ FIELD_FUNCTIONS = [
     ("velocity", lambda f: exp(f)),
     ("velocity", lambda f: choose_squarings(f)),
     ("velocity", lambda f: flow_at(f, 0.5)),
-    ("velocity", lambda f: flow_frames(f, 2)),
+    ("velocity", lambda f: exp_frames(f, 2)),
     ("field", lambda f: jacobian(f)),
     ("v", lambda f: lie_bracket(f, f)),
     ("v", lambda f: bch(f, f)),
@@ -643,8 +643,8 @@ BAD_FIELDS = [
 def test_every_field_function_checks_its_input_the_same_way(
     name, call, case, field, error, message
 ):
-    """jacobian() used to check nothing (wrong rank, int and NaN passed; bool raised from
-    torch); B = 0 gave a raw torch error. Every function now names its argument."""
+    """Every flow function checks its input (wrong rank, int, NaN, bool, B = 0) and names its
+    argument in the error."""
     with pytest.raises(error, match=rf"{name} .*{message}|{name} {message}"):
         call(field)
 

@@ -47,8 +47,9 @@ def test_untrained_flow_model_predicts_the_global_prior_cropped_back(bch_checkpo
     assert prediction.probability.shape == prediction.prior.shape == (20, 23, 17)
     assert prediction.probability.dtype == np.float32
     assert prediction.segmentation.dtype == np.uint8
-    assert prediction.displacement.shape == prediction.velocity.shape == (3, 20, 23, 17)
-    assert prediction.velocities.shape == (4, 3, 20, 23, 17)
+    velocity, velocities = prediction.flow.on_image_grid()
+    assert prediction.displacement.shape == velocity.shape == (3, 20, 23, 17)
+    assert velocities.shape == (4, 3, 20, 23, 17)
     # padding to 32 × 32 × 32 must not move the prior: it is the unpadded volume's function
     expected = loaded.model.prior.on_grid((20, 23, 17))[0, 0].detach().numpy()
     np.testing.assert_array_equal(prediction.prior, expected)
@@ -63,7 +64,7 @@ def test_2d_unet_and_normalisation(tmp_path):
     loaded = load_model(_save(tmp_path / "unet.pt", model), device="cpu")
     image = np.random.default_rng(1).random((30, 33)).astype(np.float32)
     raw = predict_volume(loaded.model, image * 1000 + 5)
-    assert raw.displacement is None and raw.velocities is None and raw.velocity is None
+    assert raw.displacement is None and raw.flow is None
     already = predict_volume(loaded.model, normalise_intensity(image), normalise=False)
     np.testing.assert_allclose(raw.probability, already.probability, atol=1e-6)
     # a volume smaller than 16 voxels is padded up to 16
@@ -173,15 +174,23 @@ def test_spacing_far_from_the_training_spacing_warns(bch_checkpoint):
     assert spacing_mismatch((1.21, 1.0), (1.0, 1.0)) is not None
 
 
-def test_velocities_can_be_left_out_without_changing_the_prediction(bch_checkpoint):
+def test_velocities_stay_coarse_and_upsample_on_demand_as_before(bch_checkpoint):
+    """The lazy CoarseFlow gives exactly what the eager upsampling of the whole padded grid,
+    then cropped, gave."""
     loaded = load_model(bch_checkpoint, device="cpu")
     with torch.no_grad():
         loaded.model.net.head.weight.normal_(std=0.5)  # a model whose flow moves things
     image = np.random.default_rng(1).random((20, 23, 17)).astype(np.float32)
-    full = predict_volume(loaded.model, image)
-    lean = predict_volume(loaded.model, image, velocities=False)
-    assert lean.velocity is None and lean.velocities is None
-    assert full.velocities.shape == (4, 3, 20, 23, 17) and np.abs(full.displacement).max() > 0.1
-    np.testing.assert_array_equal(lean.displacement, full.displacement)
-    np.testing.assert_array_equal(lean.probability, full.probability)
-    assert lean.topology == full.topology
+    prediction = predict_volume(loaded.model, image)
+    flow, space = prediction.flow, loaded.model.velocity_space
+    assert flow.velocities.shape == (4, 3, *space.coarse_shape((32, 32, 32)))
+    padded = np.pad(normalise_intensity(image), [(6, 6), (4, 5), (7, 8)])
+    with torch.inference_mode():
+        eager = loaded.model(torch.from_numpy(padded)[None, None], offset=(-6, -4, -7),
+                             full_shape=image.shape)
+        fine = space.to_fine(eager.velocities[0], (32, 32, 32))[..., 6:26, 4:27, 7:24]
+        combined = space.to_fine(eager.velocity, (32, 32, 32))[0, :, 6:26, 4:27, 7:24]
+    velocity, velocities = flow.on_image_grid()
+    np.testing.assert_allclose(velocities, fine.numpy(), atol=1e-6)
+    np.testing.assert_allclose(velocity, combined.numpy(), atol=1e-6)
+    assert np.abs(velocities).max() > 0.1

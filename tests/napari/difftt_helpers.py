@@ -37,3 +37,22 @@ def blob(shape, centre, radii) -> np.ndarray:
     grid = np.indices(shape, dtype=float)
     d2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
     return (d2 <= 1).astype(np.uint8)
+
+
+def zero_flow(shape):
+    """A :class:`core.inference.CoarseFlow` of one zero velocity on the full grid ``shape``."""
+    from napari_difftt.core.flow.velocity import VelocitySpace
+    from napari_difftt.core.inference import CoarseFlow
+
+    velocity = np.zeros((len(shape), *shape), np.float32)
+    return CoarseFlow(velocity[None], velocity, VelocitySpace(factor=1), tuple(shape),
+                      tuple(slice(0, s) for s in shape))
+
+
+def record_of(image, prediction, kind="svf", **fields):
+    """The viewer's prediction record (:class:`pipeline.Result`) of ``prediction`` on the
+    image layer ``image``."""
+    from napari_difftt.layer_metadata import layer_volume
+    from napari_difftt.pipeline import Result
+
+    return Result(prediction, layer_volume(image), None, kind, source=image.unique_id, **fields)

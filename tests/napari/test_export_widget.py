@@ -1,5 +1,6 @@
-"""Export widget: NIfTI outputs keep the source's affine/header, Jacobian/displacement from the
-last prediction, OBJ/STL surfaces in world mm, and no silent overwrite."""
+"""Export widget: it exports the viewer's prediction record only; NIfTI outputs keep the
+source's affine/header, OBJ/STL surfaces in world mm, no silent overwrite, and a failure
+leaves no file behind."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from difftt_helpers import blob
 from qtpy.QtWidgets import QMessageBox
 
 from napari_difftt._reader import read_layers
+from napari_difftt.layer_metadata import layer_volume
+from napari_difftt.pipeline import Result
 from napari_difftt.widgets._layers import add_derived
-from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.widgets._state import ViewerState
 
 SHAPE = (10, 12, 14)  # (k, j, i)
 AFFINE = np.array([[0.0, 0.2, 1.5, -30.0],  # oblique: index (i, j, k) → RAS mm
@@ -36,21 +39,22 @@ def _setup(viewer, tmp_path):
     probability = mask.astype(np.float32) * 0.9
     a = np.array([[0.1, 0.0, 0.0], [0.05, -0.2, 0.0], [0.0, 0.0, 0.3]])  # u(x) = A x
     displacement = np.einsum("ij,j...->i...", a, np.indices(SHAPE, dtype=np.float32))
-    prediction = Prediction(probability, mask, displacement.astype(np.float32), None, None,
+    prediction = Prediction(probability, mask, displacement.astype(np.float32), None,
                             probability)
     prob_layer = add_derived(viewer, "image", probability, image, "scan probability",
                              "probability")
     seg_layer = add_derived(viewer, "labels", mask, image, "scan segmentation", "segmentation")
-    ViewerState.of(viewer).set_prediction(
-        PredictionRecord(prediction, image, tmp_path / "model.pt", "cpu", prob_layer, seg_layer))
+    record = Result(prediction, layer_volume(image), None, "bch", checkpoint=tmp_path / "m.pt",
+                    source=image.unique_id, layers={"probability": prob_layer.unique_id,
+                                                    "segmentation": seg_layer.unique_id})
+    ViewerState.of(viewer).set_prediction(record)
     return image, mask, a, displacement
 
 
 def test_export_everything(viewer, dock, tmp_path, notes):
     _, mask, a, displacement = _setup(viewer, tmp_path)
     widget = dock("Export")
-    assert widget.segmentation.layer().name == "scan segmentation"  # picked from the state
-    assert widget.probability.layer().name == "scan probability"
+    assert "Prediction of 'scan'" in widget.source.text()  # the record, not a layer pairing
     out = tmp_path / "out"
     out.mkdir()
     widget.set_output(out, "case")
@@ -88,9 +92,9 @@ def test_export_everything(viewer, dock, tmp_path, notes):
 def test_never_overwrites_silently(viewer, dock, tmp_path, monkeypatch, notes):
     _setup(viewer, tmp_path)
     widget = dock("Export")
-    for box in (widget.want_probability, widget.want_jacobian, widget.want_displacement):
-        box.setChecked(False)
-    widget.mesh_format.setCurrentText(".obj")
+    for key in ("prob", "jacdet", "displacement"):
+        widget.want[key].value = False
+    widget.mesh_format.value = ".obj"
     widget.set_output(tmp_path, "case")
     first = widget.export()
     assert {p.name for p in first} == {"case_seg.nii.gz", "case_surface.obj"}
@@ -121,24 +125,61 @@ def test_never_overwrites_silently(viewer, dock, tmp_path, monkeypatch, notes):
     assert (tmp_path / "case_surface.obj").read_text().startswith("# napari-difftt")
 
 
-def test_folder_follows_the_source_file_and_2d_has_no_mesh(viewer, dock, tmp_path):
-    _setup(viewer, tmp_path)
+def test_folder_follows_the_source_file_and_edits_are_exported(viewer, dock, tmp_path):
+    image, mask, _, _ = _setup(viewer, tmp_path)
     widget = dock("Export")
-    assert widget.folder.text() == str(tmp_path)  # the scan's folder, not the working directory
-    assert widget.want_mesh.isEnabled() and widget.want_mesh.isChecked()
-    viewer.add_labels(np.zeros((8, 9), np.uint8), name="flat")
-    widget.segmentation.set_layer("flat")
-    assert not widget.want_mesh.isEnabled() and not widget.want_mesh.isChecked()
-    assert "3D" in widget.want_mesh.toolTip()
+    assert widget.folder.value == tmp_path  # the scan's folder, not the working directory
+    assert widget.want["mesh"].enabled and widget.want["mesh"].value
+    image.name = "scan renamed"
+    [segmentation] = [layer for layer in viewer.layers if layer.name == "scan segmentation"]
+    before = int(mask.sum())
+    segmentation.data[0, 0, 0] = 1  # a correction painted by the user
+    widget.set_output(tmp_path, "edited")
+    widget.want["mesh"].value = False
+    assert {p.name for p in widget.export()} >= {"edited_seg.nii.gz"}
+    saved = np.asarray(nib.load(tmp_path / "edited_seg.nii.gz").dataobj).T
+    assert saved[0, 0, 0] == 1 and saved.sum() == before + 1
 
 
-def test_missing_inputs_notify(viewer, dock, tmp_path, notes):
+def test_before_any_run_it_offers_nothing_and_says_why(viewer, dock, tmp_path, notes):
+    """The old widget offered any Labels layer (the ground truth) as "the segmentation"."""
+    viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="ground truth")
     widget = dock("Export")
+    assert not widget.export_button.enabled and "No prediction" in widget.source.text()
     widget.set_output(tmp_path, "case")
     assert widget.export() == []
-    assert notes[-1][0] == "error" and "segmentation" in notes[-1][1]
-    viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="seg")
-    widget.segmentation.set_layer("seg")
-    assert widget.export() == []  # Jacobian/displacement need a prediction
-    assert "Jacobian" in notes[-1][1]
+    assert notes[-1][0] == "error" and "run the model first" in notes[-1][1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_leaves_no_file_behind(viewer, dock, tmp_path, monkeypatch, notes):
+    from napari_difftt.core import mesh
+
+    _setup(viewer, tmp_path)
+    widget = dock("Export")
+    out = tmp_path / "out"
+    out.mkdir()
+    widget.set_output(out, "case")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mesh, "write_mesh", full_disk)
+    assert widget.export() == []
+    assert list(out.iterdir()) == []  # seg, prob, det J, displacement were removed again
+    assert "Nothing was written" in widget.message.text() and notes[-1][0] == "error"
+
+
+def test_a_prediction_without_a_flow_offers_no_jacobian(viewer, dock, tmp_path):
+    from napari_difftt.core.inference import Prediction
+
+    image = viewer.add_image(np.zeros((8, 9), np.float32), name="flat")
+    zeros = np.zeros((8, 9), np.float32)
+    record = Result(Prediction(zeros, zeros.astype(np.uint8), None, None, zeros),
+                    layer_volume(image), None, "unet", source=image.unique_id)
+    ViewerState.of(viewer).set_prediction(record)
+    widget = dock("Export")
+    assert not widget.want["jacdet"].enabled and not widget.want["mesh"].enabled
+    assert "3D" in widget.want["mesh"].tooltip
+    widget.set_output(tmp_path, "flat")
+    assert [p.name for p in widget.export()] == ["flat_seg.nii.gz", "flat_prob.nii.gz"]

@@ -6,27 +6,26 @@ import time
 
 import numpy as np
 import pytest
+from difftt_helpers import record_of
 
 from napari_difftt.core.flow.frames import FlowFrames
 from napari_difftt.layer_metadata import META_KEY
 from napari_difftt.pipeline import arrows
-from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.widgets._state import ViewerState
 from napari_difftt.widgets.flow_explorer import current_frame
 
 
 @pytest.fixture
 def predicted(viewer, tiny_phantom, tiny_checkpoint):
-    """The tiny untrained bch model's prediction of the tiny phantom, stored in ViewerState
-    with its provenance (the prior's description and the model kind)."""
+    """The tiny untrained bch model's prediction of the tiny phantom (:class:`pipeline.Result`,
+    with its source layer, prior description and model kind), stored in ViewerState."""
     from napari_difftt.layer_metadata import layer_volume
     from napari_difftt.pipeline import segment
 
     image, _ = tiny_phantom
-    result = segment(layer_volume(image), tiny_checkpoint, device="cpu")
-    record = PredictionRecord(result.prediction, image, tiny_checkpoint, "cpu",
-                              prior=result.prior, kind=result.kind)
-    ViewerState.of(viewer).set_prediction(record)
-    return record
+    result = segment(layer_volume(image), tiny_checkpoint, device="cpu", source=image.unique_id)
+    ViewerState.of(viewer).set_prediction(result)
+    return result
 
 
 def _choose(widget, path: str, count: int) -> None:
@@ -50,7 +49,7 @@ def test_without_a_prediction_it_says_run_the_model_first(viewer, dock, tiny_pha
 
 
 def test_stationary_frames_go_from_the_prior_to_the_prediction(viewer, dock, predicted, qtbot):
-    image = predicted.source
+    image = ViewerState.of(viewer).source()
     original = np.array(image.data, copy=True)
     widget = dock("Flow explorer")
     _choose(widget, "stationary", 5)
@@ -64,7 +63,7 @@ def test_stationary_frames_go_from_the_prior_to_the_prediction(viewer, dock, pre
     assert np.abs(layer.data[2] - prediction.prior).max() > 1e-3  # the flow really moves it
     assert "t = 1 is the prediction" in widget.status.text()
     # geometry: a leading t axis (world t = 0 … 1) before the source's own transform
-    assert tuple(layer.axis_labels) == ("t", "z", "y", "x")
+    assert tuple(layer.axis_labels) == ("t = 0", "z", "y", "x")
     np.testing.assert_allclose(layer.scale, (0.25, *image.scale))
     np.testing.assert_allclose(layer.translate, (0.0, *image.translate))
     assert layer.metadata[META_KEY]["role"] == "flow_frames"
@@ -112,14 +111,15 @@ def test_napari_renders_only_the_frames_it_shows(viewer):
 def test_frames_use_the_prior_the_prediction_carries(viewer, dock, predicted, qtbot):
     """Provenance, not guessing: the frames start from the record's own prior description (here
     another one than the checkpoint's), never from a prior matched by its values."""
+    from dataclasses import replace
+
     import torch
 
     from napari_difftt.core.prior import GeneralisedGaussianPrior, prior_from_dict
 
     shape = predicted.prediction.prior.shape
     moved = GeneralisedGaussianPrior(3, mean=(0.3, -0.2, 0.1)).to_dict()
-    ViewerState.of(viewer).set_prediction(
-        PredictionRecord(predicted.prediction, predicted.source, "gone.pt", "cpu", prior=moved))
+    ViewerState.of(viewer).set_prediction(replace(predicted, prior=moved, checkpoint=None))
     widget = dock("Flow explorer")
     _choose(widget, "stationary", 3)
     layer = _show(widget, qtbot)
@@ -156,7 +156,7 @@ def test_displacement_arrows_follow_the_t_slider(viewer, dock, predicted, qtbot)
     viewer.dims.set_current_step(viewer.dims.ndim - layer.ndim, 2)
     expected = arrows(predicted.prediction.displacement)
     np.testing.assert_allclose(vectors.data, expected, atol=1e-5)
-    np.testing.assert_allclose(vectors.scale, predicted.source.scale)
+    np.testing.assert_allclose(vectors.scale, ViewerState.of(viewer).source().scale)
     qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
     widget.show_vectors.setChecked(False)
     assert not vectors.visible
@@ -199,17 +199,17 @@ def test_a_model_without_velocity_is_explained(viewer, dock, tiny_phantom, qtbot
     image, _ = tiny_phantom
     shape = image.data.shape
     prediction = Prediction(np.zeros(shape, np.float32), np.zeros(shape, np.uint8),
-                            np.zeros((3, *shape), np.float32), None, None,
-                            np.zeros(shape, np.float32))
-    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, "none.pt", "cpu"))
+                            np.zeros((3, *shape), np.float32), None, np.zeros(shape, np.float32))
+    ViewerState.of(viewer).set_prediction(record_of(image, prediction, "stt"))
     widget = dock("Flow explorer")
+    assert not widget.show_button.isEnabled()  # nothing to show: the action is off, and why
+    assert "predicts no flow" in widget.info.text()
     layers = list(viewer.layers)
-    for path, expected in (("stationary", "no velocity field"),
-                           ("piecewise", "no piecewise velocities")):
+    for path in ("stationary", "piecewise"):
         _choose(widget, path, 3)
         widget.show_flow()
         qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
-        assert expected in widget.status.text()
+        assert "no velocity field" in widget.status.text()
         assert widget.layer is None and list(viewer.layers) == layers
 
 
@@ -223,7 +223,7 @@ def test_closing_the_viewer_while_precomputing_is_quiet(make_napari_viewer, tiny
     own = make_napari_viewer()
     image = own.add_image(np.random.default_rng(0).random((16, 16, 16), np.float32), name="r")
     prediction = predict_volume(load_model(tiny_checkpoint, device="cpu").model, image.data)
-    ViewerState.of(own).set_prediction(PredictionRecord(prediction, image, tiny_checkpoint, "cpu"))
+    ViewerState.of(own).set_prediction(record_of(image, prediction, "bch"))
     _, widget = own.window.add_plugin_dock_widget("napari-difftt", "Flow explorer")
     _choose(widget, "piecewise", 101)
     frames = _show(widget, qtbot).data
@@ -406,3 +406,42 @@ def test_stop_while_building_shows_nothing(viewer, dock, predicted, qtbot, monke
     assert widget.layer is None and list(viewer.layers) == layers and not widget.building
     assert "Stopped before the frames were shown" in widget.status.text()
     assert not widget.cancel_button.isEnabled()
+
+
+def test_the_default_path_ends_at_the_prediction(viewer, dock, predicted, qtbot):
+    widget = dock("Flow explorer")
+    assert widget.show_button.isEnabled()
+    layer = _show(widget, qtbot)  # the default path and frame count
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    last = len(layer.data) - 1
+    prediction = predicted.prediction
+    # t = 1 is the Φ that made the segmentation on screen
+    np.testing.assert_allclose(layer.data.displacement(last), prediction.displacement, atol=1e-5)
+    np.testing.assert_allclose(layer.data[last], prediction.probability, atol=1e-5)
+    np.testing.assert_array_equal(layer.data[last] > 0.5, prediction.segmentation.astype(bool))
+    assert "stationary path" in widget.status.text()
+    assert "t = 1 is the prediction's Φ" in widget.status.text()
+    # the slider is labelled in t ∈ [0, 1], not in frame numbers
+    t_axis = viewer.dims.ndim - layer.ndim
+    assert viewer.dims.axis_labels[t_axis] == "t = 0"
+    widget.step_t(1)
+    assert viewer.dims.axis_labels[t_axis] == f"t = {1 / last:.3g}"
+    widget.step_t(last)
+    assert viewer.dims.axis_labels[t_axis] == "t = 1"
+
+
+def test_a_3d_view_shows_the_arrows_of_a_few_slices(viewer, dock, predicted, qtbot):
+    from napari_difftt.widgets.flow_explorer import SLICES_3D
+
+    widget = dock("Flow explorer")
+    widget.show_vectors.setChecked(True)
+    _show(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.job is None, timeout=60_000)
+    every = len(widget.vectors.data)
+    depth = predicted.prediction.probability.shape[0]
+    assert len(np.unique(widget.vectors.data[:, 0, 0])) == depth  # 2D: each slice has its own
+    viewer.dims.ndisplay = 3
+    slices = np.unique(widget.vectors.data[:, 0, 0])
+    assert 1 < len(slices) <= SLICES_3D and len(widget.vectors.data) < every / 1.5
+    viewer.dims.ndisplay = 2
+    assert len(widget.vectors.data) == every

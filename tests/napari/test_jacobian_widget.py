@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from difftt_helpers import record_of
 
+from napari_difftt.core.fields import GRID_EVERY, grid_lines, jacobian_report
 from napari_difftt.core.inference import Prediction
 from napari_difftt.layer_metadata import META_KEY
-from napari_difftt.pipeline import GRID_EVERY, grid_lines, jacobian_report
-from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.widgets._state import ViewerState
 
 SHAPE = (8, 10, 12)
 
@@ -25,8 +26,8 @@ def _predict(viewer, displacement):
     image = viewer.add_image(np.zeros(shape, np.float32), name="ct", scale=(2.0, 1.0, 0.5),
                              translate=(5.0, 0.0, -3.0))
     zeros = np.zeros(shape, np.float32)
-    prediction = Prediction(zeros, zeros.astype(np.uint8), displacement, None, None, zeros)
-    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, "none.pt", "cpu"))
+    prediction = Prediction(zeros, zeros.astype(np.uint8), displacement, None, zeros)
+    ViewerState.of(viewer).set_prediction(record_of(image, prediction, "stt"))
     return image
 
 
@@ -124,8 +125,7 @@ def test_phi_at_the_flow_explorers_t(viewer, dock, tiny_phantom, tiny_checkpoint
     image, _ = tiny_phantom
     loaded = load_model(tiny_checkpoint, device="cpu")
     prediction = predict_volume(loaded.model, np.asarray(image.data))
-    ViewerState.of(viewer).set_prediction(PredictionRecord(prediction, image, tiny_checkpoint,
-                                                           "cpu"))
+    ViewerState.of(viewer).set_prediction(record_of(image, prediction, "bch"))
     widget = dock("Jacobian")
     widget.target.setCurrentIndex(widget.target.findData("current"))
     widget.compute()
@@ -155,3 +155,20 @@ def test_deformed_grid_is_pulled_back(viewer, dock, qtbot):
     lines = grid_lines(SHAPE)
     np.testing.assert_allclose(grid[:, :, : SHAPE[2] - 2], lines[:, :, 2:], atol=1e-5)  # to −x
     assert grid[0, 1, GRID_EVERY - 2] == pytest.approx(1.0) and grid[0, 1, GRID_EVERY] < 1e-5
+
+
+def test_folds_stand_out_and_compute_is_off_without_a_transformation(viewer, dock, qtbot):
+    _predict(viewer, linear(np.diag([-1.5, 0.0, 0.0]), SHAPE))  # det = −0.5: all folded
+    widget = dock("Jacobian")
+    assert widget.compute_button.isEnabled()
+    _compute(widget, qtbot)
+    colour = widget.folds_layer.colormap.map(np.array([1]))[0]
+    np.testing.assert_allclose(colour[:3], (1.0, 1.0, 0.0), atol=1e-6)  # yellow on dark pink
+    assert "folds in yellow" in widget.summary.text()
+
+    image = viewer.layers["ct"]
+    zeros = np.zeros(SHAPE, np.float32)
+    segmented = Prediction(zeros, zeros.astype(np.uint8), None, None, zeros)  # a U-Net's
+    ViewerState.of(viewer).set_prediction(record_of(image, segmented, "unet"))
+    assert not widget.compute_button.isEnabled()  # refused up front, and the widget says why
+    assert "no transformation" in widget.summary.text()

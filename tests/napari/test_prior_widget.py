@@ -19,14 +19,16 @@ def test_preview_follows_parameters_in_mm(viewer, dock, tiny_phantom, qtbot):
     image, _ = tiny_phantom
     widget = dock("Shape prior")
     assert widget.image.layer() == image  # the widget sees the layer through a napari proxy
+    assert len(viewer.layers) == 2 and not widget.show_preview.isChecked()  # nothing added yet
+
+    # centre on voxel (8, 12, 10) → world (16, 12, 15) mm; x semi-axis 6 mm = 4 voxels
+    widget.set_parameters((16.0, 12.0, 15.0), (8.0, 5.0, 6.0), None, 2.0)  # touched: shown
+    assert widget.show_preview.isChecked()
     probability, contour = _preview(viewer)
     # the preview shares the image's geometry and provenance
     np.testing.assert_allclose(probability.scale, image.scale)
     assert probability.metadata[META_KEY]["role"] == "prior"
     assert contour.contour == 1
-
-    # centre on voxel (8, 12, 10) → world (16, 12, 15) mm; x semi-axis 6 mm = 4 voxels
-    widget.set_parameters((16.0, 12.0, 15.0), (8.0, 5.0, 6.0), None, 2.0)
     assert ViewerState.of(viewer).prior_for(image) is not None  # stored at once, no debounce
     qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     p = probability.data
@@ -94,6 +96,7 @@ def test_large_volumes_preview_at_reduced_resolution(viewer, dock, qtbot):
     viewer.add_image(np.zeros((64, 160, 160), np.float32), name="big", scale=(2.0, 1.0, 1.0))
     widget = dock("Shape prior")
     widget.image.set_layer("big")
+    widget.show_preview.setChecked(True)
     preview = viewer.layers["big prior"]
     assert preview.data.size <= PREVIEW_VOXELS
     # same world extent: (N − 1) · scale is preserved per axis
@@ -106,6 +109,7 @@ def test_one_preview_per_image_reused_and_removed(viewer, dock, tiny_phantom, qt
     other = viewer.add_image(np.zeros((10, 12, 14), np.float32), name="other")
     widget = dock("Shape prior")
     widget.image.set_layer(image)
+    widget.show_preview.setChecked(True)
     probability, contour = widget.preview_layers()
     for step in range(3):  # edits update the same layers in place
         widget.radii[0].setValue(6.0 + step)
@@ -120,6 +124,10 @@ def test_one_preview_per_image_reused_and_removed(viewer, dock, tiny_phantom, qt
     widget.image.set_layer(image)
     widget.image.set_layer(other)
     assert len(_previews(viewer)) == 2
+    widget.show_preview.setChecked(False)  # unticked: gone; ticked again: back
+    assert not _previews(viewer)
+    widget.show_preview.setChecked(True)
+    assert len(_previews(viewer)) == 2
 
     viewer.layers.remove(other)  # removed with its image
     assert all(p.metadata[META_KEY]["source"] != "other" for p in _previews(viewer))
@@ -130,6 +138,7 @@ def test_one_preview_per_image_reused_and_removed(viewer, dock, tiny_phantom, qt
 
 def test_the_displayed_slice_is_rendered_first(viewer, dock, tiny_phantom, qtbot):
     widget = dock("Shape prior")
+    widget.show_preview.setChecked(True)
     probability, _ = widget.preview_layers()
     viewer.dims.set_current_step(0, 3)  # z slice 3 of the (2 mm) preview is on screen
     widget.set_parameters((6.0, 12.0, 15.0), (4.0, 5.0, 6.0), None, 1.0)  # centred on z = 3
@@ -151,6 +160,7 @@ def test_a_burst_of_changes_ends_with_the_last_value(viewer, dock, tiny_phantom,
     from napari_difftt import pipeline
 
     widget = dock("Shape prior")
+    widget.show_preview.setChecked(True)
     qtbot.waitUntil(lambda: widget.preview_complete, timeout=3000)
     probability, contour = widget.preview_layers()
     before = np.array(probability.data, copy=True)
@@ -191,3 +201,35 @@ def test_a_burst_of_changes_ends_with_the_last_value(viewer, dock, tiny_phantom,
 def _previews(viewer):
     return [layer for layer in viewer.layers
             if layer.metadata.get(META_KEY, {}).get("role") in ("prior", "prior_contour")]
+
+
+def _expected_parameters(checkpoint, layer):
+    from napari_difftt.pipeline import checkpoint_prior, prior_to_display
+
+    world = prior_to_display(checkpoint_prior(checkpoint, layer.ndim), layer.data.shape,
+                             layer.scale, layer.translate)
+    return world.mean_mm, world.radii_mm, world.rotation_deg, world.beta
+
+
+@pytest.mark.parametrize("title", ["Shape prior", "All widgets (tabs)"])
+def test_a_2d_image_starts_at_the_prior_run_model_will_use(viewer, dock, title,
+                                                           tiny_checkpoint_2d):
+    """The bundled 2D model's prior (not the centred default) for a 2D image, whichever widget
+    was built first; and Run model's next checkpoint moves the untouched prior with it."""
+    from napari_difftt.core.inference import default_checkpoint
+
+    layer = viewer.add_image(np.zeros((40, 48), np.float32), name="slice", scale=(0.8, 0.8))
+    widget = dock(title)
+    prior = widget.widgets["Shape prior"] if title != "Shape prior" else widget
+    assert default_checkpoint(2).name in prior.status.text()
+    for got, want in zip(prior.parameters(), _expected_parameters(default_checkpoint(2), layer),
+                         strict=True):
+        np.testing.assert_allclose(got, want, atol=0.051)  # the boxes round (1–2 decimals)
+    assert prior.parameters()[3] != pytest.approx(1.0)  # the bundled 2D prior is not Gaussian
+    assert list(viewer.layers) == [layer]  # opening the dock added no layer
+
+    ViewerState.of(viewer).set_checkpoint(tiny_checkpoint_2d)  # as Run model does on Browse
+    assert tiny_checkpoint_2d.name in prior.status.text()
+    for got, want in zip(prior.parameters(), _expected_parameters(tiny_checkpoint_2d, layer),
+                         strict=True):
+        np.testing.assert_allclose(got, want, atol=0.051)  # the boxes round (1–2 decimals)

@@ -58,13 +58,14 @@ def test_prediction_layers_state_and_metrics(viewer, dock, tiny_phantom, tiny_ch
     np.testing.assert_array_equal(segmentation.data, probability.data > 0.5)
 
     record = ViewerState.of(viewer).prediction
-    assert record.source == image and record.device == "cpu"
+    assert record.source == image.unique_id and record.device == "cpu"
+    assert ViewerState.of(viewer).layer(record.layers["segmentation"]) is segmentation
     assert record.checkpoint == tiny_checkpoint
     assert record.prediction.displacement.shape == (3, *image.data.shape)
     assert widget.device_used.text() == "cpu"
     expected = evaluate_case(segmentation.data, labels.data, image.scale,
                              record.prediction.displacement)
-    assert widget.last_result.metrics == expected
+    assert record.metrics == expected
     assert f"Dice: {expected['dice']:.3f}" in widget.metrics.text()
     assert "components: " in widget.metrics.text()
     report = record.prediction.topology  # core.metrics.topology_report, shown as it stands
@@ -284,7 +285,6 @@ def test_failed_or_cancelled_run_clears_old_results(viewer, dock, tiny_phantom, 
         qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
     assert widget.metrics.text() == "" and widget.device_used.text() == "—"
     assert widget.topology.text() == ""
-    assert widget.last_result is None
 
 
 def test_spacing_far_from_the_training_spacing_warns(viewer, dock, tiny_checkpoint, qtbot, notes):
@@ -331,8 +331,18 @@ def test_a_folder_is_segmented_with_the_cli_names(viewer, dock, tiny_checkpoint,
     assert any(m.startswith("[2/2] b.nii") for m in seen)
     assert "segmented 2 volume(s)" in widget.message.text()
 
-    assert widget.run_folder(folder, out) is None  # never overwrites
-    assert notes[-1][0] == "error" and "exists" in notes[-1][1]
+    before = (out / f"a{OUTPUTS['seg']}").stat().st_mtime_ns
+    widget.folder_in.line_edit.value, widget.folder_out.line_edit.value = str(folder), str(out)
+    widget.folder_button.click()  # never overwrites unless asked: the message names the choice
+    assert widget.job is None and notes[-1][0] == "error" and "exists" in notes[-1][1]
+    assert "Tick 'replace existing outputs'" in widget.message.text()
+    assert widget.overwrite.text() == "replace existing outputs"  # the choice is in the GUI
+    widget.overwrite.setChecked(True)
+    widget.folder_button.click()
+    assert widget.job is not None
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert (out / f"a{OUTPUTS['seg']}").stat().st_mtime_ns > before
+    assert "segmented 2 volume(s)" in widget.message.text()
 
 
 def test_cancelling_a_folder_run_keeps_the_viewer_and_says_so(viewer, dock, tiny_checkpoint,
@@ -365,7 +375,147 @@ def test_the_bundled_model_follows_the_image_dimensionality(viewer, dock, qtbot)
     widget.set_device("cpu")
     assert widget.checkpoint() == default_checkpoint(2)
     assert widget.checkpoint_label.text() == f"{default_checkpoint(2).name} (bundled)"
-    offered = [widget.truth.itemText(i) for i in range(widget.truth.count())]
+    offered = widget.truth.names()
     assert "3D labels" not in offered and "phantom 2D labels" in offered  # same dimensionality
     _run(widget, qtbot)
     assert viewer.layers["phantom 2D segmentation"].data.shape == (128, 128)
+
+
+def test_a_rerun_never_overwrites_the_users_edits(viewer, dock, tiny_phantom, tiny_checkpoint,
+                                                   qtbot):
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_device("cpu")
+    _run(widget, qtbot)
+    segmentation = viewer.layers["tiny segmentation"]
+    predicted = np.array(segmentation.data, copy=True)
+    segmentation.brush_size = 3
+    segmentation.paint((8, 12, 10), 2)  # the user paints: napari records it for undo
+    painted = np.array(segmentation.data, copy=True)
+    assert (painted != predicted).any()
+
+    _run(widget, qtbot)
+    assert viewer.layers["tiny segmentation"] is segmentation
+    np.testing.assert_array_equal(segmentation.data, painted)
+    second = viewer.layers["tiny segmentation 2"]
+    np.testing.assert_array_equal(second.data, predicted)  # same model and image: same result
+    assert state_layer(viewer, "segmentation").name == "tiny segmentation 2"
+    assert "'tiny segmentation' holds your edits" in widget.message.text()
+    assert "'tiny segmentation 2'" in widget.message.text()
+
+    count = len(viewer.layers)  # the numbered layer is the plugin's own: refreshed in place
+    _run(widget, qtbot)
+    assert len(viewer.layers) == count
+    assert state_layer(viewer, "segmentation").name == "tiny segmentation 2"
+    segmentation.undo()  # the user's own history still works
+    np.testing.assert_array_equal(segmentation.data, predicted)
+
+
+def test_a_new_prediction_removes_the_views_of_the_old_one(viewer, dock, tiny_phantom,
+                                                           tiny_checkpoint, qtbot):
+    tabs = dock("All widgets (tabs)")
+    run, flow, jacobian = (tabs.widgets[t] for t in ("Run model", "Flow explorer", "Jacobian"))
+    run.set_checkpoint(tiny_checkpoint)
+    run.set_device("cpu")
+    _run(run, qtbot)
+    flow.show_vectors.setChecked(True)
+    flow.show_flow()
+    qtbot.waitUntil(lambda: flow.job is None, timeout=TIMEOUT_MS)
+    jacobian.compute()
+    qtbot.waitUntil(lambda: jacobian.job is None, timeout=TIMEOUT_MS)
+    views = {"φ(t)∘S tiny", "u(t) tiny", "log₂ det J tiny", "deformed grid tiny", "folds tiny"}
+    assert views <= {layer.name for layer in viewer.layers}
+    folds = viewer.layers["folds tiny"]
+    folds.paint((8, 12, 10), 3)  # an edited view is the user's: kept, marked as old
+
+    _run(run, qtbot)
+    names = {layer.name for layer in viewer.layers}
+    assert not views & names
+    assert "folds tiny (previous prediction)" in names and folds in viewer.layers
+    assert "Removed the previous prediction's views" in run.message.text()
+    assert jacobian.stats is None and not jacobian.next_fold_button.isEnabled()
+
+
+def state_layer(viewer, role: str):
+    """The stored prediction's derived layer of ``role``, found by its identity."""
+    state = ViewerState.of(viewer)
+    return state.layer(state.prediction.layers[role])
+
+
+def test_renaming_the_image_keeps_it_chosen_and_run_uses_it(viewer, dock, tiny_phantom,
+                                                             tiny_checkpoint, qtbot):
+    """The old name-keyed picker returned None after a rename ("choose an image layer")."""
+    image, labels = tiny_phantom
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_device("cpu")
+    widget.truth.set_layer(labels)
+    image.name = "scan renamed"
+    labels.name = "truth renamed"
+    assert widget.image.layer() is image and widget.truth.layer() is labels
+    assert widget.image.combo.native.currentText() == "scan renamed"  # the shown name follows
+    _run(widget, qtbot)
+    record = ViewerState.of(viewer).prediction
+    assert record is not None and record.source == image.unique_id
+    assert state_layer(viewer, "segmentation").name == "scan renamed segmentation"
+    assert record.metrics is not None  # the renamed ground truth was used
+    other = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="other")
+    viewer.layers.move(viewer.layers.index(other), 0)  # a re-order changes nothing
+    assert widget.image.layer() is image
+    viewer.layers.remove(image)  # a removal moves the choice to a layer that exists
+    assert widget.image.layer() is other and "scan renamed" not in widget.image.names()
+
+
+def test_run_is_off_without_an_image_and_the_widget_says_why(viewer, dock, notes):
+    widget = dock("Run model")
+    assert not widget.run_button.isEnabled()
+    assert "Open an image" in widget.message.text()
+    assert widget.run() is None and "choose an image layer" in widget.message.text()
+    viewer.add_image(np.zeros((16, 16, 16), np.float32), name="scan")
+    assert widget.run_button.isEnabled() and "image" not in widget.message.text()
+    viewer.layers.remove("scan")
+    assert not widget.run_button.isEnabled()
+    for field in (widget.folder_in, widget.folder_out):  # folder fields have a Browse button
+        assert field.choose_btn.text.startswith("Choose") and field.mode.value == "d"
+
+
+def test_resampling_to_the_model_spacing_in_the_gui(viewer, dock, tiny_checkpoint, qtbot, notes):
+    from napari_difftt.layer_metadata import spacing_kwargs
+
+    image = viewer.add_image(np.random.default_rng(1).random((12, 16, 16), np.float32),
+                             **spacing_kwargs((2.5, 1.0, 1.0), "coarse"))
+    tabs = dock("All widgets (tabs)")
+    widget = tabs.widgets["Run model"]
+    widget.set_checkpoint(tiny_checkpoint)  # trained on 1 mm voxels
+    _run(widget, qtbot)
+    assert "Tick 'resample to the model's spacing'" in widget.message.text()  # offered
+    widget.resample.setChecked(True)
+    _run(widget, qtbot)
+    assert "resampled to the model's training spacing" in widget.message.text()
+    assert "Warning" not in widget.message.text()
+    record = ViewerState.of(viewer).prediction
+    assert viewer.layers["coarse segmentation"].data.shape == image.data.shape  # back on its grid
+    assert record.prediction.displacement.shape[1:] == (28, 16, 16)  # the 1 mm network grid
+    for title, button in (("Flow explorer", "show_button"), ("Jacobian", "compute_button")):
+        view = tabs.widgets[title]
+        assert not getattr(view, button).isEnabled(), title  # no flow on the image's grid
+    assert "resampled" in tabs.widgets["Flow explorer"].info.text()
+    assert "resampled" in tabs.widgets["Jacobian"].summary.text()
+
+
+def test_contours_stay_readable_in_3d(viewer, dock, tiny_phantom, tiny_checkpoint, qtbot):
+    from napari_difftt.widgets._layers import OPACITY_3D
+
+    widget = dock("Run model")
+    widget.set_checkpoint(tiny_checkpoint)
+    _run(widget, qtbot)
+    segmentation = viewer.layers["tiny segmentation"]
+    assert segmentation.contour == 2 and segmentation.opacity == 1.0
+    viewer.dims.ndisplay = 3  # an outline would render as a solid blob: see-through instead
+    assert segmentation.contour == 0 and segmentation.rendering == "translucent"
+    assert segmentation.opacity == pytest.approx(OPACITY_3D)
+    viewer.dims.ndisplay = 2
+    assert segmentation.contour == 2 and segmentation.opacity == 1.0
+    _run(widget, qtbot)  # refreshed in place: still followed once, not twice
+    viewer.dims.ndisplay = 3
+    assert segmentation.opacity == pytest.approx(OPACITY_3D)

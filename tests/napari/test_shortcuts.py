@@ -93,7 +93,7 @@ def test_help_lists_every_shortcut(viewer, dock, qtbot, where):
         text = box.text()
         box.close()
     else:
-        text = widget.show_tab("Help").text()
+        text = widget.show_tab("Help").text.text()
         assert widget.tabText(widget.currentIndex()) == "Help"
     for shortcut in SHORTCUTS:
         assert key_text(shortcut.action) in text and shortcut.text in text

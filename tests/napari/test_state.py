@@ -8,9 +8,10 @@ import weakref
 
 import numpy as np
 import pytest
+from difftt_helpers import record_of, zero_flow
 
-from napari_difftt.layer_metadata import META_KEY, layer_id
-from napari_difftt.widgets._state import PredictionRecord, ViewerState
+from napari_difftt.layer_metadata import META_KEY
+from napari_difftt.widgets._state import ViewerState
 
 TIMEOUT_MS = 120_000
 
@@ -21,8 +22,8 @@ def _record(image, shape):
 
     zeros = np.zeros(shape, np.float32)
     flow = np.zeros((len(shape), *shape), np.float32)
-    prediction = Prediction(zeros, zeros.astype(np.uint8), flow, flow, flow[None], zeros)
-    return PredictionRecord(prediction, image, "none.pt", "cpu", kind="svf")
+    prediction = Prediction(zeros, zeros.astype(np.uint8), flow, zero_flow(shape), zeros)
+    return record_of(image, prediction)
 
 
 def test_the_state_is_the_viewers_not_its_proxys(viewer):
@@ -50,7 +51,8 @@ def test_renaming_an_image_keeps_its_prediction_and_prior(viewer, dock, tiny_pha
     image.name = "renamed"
     assert state.prediction is record
     assert state.prior_for(image) == {"type": "generalised_gaussian"}
-    assert frames.metadata[META_KEY]["source_id"] == layer_id(image)
+    assert frames.metadata[META_KEY]["source_id"] == image.unique_id
+    assert state.source() is image
     count = len(viewer.layers)
     explorer.show_flow()
     qtbot.waitUntil(lambda: explorer.job is None, timeout=TIMEOUT_MS)
@@ -74,8 +76,16 @@ def test_run_model_uses_the_prior_tuned_on_a_renamed_image(viewer, dock, tiny_ph
     widget.run()
     qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
     record = ViewerState.of(viewer).prediction
-    assert record.prior == widget.last_result.prior == tuned  # provenance: the prior used
-    assert record.kind == "bch"
+    assert record.prior == tuned  # provenance: the prior used
+    assert record.kind == "bch" and record.source == image.unique_id
+    assert state_layers(viewer, record) == {"probability": "renamed probability",
+                                            "segmentation": "renamed segmentation"}
+
+
+def state_layers(viewer, record) -> dict[str, str]:
+    """role → name of the record's derived layers, found by identity."""
+    state = ViewerState.of(viewer)
+    return {role: state.layer(uid).name for role, uid in record.layers.items()}
 
 
 def test_removing_the_image_releases_its_prediction(viewer, tiny_phantom):
@@ -165,3 +175,61 @@ def test_explain_dispatches_on_the_error_type(error, expected):
     # the same name on an unrelated type is not mistaken for it
     impostor = type("CheckpointError", (Exception,), {})("not ours")
     assert not explain(impostor).startswith("Cannot use this checkpoint")
+
+
+def test_latest_job_runs_one_at_a_time_and_delivers_only_the_latest(qtbot):
+    from napari_difftt.widgets._worker import LatestJob, callback_task
+
+    ran, delivered, cancelled = [], [], []
+
+    def slow(progress, should_stop):
+        ran.append("slow")
+        while not should_stop():
+            pass
+        return "slow"
+
+    def quick(value):
+        def work(progress, should_stop):
+            ran.append(value)
+            return value
+        return callback_task(work)
+
+    latest = LatestJob()
+    latest.submit(callback_task(slow), on_done=delivered.append,
+                  on_cancelled=lambda: cancelled.append("slow"))
+    qtbot.waitUntil(lambda: ran == ["slow"], timeout=TIMEOUT_MS)
+    latest.submit(quick("second"), on_done=delivered.append)  # waits, then is replaced
+    latest.submit(quick("third"), on_done=delivered.append)
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert ran == ["slow", "third"] and delivered == ["third"] and cancelled == []
+    assert latest.latest == 3
+    latest.submit(callback_task(slow), on_done=delivered.append)
+    qtbot.waitUntil(lambda: ran[-1] == "slow", timeout=TIMEOUT_MS)
+    latest.drop()
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert delivered == ["third"]  # a dropped job's outcome is not delivered either
+
+
+def test_latest_job_with_overlap_starts_at_once_and_stop_reports_the_cancellation(qtbot):
+    from napari_difftt.errors import Cancelled
+    from napari_difftt.widgets._worker import LatestJob, callback_task
+
+    idle, cancelled, delivered = [], [], []
+
+    def slow(progress, should_stop):
+        while not should_stop():
+            pass
+        raise Cancelled("stopped")
+
+    latest = LatestJob(overlap=True, on_idle=lambda: idle.append(True))
+    latest.submit(callback_task(slow), on_cancelled=lambda: cancelled.append("first"))
+    first = latest.job
+    latest.submit(callback_task(slow), on_cancelled=lambda: cancelled.append("second"))
+    second = latest.job
+    assert second is not first and first.cancel_requested and not second.cancel_requested
+    latest.stop()
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert cancelled == ["second"] and idle == [True] and latest.job is None
+    latest.submit(callback_task(lambda progress, should_stop: 5), on_done=delivered.append)
+    qtbot.waitUntil(lambda: latest.idle, timeout=TIMEOUT_MS)
+    assert delivered == [5] and idle == [True, True]

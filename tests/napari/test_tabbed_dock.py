@@ -13,7 +13,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_difftt.widgets.tabbed import TABS
+from napari_difftt.widgets.tabbed import MAX_WIDTH, TABS
 
 PLUGIN = "napari-difftt"
 SCREEN = (1280, 800)
@@ -28,7 +28,7 @@ def clipped(root: QWidget) -> list[str]:
             edit = box.findChild(QLineEdit)
             room = _text_room(edit)
             for value in (box.minimum(), box.maximum(), box.value()):
-                text = box.prefix() + box.textFromValue(value) + box.suffix()
+                text = _shown(box, value)
                 if edit.fontMetrics().horizontalAdvance(text) > room:
                     cut.append(f"spin box {box.toolTip()!r}: {text!r} in {room} px")
     for edit in root.findChildren(QLineEdit):
@@ -50,6 +50,14 @@ def clipped(root: QWidget) -> list[str]:
                 and button.sizeHint().width() > button.width()):
             cut.append(f"button {button.text()!r}")
     return cut
+
+
+def _shown(box: QAbstractSpinBox, value) -> str:
+    """The text ``box`` shows for ``value`` (superqt's large-int box, magicgui's, has no
+    prefix/suffix and prints the integer)."""
+    if not hasattr(box, "textFromValue"):
+        return str(int(value))
+    return box.prefix() + box.textFromValue(value) + box.suffix()
 
 
 def _text_room(edit: QLineEdit) -> int:
@@ -140,3 +148,58 @@ def test_a_squeezed_spin_box_is_reported(qtbot):
     assert cut and all(line.startswith("spin box ''") for line in cut)  # the plain box only
     assert any("0.000200" in line for line in cut)
     assert ours.width() >= ours.sizeHint().width()
+
+
+def test_the_dock_leaves_the_canvas_large_and_adds_no_layer(laptop):
+    """≤ MAX_WIDTH px in every tab at 1280×800, so napari's 400 px notifications fit on the
+    canvas; docking adds no layer and shows the whole image again; the Train tab's Start,
+    progress and plot are on screen without scrolling."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    viewer = laptop
+    before = list(viewer.layers)
+    dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "All widgets (tabs)")
+    window = dock.window()
+    window.resize(*SCREEN)
+    _settle(10)
+    assert list(viewer.layers) == before  # opening the dock adds no layer
+    canvas = viewer.window._qt_viewer.canvas.native
+    for title in (*TABS, "Help"):
+        tabs.show_tab(title)
+        _settle()
+        assert dock.width() <= MAX_WIDTH, (title, dock.width())
+        assert dock.minimumSizeHint().width() <= MAX_WIDTH, title
+        assert canvas.width() >= NapariQtNotification.MIN_WIDTH + 16, title  # 8 px margins
+    zoom = viewer.camera.zoom  # the view was reset for the narrower canvas: Home changes nothing
+    viewer.reset_view()
+    assert viewer.camera.zoom == pytest.approx(zoom, rel=1e-6)
+
+    train = tabs.show_tab("Train")
+    _settle()
+    assert not train.settings_box.isChecked() and train.summary.isEnabled()  # folded, readable
+    assert "30 steps" not in train.summary.text() and "steps, patch" in train.summary.text()
+    viewport = tabs.currentWidget().viewport()
+    for control in (train.start_button, train.progress, train.plot):
+        bottom = control.mapTo(viewport, control.rect().bottomLeft()).y()
+        assert control.isVisible() and bottom <= viewport.height(), type(control).__name__
+
+
+def test_help_explains_links_and_sets_the_nifti_reader(laptop, monkeypatch):
+    from napari.settings import get_settings
+
+    from napari_difftt.widgets._help import NIFTI_PATTERNS
+
+    plugins = get_settings().plugins
+    monkeypatch.setattr(plugins, "extension2reader", {})  # the user's settings stay untouched
+    _, tabs = laptop.window.add_plugin_dock_widget(PLUGIN, "All widgets (tabs)")
+    helper = tabs.show_tab("Help")
+    text = helper.text.text()
+    for needed in ("μ", "Σ", "β", "pieces", "fixed", "diag", "full", "topology report",
+                   "Components", "MODEL_CARD.md", "README", "shortcuts", "napari builtins"):
+        assert needed in text, needed
+    assert 'href="file://' in text and helper.text.openExternalLinks()
+    assert helper.reader_button.isEnabled()
+    helper.reader_button.click()
+    assert all(plugins.extension2reader[p] == "napari-difftt" for p in NIFTI_PATTERNS)
+    assert not helper.reader_button.isEnabled() and "open with napari-difftt" in (
+        helper.reader_status.text())

@@ -21,13 +21,9 @@ from napari_difftt.widgets._state import ViewerState
 
 
 def _tiny_settings(widget, folder, iterations=40) -> None:
-    widget.iterations.setValue(iterations)
-    widget.patch.setText("16, 16, 16")
-    widget.width.setValue(4)
-    widget.pieces.setValue(2)
-    widget.val_every.setValue(2)
-    widget.device.setCurrentIndex(widget.device.findData("cpu"))
-    widget.checkpoint_dir.setText(str(folder))
+    widget.set_settings(iterations=iterations, patch_size=(16, 16, 16), width=4, pieces=2,
+                        val_every=2, device="cpu")
+    widget.checkpoint_dir.value = folder
 
 
 def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom, tmp_path, qtbot):
@@ -50,6 +46,11 @@ def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom
     qtbot.waitUntil(lambda: len(widget.plot.dice) >= 1, timeout=120_000)  # step 2: validation
     # one pair: the Dice is the training image's, and the plot says so
     assert widget.plot.dice_label == "Dice on the training image"
+    # the validation preview is an Image layer in the image's geometry, grey and additive
+    preview = viewer.layers[f"{image.name} training preview"]
+    assert preview.data.shape == image.data.shape
+    np.testing.assert_allclose(preview.scale, image.scale)
+    assert preview.colormap.name == "gray" and preview.blending == "additive"
     widget.toggle()  # the Start button is now Stop
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     timer.stop()
@@ -68,10 +69,7 @@ def test_start_then_stop_keeps_a_checkpoint_and_plots(viewer, dock, tiny_phantom
     # the GUI kept running while the worker trained: the 20 ms timer ticked through the run (at
     # least a quarter of its ticks, on a loaded machine) and saw the progress move
     assert len(ticks) >= max(3, 0.25 * elapsed / 0.020) and len(set(ticks)) >= 2
-    # the validation preview is an Image layer in the image's geometry, refreshed in place
-    preview = viewer.layers[f"{image.name} training preview"]
-    assert preview.data.shape == image.data.shape
-    np.testing.assert_allclose(preview.scale, image.scale)
+    assert preview not in viewer.layers  # it showed an intermediate model: gone at the end
     for layer, original in zip((image, labels), originals, strict=True):
         np.testing.assert_array_equal(layer.data, original)
 
@@ -104,10 +102,16 @@ def test_bad_training_data_is_explained(viewer, dock, tmp_path, make_image, make
 def test_missing_folder_and_bad_patch_are_explained(viewer, dock, tiny_phantom, tmp_path):
     widget = dock("Train")
     _tiny_settings(widget, tmp_path)
-    widget.patch.setText("16, 16")
+    widget.set_settings(patch_size="16, 16")
+    widget.progress.setRange(0, 300)  # what an earlier run left
+    widget.progress.setValue(6)
     assert widget.start() is None and "2 numbers but the images are 3D" in widget.status.text()
+    assert widget.progress.value() == 0 and widget.progress.text() == "not running"
+    widget.set_settings(patch_size="32, 32, 32")  # larger than the 16 × 24 × 20 image
+    assert widget.start() is None and not widget.running
+    assert "larger than 'tiny' (16 × 24 × 20)" in widget.status.text()
     widget.source_tabs.setCurrentIndex(1)
-    widget.folder.setText(str(tmp_path / "nowhere"))
+    widget.folder.value = tmp_path / "nowhere"
     assert widget.start() is None and "imagesTr" in widget.status.text()
 
 
@@ -122,7 +126,7 @@ def test_closing_the_viewer_stops_training_and_saves(make_napari_viewer, tmp_pat
         own.add_layer(Layer.create(*item))
     _, widget = own.window.add_plugin_dock_widget("napari-difftt", "Train")
     _tiny_settings(widget, tmp_path, iterations=500)
-    widget.val_every.setValue(1000)  # no periodic checkpoint: only the one written on stopping
+    widget.val_every.value = 1000  # no periodic checkpoint: only the one written on stopping
     widget.start()
     job = widget.job
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=120_000)
@@ -167,19 +171,31 @@ def _count(image, rect, colour, tolerance: int = 24) -> int:
     return count
 
 
-def test_settings_start_at_the_train_config_defaults(viewer, dock):
+def test_the_settings_form_is_built_from_train_config(viewer, dock, tiny_phantom, tmp_path):
+    """Every form field is a TrainConfig field of that name, at its default; Start hands the
+    form's values to TrainConfig as they are (no hand-written mirror to drift)."""
+    from dataclasses import fields
+
     from napari_difftt.core.train import DEFAULTS
+    from napari_difftt.widgets.train import FORM, VALIDATE_EVERY
 
     widget = dock("Train")
-    assert widget.kind.currentText() == DEFAULTS.kind
-    assert widget.iterations.value() == DEFAULTS.iterations
-    assert parse_size(widget.patch.text()) == DEFAULTS.patch_size
-    assert widget.lr.value() == pytest.approx(DEFAULTS.lr)
-    assert (widget.width.value(), widget.pieces.value()) == (DEFAULTS.width, DEFAULTS.pieces)
-    assert widget.prior.currentText() == DEFAULTS.prior
-    assert widget.train_beta.isChecked() == DEFAULTS.train_beta
-    assert widget.seed.value() == DEFAULTS.seed
-    assert widget.device.currentData() == DEFAULTS.device
+    names = [name for column in FORM for name in column]
+    assert set(names) <= {f.name for f in fields(DEFAULTS)}
+    values = widget.settings.asdict()
+    assert list(values) == names
+    for name in names:
+        expected = {"patch_size": ", ".join(map(str, DEFAULTS.patch_size)),
+                    "val_every": VALIDATE_EVERY}.get(name, getattr(DEFAULTS, name))
+        assert values[name] == pytest.approx(expected), name
+    assert parse_size(values["patch_size"]) == DEFAULTS.patch_size
+    widget.set_settings(kind="svf", lr=0.00123, seed=7, train_beta=True, prior="diag",
+                        patch_size="16, 16, 16", device="cpu")
+    widget.checkpoint_dir.value = tmp_path
+    config, _, _ = widget._prepare()
+    assert (config.kind, config.lr, config.seed, config.train_beta, config.prior) == (
+        "svf", pytest.approx(0.00123), 7, True, "diag")
+    assert config.patch_size == (16, 16, 16) and config.checkpoint_every == VALIDATE_EVERY
 
 
 def test_two_pairs_hold_the_last_one_out_and_one_pair_validates_on_itself(viewer, dock):
@@ -204,3 +220,64 @@ def test_two_pairs_hold_the_last_one_out_and_one_pair_validates_on_itself(viewer
     train, val, preview = widget._layer_samples()
     assert [s.name for s in train] == [images[0].name] and [s.name for s in val] == [images[1].name]
     assert preview.name == images[1].name  # the preview shows the held-out image
+
+
+def test_a_pair_follows_its_layers_through_a_rename(viewer, dock, tiny_phantom):
+    """Pairs held layer names: a renamed layer was "closed; remove its pair"."""
+    image, labels = tiny_phantom
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(labels)
+    pair = widget.add_pair()
+    image.name = "scan renamed"
+    train, _, preview = widget._layer_samples()
+    assert preview is image and [s.name for s in train] == ["scan renamed"]
+    assert str(pair).startswith("scan renamed")
+
+
+def test_validation_follows_the_run_length(viewer, dock):
+    widget = dock("Train")
+    widget.set_settings(iterations=20)  # a short run still gets ten Dice points
+    assert widget.val_every.value == 2
+    widget.set_settings(iterations=5000)
+    assert widget.val_every.value == 50  # VALIDATE_EVERY at most
+    widget.set_settings(iterations=3)
+    assert widget.val_every.value == 1
+
+
+def test_folder_training_previews_in_the_volumes_own_geometry(viewer, dock, tmp_path, qtbot):
+    """Folder data have no layer: the preview takes the validation file's spacing and origin
+    (2.5 mm, translated), not 1 mm at 0, and leaves the viewer's extent alone."""
+    import nibabel as nib
+    from difftt_helpers import blob
+
+    from napari_difftt._reader import read_layers
+
+    root = tmp_path / "data"
+    affine = np.diag([2.5, 2.5, 2.5, 1.0])
+    affine[:3, 3] = (-20.0, 10.0, 5.0)
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    for k, centre in enumerate(((8, 8, 8), (7, 9, 8))):
+        mask = blob((16, 16, 16), centre, (4, 5, 4))
+        image = mask * 1.0 + np.random.default_rng(k).normal(0, 0.1, mask.shape)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" /
+                 f"case{k}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, affine), root / "labelsTr" / f"case{k}.nii.gz")
+    _, expected, _ = read_layers(str(root / "imagesTr" / "case1.nii.gz"))[0]  # held out
+    viewer.add_image(np.zeros((16, 16, 16), np.float32), scale=expected["scale"],
+                     translate=expected["translate"], name="case1 open")
+    extent = np.array(viewer.layers.extent.world)
+    widget = dock("Train")
+    _tiny_settings(widget, tmp_path / "ckpt", iterations=200)
+    widget.source_tabs.setCurrentIndex(1)
+    widget.folder.value = root
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=120_000)
+    preview = widget.preview_layer
+    np.testing.assert_allclose(preview.scale, expected["scale"])
+    np.testing.assert_allclose(preview.translate, expected["translate"])
+    np.testing.assert_allclose(viewer.layers.extent.world, extent)  # the z slider keeps 0–75
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert preview not in viewer.layers

@@ -74,7 +74,8 @@ def _interactive(checkpoint: Path | None, device: str) -> int:
 
     _, widget = _open_demo(checkpoint, device, show=True)
     widget.state.changed.connect(
-        lambda field: field == "prediction" and _print_metrics(widget.last_result))
+        lambda field: field == "prediction" and widget.state.prediction is not None
+        and _print_metrics(widget.state.prediction))
     widget.run()
     napari.run()
     return 0
@@ -83,8 +84,7 @@ def _interactive(checkpoint: Path | None, device: str) -> int:
 def _headless_napari(checkpoint: Path | None, device: str, out: Path) -> int:
     from qtpy.QtWidgets import QApplication
 
-    from ..layer_metadata import layer_volume
-    from ..pipeline import Result, export
+    from ..pipeline import export
 
     viewer, widget = _open_demo(checkpoint, device, show=True)
     try:
@@ -97,14 +97,11 @@ def _headless_napari(checkpoint: Path | None, device: str, out: Path) -> int:
                 raise RuntimeError(f"the prediction took longer than {TIMEOUT_S:.0f} s")
             QApplication.processEvents()
             time.sleep(0.02)
-        result = widget.last_result
-        record = widget.state.prediction
-        if result is None or record is None:
+        result = widget.state.prediction
+        if result is None:
             raise RuntimeError(f"the prediction failed: {widget.message.text()}")
         _print_metrics(result)
-        volume = layer_volume(record.segmentation)
-        written = export(Result.of_arrays(volume.array, volume.affine), volume, out, STEM,
-                         ["seg"], overwrite=True)
+        written = export(result, out, STEM, ["seg"], overwrite=True)
         written.append(_write_metrics(out, result))
         for _ in range(10):  # let the dock widgets lay out before the screenshot
             QApplication.processEvents()
@@ -199,8 +196,7 @@ def _headless_montage(checkpoint: Path, device: str, out: Path) -> int:
 
     from .._sample_data import PHANTOM_3D, PHANTOM_3D_ORIGIN
     from ..core.data import make_phantom
-    from ..core.io import Volume
-    from ..layer_metadata import display_affine
+    from ..core.io import Volume, display_affine
     from ..pipeline import export, segment
 
     shape, seed, spacing = PHANTOM_3D
@@ -210,7 +206,7 @@ def _headless_montage(checkpoint: Path, device: str, out: Path) -> int:
                      device=device)
     prediction = result.prediction
     _print_metrics(result)
-    written = export(result, volume, out, STEM, ["seg"], overwrite=True)
+    written = export(result, out, STEM, ["seg"], overwrite=True)
     written.append(_write_metrics(out, result))
     picture = out / "demo.png"
     imsave(picture, montage(phantom.image, prediction.segmentation, phantom.labels),

@@ -27,7 +27,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..pipeline import OUTPUTS, is_nifti, nifti_stem
+from ..core.paths import is_nifti, nifti_stem
+from ..pipeline import OUTPUTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.atomic import write_json
     from ..core.io import check_output_file, read_nifti
-    from ..pipeline import evaluate_case, summarise, topology_report
+    from ..core.metrics import evaluate_case, summarise, topology_report
     from ._progress import ProgressBar
 
     for name, folder in (("pred", args.pred), ("labels", args.labels)):

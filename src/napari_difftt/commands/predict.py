@@ -19,8 +19,6 @@ import math
 import sys
 from pathlib import Path
 
-from ..pipeline import list_inputs, nifti_stem
-
 HELP = "segment NIfTI volumes with a trained checkpoint (default: the bundled model)"
 
 
@@ -61,46 +59,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.io import check_output_folder, read_nifti
-    from ..pipeline import default_checkpoint, export, load, output_paths, segment
+    from ..pipeline import default_checkpoint, load, plan_files, predict_files
     from ._progress import ProgressBar
 
-    inputs = list_inputs(args.inputs)
-    check_output_folder(args.out, what="--out")
     if args.spacing is not None and args.jacobian:
         raise ValueError("--spacing and --jacobian cannot be combined: the displacement lives on "
                          "the resampled grid, not the input's")
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
+    what = ["seg"] + ["prob"] * args.probabilities + ["jacdet", "displacement"] * args.jacobian
+    plan_files(args.inputs, args.out, what, args.overwrite)  # refused before the model loads
     loaded = load(checkpoint, device=args.device)
     target = _target_spacing(args.spacing, loaded.checkpoint.get("spacing"))
-    wants_field = args.jacobian and loaded.model.kind != "unet"
-    if args.jacobian and not wants_field:
-        print(
-            f"note: {checkpoint} is a U-Net (no flow): --jacobian writes nothing", file=sys.stderr
-        )
-    what = ["seg"] + ["prob"] * args.probabilities + ["jacdet", "displacement"] * wants_field
-    planned = {path: output_paths(args.out, nifti_stem(path), what) for path in inputs}
-    if not args.overwrite:
-        existing = [str(p) for outs in planned.values() for p in outs.values() if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"{existing[0]} exists ({len(existing)} output(s) in all); pass --overwrite"
-            )
-    args.out.mkdir(parents=True, exist_ok=True)
-    for index, path in enumerate(inputs, 1):
-        volume = read_nifti(path)
-        bar = None if args.quiet else ProgressBar(f"[{index}/{len(inputs)}] {path.name}")
-        try:
-            result = segment(volume, loaded, progress=bar, resample_mm=target, velocities=False)
-        finally:
-            if bar is not None:
-                bar.close()
+    if args.jacobian and loaded.model.kind == "unet":
+        print(f"note: {checkpoint} is a U-Net (no flow): --jacobian writes nothing",
+              file=sys.stderr)
+        what = [key for key in what if key not in ("jacdet", "displacement")]
+
+    def report(path: Path, result, written: list[Path]) -> None:
         if result.warning is not None:
             print(f"warning: {result.warning}", file=sys.stderr)
         _report_topology(path, result.topology)
-        export(result, volume, args.out, nifti_stem(path), what, overwrite=args.overwrite)
         voxels = int(result.prediction.segmentation.sum())
-        print(f"{path.name}: {voxels} foreground voxel(s) → {planned[path]['seg']}")
+        print(f"{path.name}: {voxels} foreground voxel(s) → {written[0]}")
+
+    bar = None if args.quiet else ProgressBar("predict")
+    try:
+        predict_files(args.inputs, args.out, loaded, what, bar, None, args.overwrite,
+                      resample_mm=target, on_case=report)
+    finally:
+        if bar is not None:
+            bar.close()
     return 0
 
 
@@ -126,13 +114,12 @@ def _report_topology(path: Path, report: dict) -> None:
 
 def _target_spacing(option: str | None, trained) -> float | None:
     """The isotropic spacing (mm) of ``--spacing``: a number, or 'model' (isotropic trained)."""
+    from ..pipeline import isotropic_spacing
+
     if option is None:
         return None
     if option == "model":
-        if not trained or len(set(trained)) != 1:
-            raise ValueError(f"--spacing model needs an isotropic training spacing in the "
-                             f"checkpoint, which has {trained}; give --spacing MM")
-        return float(trained[0])
+        return isotropic_spacing(trained)
     try:
         value = float(option)
     except ValueError:

@@ -149,11 +149,11 @@ def _option(
 
 def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     """Options of :class:`core.velocity.VelocitySpace`, defaults from :class:`TrainConfig`."""
-    from ..core.flow.velocity import FACTORS, PARAMETERISATIONS
+    from ..core.flow.velocity import FACTORS, SPACE_KINDS
     from ..core.train.config import DEFAULTS as default
 
     group.add_argument(
-        "--velocity", action=_Typed, choices=PARAMETERISATIONS, default=default.velocity,
+        "--velocity", action=_Typed, choices=SPACE_KINDS, default=default.velocity,
         help="dense: velocities on a grid `--velocity-factor` times coarser than the image; "
         "bspline: a cubic B-spline with control points every `--velocity-lattice` voxels, "
         f"evaluated on that grid (default {default.velocity})",

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import VolumeError
+from .flow.checks import check_spacing
 from .io import Volume, read_nifti, write_nifti
 from .paths import NIFTI_SUFFIXES, nifti_stem
 
@@ -31,6 +32,8 @@ __all__ = [
     "make_phantom",
     "normalise_intensity",
     "parse_size",
+    "resample",
+    "resample_back",
     "same_geometry",
     "sample_patch",
     "sparse_annotation",
@@ -135,7 +138,7 @@ def make_phantom(
     only recorded.
     """
     shape = _check_shape(shape)
-    spacing = (1.0,) * len(shape) if spacing is None else _check_spacing(spacing, len(shape))
+    spacing = (1.0,) * len(shape) if spacing is None else check_spacing(spacing, len(shape))
     if organ not in ORGANS:
         raise ValueError(f"organ must be one of {ORGANS}, got {organ!r}")
     rng = np.random.default_rng(seed)
@@ -268,7 +271,7 @@ def array_sample(
             f"labels of {name!r} hold values {bad[:5].tolist()}; one structure is segmented: use "
             f"0 (background), 1 (structure) and {ignore_value} (unlabelled)"
         )
-    spacing = _check_spacing(spacing, image.ndim)
+    spacing = check_spacing(spacing, image.ndim)
     return Sample(normalise_intensity(image), labels.astype(np.uint8), spacing, name)
 
 
@@ -322,7 +325,7 @@ def write_phantom_dataset(
     """
     root = Path(root)
     shape = _check_shape(shape)
-    spacing = (1.0,) * len(shape) if spacing is None else _check_spacing(spacing, len(shape))
+    spacing = (1.0,) * len(shape) if spacing is None else check_spacing(spacing, len(shape))
     affine = np.diag([*(1.0,) * (3 - len(shape)), *spacing, 1.0])
     for split, first, count in (("Tr", 0, n_train), ("Ts", n_train, n_test)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -494,9 +497,9 @@ def _sample(image: Volume, labels: Volume | None, name: str, spacing: float | No
     array, affine, old = image.array, image.affine, image.spacing
     label_array = None if labels is None else labels.array.astype(np.uint8)
     if spacing is not None:
-        array = _resample(array.astype(np.float32), old, spacing, order=1)
+        array = resample(array.astype(np.float32), old, spacing, order=1)
         if label_array is not None:
-            label_array = _resample(label_array, old, spacing, order=0)
+            label_array = resample(label_array, old, spacing, order=0)
         columns = slice(3 - array.ndim, 3)
         affine = affine.copy()
         affine[:3, columns] *= spacing / np.asarray(old)
@@ -504,13 +507,23 @@ def _sample(image: Volume, labels: Volume | None, name: str, spacing: float | No
     return Sample(normalise_intensity(array), label_array, tuple(old), name, affine)
 
 
-def _resample(array: np.ndarray, old: Sequence[float], new: float, order: int) -> np.ndarray:
+def resample(array: np.ndarray, old: Sequence[float], new: float, order: int) -> np.ndarray:
     """Resample (*S) from spacing ``old`` to isotropic ``new`` mm; voxel 0 stays in place."""
     step = np.asarray([new / s for s in old])
     shape = tuple(
         int(np.floor((n - 1) / t + 1e-9)) + 1 for n, t in zip(array.shape, step, strict=True)
     )
     return ndimage.affine_transform(array, step, output_shape=shape, order=order, mode="nearest")
+
+
+def resample_back(
+    array: np.ndarray, spacing: Sequence[float], original: Sequence[float], shape: Sequence[int]
+) -> np.ndarray:
+    """The inverse of :func:`resample`: ``array`` of ``spacing`` mm onto ``shape`` voxels of
+    ``original`` mm (linear, voxel 0 kept in place)."""
+    step = np.asarray(original, dtype=float) / np.asarray(spacing, dtype=float)
+    return ndimage.affine_transform(array, step, output_shape=tuple(shape), order=1,
+                                    mode="nearest")
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,13 +537,6 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     ):
         raise ValueError(f"shape must be 2 or 3 ints >= 8, got {shape!r}")
     return tuple(int(n) for n in shape)
-
-
-def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be {ndim} positive numbers (mm), got {spacing!r}")
-    return spacing
 
 
 def _check_patch_size(patch_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:

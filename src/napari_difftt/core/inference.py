@@ -19,13 +19,17 @@ import torch
 
 from .._resources import resource_path
 from ..errors import Cancelled, OutOfMemory, SpacingWarning
+from .flow.velocity import VelocitySpace
 from .models import KINDS, TemplateTransformer
 from .nets import DIVISOR
+from .prior import GeneralisedGaussianPrior, ImagePrior
+from .progress import Progress
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_CHECKPOINT_2D",
     "Cancelled",
+    "CoarseFlow",
     "LoadedModel",
     "OutOfMemory",
     "Prediction",
@@ -39,7 +43,6 @@ __all__ = [
 DEFAULT_CHECKPOINT = "difftt_phantom_bch.pt"
 SPACING_TOLERANCE = 0.2  # relative spacing difference per axis above which predict warns
 DEFAULT_CHECKPOINT_2D = "difftt_phantom2d_bch.pt"
-Progress = Callable[[int, int, str], None]
 
 
 class LoadedModel(NamedTuple):
@@ -48,14 +51,40 @@ class LoadedModel(NamedTuple):
     device: torch.device
 
 
+class CoarseFlow(NamedTuple):
+    """The velocities as the model integrated them: on the coarse grid of the padded volume, in
+    coarse voxels. :meth:`on_image_grid` upsamples them only when asked (the Flow explorer):
+    3(T + 1) floats per image voxel that a segmentation does not need."""
+
+    velocities: np.ndarray  # (T, n, *C) float32 coarse voxels, C = space.coarse_shape(padded)
+    velocity: np.ndarray | None  # (n, *C) the combined velocity, exp(velocity) = Φ (svf, bch)
+    space: VelocitySpace  # the model's velocity space (coarse ↔ fine)
+    padded: tuple[int, ...]  # the padded image grid the coarse grid pools
+    crop: tuple[slice, ...]  # the volume inside ``padded``
+
+    @property
+    def pieces(self) -> int:
+        """T, the number of velocity fields (1 for svf)."""
+        return int(self.velocities.shape[0])
+
+    def on_image_grid(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(velocity (n, *S) | None, velocities (T, n, *S))`` upsampled to the volume's grid
+        (:meth:`VelocitySpace.to_fine`), float32 image voxels."""
+        fields = torch.from_numpy(self.velocities)
+        with torch.inference_mode():
+            fine = self.space.to_fine(fields, self.padded)[(..., *self.crop)].numpy().copy()
+            velocity = None
+            if self.velocity is not None:
+                velocity = self.space.to_fine(torch.from_numpy(self.velocity)[None],
+                                              self.padded)[0][(..., *self.crop)].numpy().copy()
+        return velocity, fine
+
+
 class Prediction(NamedTuple):
     probability: np.ndarray  # (*S) float32 in [0, 1]
     segmentation: np.ndarray  # (*S) uint8, probability > 0.5
     displacement: np.ndarray | None  # (n, *S) float32 voxels, Φ = id + u (None for unet)
-    # velocities are integrated on the model's coarse grid; here they are upsampled to the image
-    # grid (VelocitySpace.to_fine) for display and analysis
-    velocity: np.ndarray | None  # (n, *S) float32 voxels (svf; bch with BCH combination)
-    velocities: np.ndarray | None  # (T, n, *S) float32 voxels (svf, bch)
+    flow: CoarseFlow | None  # the velocities on the model's coarse grid (svf, bch)
     prior: np.ndarray  # (*S) float32, the unwarped prior
     topology: dict | None = None  # core.metrics.topology_report of segmentation and displacement
     pose: np.ndarray | None = None  # (n + 1, n + 1) the model's pose of the prior (core.pose)
@@ -120,7 +149,7 @@ def predict_volume(
     spacing: Sequence[float] | None = None,
     model_spacing: Sequence[float] | None = None,
     topology: bool = True,
-    velocities: bool = True,
+    prior: GeneralisedGaussianPrior | ImagePrior | None = None,
 ) -> Prediction:
     """Segment a whole volume ``image`` ``(*S)`` (2D or 3D, matching ``model.ndim``): a numpy
     array or a tensor (detached first: no gradient flows through a prediction).
@@ -134,9 +163,9 @@ def predict_volume(
     meet). ``spacing`` (mm per axis of ``image``) and ``model_spacing`` (the checkpoint's
     ``spacing``), when both given and more than 20 % apart on an axis, give a
     :class:`~napari_difftt.errors.SpacingWarning` (:func:`spacing_mismatch`). ``topology``
-    fills ``Prediction.topology`` (:func:`core.metrics.topology_report`). ``velocities=False``
-    leaves ``Prediction.velocity``/``velocities`` None: they are only needed to replay the flow
-    (the Flow explorer), and upsampling them costs 3(T + 1) floats per voxel.
+    fills ``Prediction.topology`` (:func:`core.metrics.topology_report`). ``prior`` replaces
+    the model's prior for this call only (moved to the model's device; the model is not
+    changed). The velocities stay on the coarse grid (:class:`CoarseFlow`).
     """
     if torch.is_tensor(image):  # e.g. one that requires grad: its values are what is segmented
         image = image.detach().cpu().numpy()
@@ -172,19 +201,19 @@ def predict_volume(
     _check_memory(model, padded_shape, target, memory_limit)
     pads = [(b, p - s - b) for b, p, s in zip(before, padded_shape, image.shape, strict=True)]
     padded = np.pad(image.astype(np.float32, copy=False), pads, mode="constant")
+    template = None if prior is None else prior.to(target)
     step(1, "running the network")
     try:
         with torch.inference_mode():
             tensor = torch.from_numpy(padded)[None, None].to(target)
-            result = model(tensor, offset=tuple(-b for b in before), full_shape=image.shape)
+            result = model(tensor, offset=tuple(-b for b in before), full_shape=image.shape,
+                           prior=template)
             step(2, "copying the results")
             crop = tuple(slice(b, b + s) for b, s in zip(before, image.shape, strict=True))
-            if velocities:
-                result = _velocities_on_image_grid(model, result)
-            else:
-                result = result._replace(velocity=None, velocities=None)
+            flow = _coarse_flow(model.velocity_space, result, padded_shape, crop)
             pose = None if result.pose is None else result.pose[0].double().cpu().numpy()
-            arrays = [_crop(t, crop) for t in result[:5]]
+            arrays = [_crop(t, crop) for t in (result.probability, result.prior,
+                                                result.displacement)]
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
             f"the GPU ran out of memory for a {image.shape} volume (padded to {padded_shape}): "
@@ -193,16 +222,12 @@ def predict_volume(
     finally:
         if target.type == "cuda":
             torch.cuda.empty_cache()
-    probability, prior, velocities, velocity, displacement = arrays
-    probability, prior = probability[0, 0], prior[0, 0]
+    probability, unwarped, displacement = arrays
+    probability = probability[0, 0]
     step(3, "thresholding")
     prediction = Prediction(
         probability, (probability > 0.5).astype(np.uint8),
-        None if displacement is None else displacement[0],
-        None if velocity is None else velocity[0],
-        None if velocities is None else velocities[0],
-        prior,
-        pose=pose,
+        None if displacement is None else displacement[0], flow, unwarped[0, 0], pose=pose,
     )
     if topology:
         from .metrics import topology_report
@@ -279,15 +304,13 @@ def _available_bytes(device: torch.device) -> int | None:
     return int(psutil.virtual_memory().available)
 
 
-def _velocities_on_image_grid(model: TemplateTransformer, result):
-    """``result`` with its coarse velocities upsampled to the image grid, in image voxels."""
-    space, shape = model.velocity_space, tuple(result.probability.shape[2:])
-    velocity = None if result.velocity is None else space.to_fine(result.velocity, shape)
-    velocities = result.velocities
-    if velocities is not None:
-        fine = space.to_fine(velocities.flatten(0, 1), shape)
-        velocities = fine.view(*velocities.shape[:3], *shape)
-    return result._replace(velocity=velocity, velocities=velocities)
+def _coarse_flow(space: VelocitySpace, result, padded: tuple[int, ...],
+                 crop: tuple[slice, ...]) -> CoarseFlow | None:
+    """The first batch item's coarse velocities as numpy (None when the model has none)."""
+    if result.velocities is None:
+        return None
+    velocity = None if result.velocity is None else result.velocity[0].float().cpu().numpy()
+    return CoarseFlow(result.velocities[0].float().cpu().numpy(), velocity, space, padded, crop)
 
 
 def _crop(tensor: torch.Tensor | None, crop: tuple[slice, ...]) -> np.ndarray | None:

@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write",
     "check_output_file",
     "check_output_folder",
+    "display_affine",
     "display_transform",
     "encode_checkpoint",
     "load_checkpoint",
@@ -189,6 +190,16 @@ def check_output_folder(folder: str | os.PathLike, *, what: str = "output folder
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {folder}: {existing} is not writable")
     return folder
+
+
+def display_affine(scale, translate) -> np.ndarray:
+    """The affine (index (z, y, x, 1) → world (x, y, z) mm) of napari's ``scale``/``translate``
+    per array axis: the inverse of :func:`display_transform` for axis-aligned volumes."""
+    ndim = len(scale)
+    zyx = np.eye(4)
+    zyx[3 - ndim : 3, 3 - ndim : 3] = np.diag(np.asarray(scale, dtype=float))
+    zyx[3 - ndim : 3, 3] = np.asarray(translate, dtype=float)
+    return zyx[[2, 1, 0, 3]]
 
 
 def display_transform(volume: Volume) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from .flow import folding_fraction
+from .flow.checks import check_spacing
 
 __all__ = [
     "METRIC_KEYS",
@@ -240,7 +241,7 @@ def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
 def _surface_distances(pred, target, spacing) -> np.ndarray | float:
     """Both directed surface-distance sets, concatenated (mm); or the float of an empty case."""
     pred, target = _pair(pred, target)
-    spacing = _check_spacing(spacing, pred.ndim)
+    spacing = (1.0,) * pred.ndim if spacing is None else check_spacing(spacing, pred.ndim)
     empty = (not pred.any(), not target.any())
     if all(empty):
         return 0.0
@@ -257,10 +258,3 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
 
 
-def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
-    if spacing is None:
-        return (1.0,) * ndim
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be {ndim} positive numbers (mm per axis), got {spacing!r}")
-    return spacing

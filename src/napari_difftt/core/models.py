@@ -13,8 +13,8 @@ For the flows the output probability is the analytic prior at the warped coordin
 The network output becomes velocities (or, for stt, a displacement) on the coarse grid of a
 :class:`~.velocity.VelocitySpace` — pooled, bounded by ``bound·tanh``, optionally a cubic
 B-spline and smoothed — where all flow maths runs in coarse voxels; the displacement is then
-upsampled once to the input grid (``(B, n, *S)`` voxels, DESIGN.md §2). The last convolution
-starts at zero, so an untrained flow model returns the prior exactly.
+upsampled once to the input grid (``(B, n, *S)`` voxels, the conventions of :mod:`.flow.grid`).
+The last convolution starts at zero, so an untrained flow model returns the prior exactly.
 """
 
 from __future__ import annotations
@@ -137,11 +137,17 @@ class TemplateTransformer(nn.Module):
         image: torch.Tensor,
         offset: tuple[int, ...] | None = None,
         full_shape: tuple[int, ...] | None = None,
+        *,
+        prior: GeneralisedGaussianPrior | ImagePrior | None = None,
     ) -> TemplateResult:
         """Segment ``image`` ``(B, C, *S)`` (S multiples of 16), a patch at voxel ``offset`` of a
         volume of ``full_shape`` (default: the whole volume) — the prior is evaluated there.
         An image of another floating dtype than the model's weights (float64 for a float32
-        model) is cast to theirs."""
+        model) is cast to theirs.
+
+        ``prior`` replaces the model's own prior for this call only (same ``ndim``, on the
+        image's device; a generalised Gaussian for a model with a pose level): the module is
+        never changed, so calls with different priors can run at once on one model."""
         check_image("image", image)
         check_device("image", image, self)
         weight = next(self.net.parameters(), None)
@@ -152,9 +158,16 @@ class TemplateTransformer(nn.Module):
                 f"image must have shape (B, {self.image_channels}, *S) with {self.ndim} spatial "
                 f"axes, got {tuple(image.shape)}"
             )
+        template = self.prior if prior is None else prior
+        if getattr(template, "ndim", None) != self.ndim:
+            raise ValueError(f"prior is {getattr(template, 'ndim', '?')}D but the model is "
+                             f"{self.ndim}D")
+        if self.pose_head is not None and not isinstance(template, GeneralisedGaussianPrior):
+            raise ValueError("a model with a pose level needs a generalised Gaussian prior, got "
+                             f"{type(template).__name__}")
         batch, shape = image.shape[0], tuple(image.shape[2:])
-        prior = self.prior.on_grid(shape, offset, full_shape, device=image.device,
-                                   dtype=image.dtype)
+        prior = template.on_grid(shape, offset, full_shape, device=image.device,
+                                 dtype=image.dtype)
         prior = prior.expand(batch, *prior.shape[1:])
         features = self.net.features(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
@@ -163,10 +176,10 @@ class TemplateTransformer(nn.Module):
         if self.pose_head is not None:
             where = grid_coordinates(shape, offset, full_shape, device=image.device,
                                      dtype=image.dtype)
-            pose, pose_mask = self.pose_head(features, where, prior, self.prior.mean)
-            posed = apply_pose(pose, where.expand(batch, *where.shape[1:]), self.prior.mean)
-            prior = self.prior(posed)
-            force = boundary_force(pose_mask, prior, posed, pose, self.prior,
+            pose, pose_mask = self.pose_head(features, where, prior, template.mean)
+            posed = apply_pose(pose, where.expand(batch, *where.shape[1:]), template.mean)
+            prior = template(posed)
+            force = boundary_force(pose_mask, prior, posed, pose, template,
                                    tuple(full_shape or shape))
         # the 1×1 head commutes with the space's block means: pool the width channels first
         space = self.velocity_space
@@ -187,19 +200,20 @@ class TemplateTransformer(nn.Module):
             flow = integrate(velocities, self.method, self.bch_order, self.squarings)
             coarse, velocity = flow.displacement, flow.velocity
         displacement = self.velocity_space.to_fine(coarse, shape)
-        probability = self._prior_at(shape, offset, full_shape, displacement, pose)
+        probability = self._prior_at(template, shape, offset, full_shape, displacement, pose)
         return TemplateResult(probability, prior, velocities, velocity, displacement, pose,
                               pose_mask)
 
-    def _prior_at(self, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
-        """S(A(Φ(x))) ``(B, 1, *shape)``: the prior at the grid moved by ``displacement`` (voxels,
-        or None) and then by ``pose`` (or None)."""
+    @staticmethod
+    def _prior_at(template, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
+        """S(A(Φ(x))) ``(B, 1, *shape)``: the prior ``template`` at the grid moved by
+        ``displacement`` (voxels, or None) and then by ``pose`` (or None)."""
         if pose is None:
-            return self.prior.on_grid(shape, offset, full_shape, displacement)
+            return template.on_grid(shape, offset, full_shape, displacement)
         coords = grid_coordinates(shape, offset, full_shape, displacement, device=pose.device,
                                   dtype=pose.dtype)
         coords = coords.expand(pose.shape[0], *coords.shape[1:])
-        return self.prior(apply_pose(pose, coords, self.prior.mean))
+        return template(apply_pose(pose, coords, template.mean))
 
     def regularisation(self, result: TemplateResult) -> torch.Tensor:
         """λ · mean over voxels of ‖∇u‖² (Frobenius, voxel units) of the displacement; 0 for unet

@@ -3,7 +3,7 @@
 Coordinates are **normalised full-volume coordinates in array order**: voxel index i on an axis
 of N voxels ↦ −1 + 2i/(N − 1). A patch at voxel ``offset`` inside a volume of ``full_shape``
 evaluates the prior at the global index offset + local index (+ displacement), so the prior is
-the same function on patches and on whole volumes (DESIGN.md §2).
+the same function on patches and on whole volumes.
 
 * :class:`GeneralisedGaussianPrior` — analytic p(x) = exp(−(d²)^β · ln 2),
   d² = (x − μ)ᵀ Σ⁻¹ (x − μ); p = ½ on the ellipsoid d = 1 whatever β.

@@ -6,9 +6,10 @@ widget's short-lived viewer proxy never holds the entry), so a closed viewer's s
 with it and two viewers never share state. Widgets subscribe to ``state.changed`` (emits the
 name of the field that changed) to react to each other.
 
-Layers are matched by their identity in the namespaced, versioned metadata
-(:func:`napari_difftt.layer_metadata.layer_id`), never by name: renaming an image keeps its
-prediction and its tuned prior. Removing the image drops them (and the prediction's arrays).
+The prediction is the pipeline's own record, :class:`napari_difftt.pipeline.Result`, stored as
+it is: its ``source`` and ``layers`` are napari ``Layer.unique_id`` values, looked up with
+:meth:`ViewerState.layer`. Layers are matched by that identity, never by name: renaming an image
+keeps its prediction and its tuned prior. Removing the image drops them (and the arrays).
 
 Main thread only: a worker returns its result and the widget stores it from the ``returned``
 callback (see :mod:`napari_difftt.widgets._worker`).
@@ -17,36 +18,19 @@ callback (see :mod:`napari_difftt.widgets._worker`).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from psygnal import Signal
-
-from ..layer_metadata import layer_id, layer_metadata
 
 if TYPE_CHECKING:
     from napari.layers import Layer
 
     import napari
 
-    from ..core.inference import Prediction
+    from ..pipeline import Result
 
-__all__ = ["PredictionRecord", "ViewerState"]
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """The last prediction and where it came from."""
-
-    prediction: Prediction  # arrays in the source layer's array order
-    source: Layer  # the image layer it was computed from
-    checkpoint: Path  # the checkpoint used
-    device: str  # the device actually used, e.g. "cpu" or "cuda:0"
-    probability: Layer | None = None  # the layers it produced (None when not shown)
-    segmentation: Layer | None = None
-    prior: dict | None = None  # to_dict() of the prior the model used (provenance)
-    kind: str | None = None  # the model kind ("bch" | "svf" | "stt" | "unet")
+__all__ = ["ViewerState"]
 
 
 class ViewerState:
@@ -56,10 +40,11 @@ class ViewerState:
 
     _registry: ClassVar[weakref.WeakKeyDictionary[Any, ViewerState]] = weakref.WeakKeyDictionary()
 
-    def __init__(self) -> None:
-        self.prediction: PredictionRecord | None = None
+    def __init__(self, viewer: napari.Viewer | None = None) -> None:
+        self._viewer = None if viewer is None else weakref.ref(viewer)
+        self.prediction: Result | None = None
         self.prior: dict | None = None  # GeneralisedGaussianPrior.to_dict() of the tuned prior
-        self.prior_source: str | None = None  # layer_id of the image the prior was tuned on
+        self.prior_source: str | None = None  # unique_id of the image the prior was tuned on
         self.trained_checkpoint: Path | None = None
         self.checkpoint: Path | None = None  # the checkpoint Run model has selected
 
@@ -69,25 +54,36 @@ class ViewerState:
         viewer = getattr(viewer, "__wrapped__", viewer)
         state = cls._registry.get(viewer)
         if state is None:
-            state = cls._registry[viewer] = cls()
+            state = cls._registry[viewer] = cls(viewer)
             viewer.layers.events.removed.connect(state._on_layer_removed)
         return state
 
-    def set_prediction(self, record: PredictionRecord | None) -> None:
+    def set_prediction(self, record: Result | None) -> None:
         """Store the latest prediction and tell the other widgets."""
         self.prediction = record
         self.changed.emit("prediction")
+
+    def layer(self, unique_id: str | None) -> Layer | None:
+        """The viewer's layer with this napari ``unique_id`` (whatever its name now), else None."""
+        viewer = None if self._viewer is None else self._viewer()
+        if unique_id is None or viewer is None:
+            return None
+        return next((layer for layer in viewer.layers if layer.unique_id == unique_id), None)
+
+    def source(self) -> Layer | None:
+        """The image layer of the stored prediction, if any."""
+        return None if self.prediction is None else self.layer(self.prediction.source)
 
     def set_prior(self, prior: dict | None, source: Layer | None = None) -> None:
         """Store the prior tuned on the image layer ``source`` (``to_dict()`` form; None = the
         checkpoint's own prior)."""
         self.prior = None if prior is None else dict(prior)
-        self.prior_source = None if source is None else layer_id(source)
+        self.prior_source = None if source is None else source.unique_id
         self.changed.emit("prior")
 
     def prior_for(self, layer: Layer) -> dict | None:
         """The prior tuned on ``layer`` (matched by identity, whatever its name now), else None."""
-        if self.prior is None or self.prior_source != layer_id(layer):
+        if self.prior is None or self.prior_source != layer.unique_id:
             return None
         return self.prior
 
@@ -103,8 +99,8 @@ class ViewerState:
 
     def _on_layer_removed(self, event) -> None:
         """Forget what belongs to a removed image: its prediction (large arrays) and prior."""
-        removed = layer_metadata(event.value).get("id")
-        if self.prediction is not None and self.prediction.source is event.value:
+        removed = event.value.unique_id
+        if self.prediction is not None and self.prediction.source == removed:
             self.set_prediction(None)
-        if removed is not None and removed == self.prior_source:
+        if removed == self.prior_source:
             self.set_prior(None)

@@ -38,11 +38,12 @@ from typing import Any
 
 from ..errors import Cancelled, CheckpointError, OutOfMemory, VolumeError
 
-__all__ = ["CallbackTask", "Job", "Outcome", "callback_task", "explain", "start_job"]
+__all__ = ["CallbackTask", "Job", "LatestJob", "Outcome", "callback_task", "explain",
+           "start_job"]
 
-Progress = tuple[int, int, str]  # (done, total, message)
+ProgressItem = tuple[int, int, str]  # (done, total, message), as a task yields it
 ShouldStop = Callable[[], bool]
-Task = Callable[[ShouldStop], Generator[Progress, None, Any]]
+Task = Callable[[ShouldStop], Generator[ProgressItem, None, Any]]
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,7 @@ def start_job(
             if on_cancelled is not None:
                 on_cancelled()
         elif outcome.error is not None:
-            if on_error is not None:
-                on_error(outcome.error)
-            else:
-                from napari.utils.notifications import show_error
-
-                show_error(explain(outcome.error))
+            (on_error or _notify)(outcome.error)
         elif on_done is not None:
             on_done(outcome.value)
 
@@ -126,6 +122,93 @@ def start_job(
         worker.finished.connect(on_finished)
     worker.start()
     return job
+
+
+class LatestJob:
+    """"Latest value wins" background work.
+
+    :meth:`submit` asks the running job (if any) to stop and runs the new task: when the old
+    one has ended (the default: one job at a time), or at once with ``overlap=True`` (the old
+    one winds down beside it). A task submitted while another waits replaces the waiting one.
+    Only the latest submission's outcome reaches its callbacks: a superseded job's result,
+    error or cancellation is dropped, so a slow old result never overwrites a newer one.
+    :meth:`stop` stops the latest job (its cancellation is delivered); :meth:`drop` stops it
+    and delivers nothing. ``on_idle`` runs when the last job has ended. Callbacks run on the
+    GUI thread (as :func:`start_job`'s); pass them through a widget's lifetime guard.
+    """
+
+    def __init__(self, *, overlap: bool = False, on_idle: Callable[[], None] | None = None):
+        self.job: Job | None = None  # the latest job, while any job runs
+        self._overlap = overlap
+        self._on_idle = on_idle
+        self._running = 0  # jobs started and not yet finished
+        self._serial = 0  # submissions so far; the latest is the one delivered
+        self._waiting: tuple | None = None  # (serial, task, callbacks) to start next
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing runs or waits."""
+        return self._running == 0 and self._waiting is None
+
+    @property
+    def latest(self) -> int:
+        """The serial number of the latest submission (0: none yet)."""
+        return self._serial
+
+    def submit(
+        self,
+        task: Task | CallbackTask,
+        *,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
+        on_progress: Callable[[int, int, str], None] | None = None,
+    ) -> int:
+        """Run ``task`` as the latest work; returns its serial number."""
+        self._serial += 1
+        self._waiting = (self._serial, task, (on_done, on_error, on_cancelled, on_progress))
+        running = self.job
+        if running is not None:
+            running.cancel()  # it reports back as cancelled (dropped)
+        if running is None or self._overlap:
+            self._start()
+        return self._serial
+
+    def stop(self) -> None:
+        """Drop the waiting task and ask the latest job to stop (it reports as cancelled)."""
+        self._waiting = None
+        if self.job is not None:
+            self.job.cancel()
+
+    def drop(self) -> None:
+        """As :meth:`stop`, but nothing of the latest job is delivered any more."""
+        self._serial += 1
+        self.stop()
+
+    def _start(self) -> None:
+        serial, task, (on_done, on_error, on_cancelled, on_progress) = self._waiting
+        self._waiting = None
+
+        def latest(callback):
+            if callback is None:
+                return None
+            return lambda *args: callback(*args) if serial == self._serial else None
+
+        self._running += 1
+        self.job = start_job(task, on_progress=latest(on_progress), on_done=latest(on_done),
+                             on_error=latest(on_error or _notify),
+                             on_cancelled=latest(on_cancelled), on_finished=self._finished)
+
+    def _finished(self) -> None:
+        self._running -= 1
+        if self._running > 0:
+            return
+        if self._waiting is not None:
+            self._start()
+            return
+        self.job = None
+        if self._on_idle is not None:
+            self._on_idle()
 
 
 def callback_task(function: Callable[[Callable[..., None], ShouldStop], Any]) -> CallbackTask:
@@ -157,9 +240,15 @@ def explain(error: BaseException) -> str:
     return f"{name}: {text}"
 
 
+def _notify(error: BaseException) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(explain(error))
+
+
 def _guarded(
     task: Task | CallbackTask, stop: threading.Event, abort: threading.Event, relay: list
-) -> Generator[Progress, None, Outcome]:
+) -> Generator[ProgressItem, None, Outcome]:
     """Run the task; turn every ending into an :class:`Outcome`; free cached GPU memory.
 
     On abort the task generator is closed here, in the worker thread. ``relay[0]`` emits a

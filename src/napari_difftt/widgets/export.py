@@ -1,39 +1,30 @@
-"""Export dock widget: segmentation, probability and Jacobian determinant to NIfTI with the
-source image's affine and header, the displacement, and the segmentation surface as a mesh.
+"""Export dock widget: the current prediction's files — segmentation, probability and Jacobian
+determinant as NIfTI with the source image's affine and header, the displacement, and the
+segmentation's surface as a mesh.
 
-The files are those of ``napari-difftt predict`` (one contract,
-:data:`napari_difftt.pipeline.OUTPUTS`, written by :func:`napari_difftt.pipeline.export`):
-``<stem>_seg.nii.gz``, ``<stem>_prob.nii.gz``, ``<stem>_jacdet.nii.gz`` (det ∇Φ, central
-differences), ``<stem>_displacement.npy`` (``(n, *S)`` float32, voxels) and
-``<stem>_surface.stl|.obj``. Existing files are never replaced silently: one QMessageBox asks
-once for all of them (tests monkeypatch ``QMessageBox.question``). The folder defaults to the
-segmentation's source file's folder. The Jacobian determinant and displacement come from the
-last prediction in the viewer state.
+It exports the viewer's prediction record (:class:`napari_difftt.pipeline.Result`) and nothing
+else: before any run it offers nothing and says why. The segmentation written is the record's
+segmentation layer as it is now (the user's corrections included) while that layer exists,
+else the predicted array; probability and displacement are the record's. The files are those of
+``napari-difftt predict`` (one contract, :data:`napari_difftt.pipeline.OUTPUTS`, written by
+:func:`napari_difftt.pipeline.export`, which checks everything before it writes anything).
+Existing files are never replaced silently: one QMessageBox asks once for all of them (tests
+monkeypatch ``QMessageBox.question``). The form is magicgui (check boxes, the mesh format, a
+``FileEdit`` folder, the stem); the folder defaults to the source image's file's folder.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QMessageBox,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QLabel, QMessageBox, QVBoxLayout, QWidget
 
-from ..layer_metadata import layer_metadata, layer_volume
-from ..pipeline import Result, export, output_paths
-from ._controls import LayerChooser
+from ..layer_metadata import layer_metadata
+from ..pipeline import MESH_FORMATS, Result, export, output_paths
+from ._controls import folder_edit
 from ._lifetime import Lifetime
 from ._state import ViewerState
 from ._worker import explain
@@ -43,55 +34,54 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportWidget"]
 
-MESH_TIPS = {True: "the segmentation's surface as a triangle mesh in world mm",
-             False: "a 2D segmentation has no surface: the mesh needs a 3D segmentation"}
+NO_PREDICTION = ("No prediction to export yet: run the model first (Run model). Export writes "
+                 "a prediction's segmentation, probability, det J, displacement and surface.")
+CHOICES = {  # output key → (label, tooltip)
+    "seg": ("segmentation (NIfTI)", "labels 0/1 with the source's affine and header (your "
+                                    "edits of the segmentation layer included)"),
+    "prob": ("probability (NIfTI)", "the model's probability, float32"),
+    "jacdet": ("Jacobian determinant (NIfTI)", "det ∇Φ by central differences (≤ 0: folded)"),
+    "displacement": ("displacement, voxels (.npy)", "Φ(x) − x in voxels, (n, *S) float32 in "
+                                                    "array order"),
+    "mesh": ("surface mesh", "the segmentation's surface as a triangle mesh in world mm"),
+}
+FLOWLESS = "this prediction has no flow (a U-Net): no det J or displacement"
+FLAT = "a 2D segmentation has no surface: the mesh needs a 3D segmentation"
 
 
 class ExportWidget(QWidget):
-    """Choose what to export, a folder and a file stem; Export writes the files."""
+    """Choose what to export of the current prediction, a folder and a file stem; Export."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton
+
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
-        self.segmentation = LayerChooser(napari_viewer, "labels")
-        self.probability = LayerChooser(napari_viewer, "image", allow_none=True)
-        self.want_segmentation = QCheckBox("segmentation (NIfTI)")
-        self.want_probability = QCheckBox("probability (NIfTI)")
-        self.want_jacobian = QCheckBox("Jacobian determinant (NIfTI)")
-        self.want_displacement = QCheckBox("displacement, voxels (.npy)")
-        self.want_mesh = QCheckBox("surface mesh")
-        self.mesh_format = QComboBox()
-        self.mesh_format.addItems([".stl", ".obj"])
-        for box in (self.want_segmentation, self.want_probability, self.want_jacobian,
-                    self.want_displacement, self.want_mesh):
-            box.setChecked(True)
-        self.folder = QLineEdit(str(Path.cwd()))  # until a segmentation from a file is chosen
+        self.want = {key: CheckBox(value=True, text=label, tooltip=tip)
+                     for key, (label, tip) in CHOICES.items()}
+        self.mesh_format = ComboBox(choices=MESH_FORMATS, value=MESH_FORMATS[0], label="mesh",
+                                    tooltip="mesh file format")
+        self.folder = folder_edit("output folder (default: the source file's folder)",
+                                  Path.cwd(), label="folder")
         self._folder_chosen = False
-        self.browse_button = QPushButton("Browse…")
-        self.stem = QLineEdit("difftt")
-        self.export_button = QPushButton("Export")
-        for control, tip in (
-            (self.want_segmentation, "labels 0/1 with the source's affine and header"),
-            (self.want_probability, "the model's probability, float32"),
-            (self.want_jacobian, "det ∇Φ by central differences (≤ 0: folded)"),
-            (self.want_displacement, "Φ(x) − x in voxels, (n, *S) float32 in array order"),
-            (self.want_mesh, MESH_TIPS[True]),
-            (self.mesh_format, "mesh file format"),
-            (self.folder, "output folder (default: the source file's folder)"),
-            (self.browse_button, "Choose the output folder"),
-            (self.stem, "file names start with this, e.g. <stem>_seg.nii.gz"),
-            (self.export_button, "Write every ticked output; asks once before replacing files"),
-            (self.probability, "the probability layer to export"),
-        ):
-            control.setToolTip(tip)
+        self.stem = LineEdit(value="difftt", label="file stem",
+                             tooltip="file names start with this, e.g. <stem>_seg.nii.gz")
+        self.export_button = PushButton(text="Export", tooltip="Write every ticked output; "
+                                                               "asks once before replacing files")
+        self.form = Container(widgets=[*self.want.values(), self.mesh_format, self.folder,
+                                       self.stem, self.export_button])
+        self.source = QLabel(NO_PREDICTION)
+        self.source.setWordWrap(True)
         self.message = QLabel()
         self.message.setWordWrap(True)
-        self._build_layout()
-        self.browse_button.clicked.connect(self._browse)
-        self.export_button.clicked.connect(self.export)
-        self.segmentation.layer_changed.connect(self._suggest_stem)
-        self._suggest_stem(self.segmentation.layer())
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.source)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+        self.export_button.changed.connect(self.export)
+        self.folder.line_edit.changed.connect(self._folder_edited)
         self.state.changed.connect(self._on_state)
         self._lifetime = Lifetime(self, lambda: self.state.changed.disconnect(self._on_state))
         self._on_state("prediction")
@@ -99,34 +89,37 @@ class ExportWidget(QWidget):
     # ------------------------------------------------------------------ public API
     def set_output(self, folder: str | Path, stem: str) -> None:
         """Write into ``folder`` with file names starting with ``stem``."""
+        self.folder.value = Path(folder)
         self._folder_chosen = True
-        self.folder.setText(str(folder))
-        self.stem.setText(stem)
+        self.stem.value = stem
 
     def export(self) -> list[Path]:
-        """Write every checked output; returns the files written (skipped ones left out)."""
+        """Write every ticked output of the current prediction; returns the files written."""
         from napari.utils.notifications import show_error, show_info
 
         try:
-            result, volume, what = self._inputs()
-            paths = output_paths(self._folder(), self.stem.text().strip(), what,
-                                 self.mesh_format.currentText())
+            result, what = self._inputs()
+            folder, stem = self._folder(), self.stem.value.strip()
+            paths = output_paths(folder, stem, what, self.mesh_format.value)
         except (ValueError, FileNotFoundError) as error:
             show_error(f"Export: {explain(error)}")
             self.message.setText(explain(error))
             return []
         existing = [path for path in paths.values() if path.exists()]
-        replace = not existing or self._confirm_overwrite(existing)
-        skipped = [] if replace else existing
+        replace_them = not existing or self._confirm_overwrite(existing)
+        skipped = [] if replace_them else existing
         kept = [key for key, path in paths.items() if path not in skipped]
-        written = []
+        written: list[Path] = []
         if kept:
             try:
-                written = export(result, volume, self._folder(), self.stem.text().strip(), kept,
-                                 overwrite=True, mesh_format=self.mesh_format.currentText())
+                written = export(result, folder, stem, kept, overwrite=True,
+                                 mesh_format=self.mesh_format.value)
             except (OSError, ValueError) as error:
-                show_error(f"Export: {explain(error)}")
-        text = f"wrote {len(written)} file(s) to {self._folder()}"
+                text = f"{explain(error)} Nothing was written."
+                show_error(f"Export: {text}")
+                self.message.setText(text)
+                return []
+        text = f"wrote {len(written)} file(s) to {folder}"
         if skipped:
             text += f"; kept {len(skipped)} existing file(s): {', '.join(p.name for p in skipped)}"
         self.message.setText(text)
@@ -134,32 +127,26 @@ class ExportWidget(QWidget):
         return written
 
     # ------------------------------------------------------------------ internals
-    def _inputs(self):
-        """(result to export, volume giving the affine and header, output keys), checked."""
+    def _inputs(self) -> tuple[Result, list[str]]:
+        """(the record to export, with the segmentation layer's current data; output keys)."""
+        record = self.state.prediction
+        if record is None:
+            raise ValueError(NO_PREDICTION)
         folder = self._folder()
         if not folder.is_dir():
             raise FileNotFoundError(f"output folder not found: {folder}")
-        boxes = (("seg", self.want_segmentation), ("jacdet", self.want_jacobian),
-                 ("displacement", self.want_displacement), ("mesh", self.want_mesh))
-        what = [key for key, box in boxes if box.isChecked()]
-        probability = self.probability.layer()
-        if self.want_probability.isChecked() and probability is not None:
-            what.insert(1, "prob")
-        segmentation = self.segmentation.layer()
-        if {"seg", "mesh"} & set(what) and segmentation is None:
-            raise ValueError("choose a segmentation (Labels) layer, or untick it and the mesh")
-        record = self.state.prediction
-        displacement = None if record is None else record.prediction.displacement
-        if {"jacdet", "displacement"} & set(what) and displacement is None:
-            raise ValueError("the Jacobian and displacement need a prediction with a flow: run "
-                             "a bch/svf/stt model first, or untick them")
+        what = [key for key, box in self.want.items() if box.value and box.enabled]
         if not what:
             raise ValueError("nothing to export: tick at least one output")
-        volume = layer_volume(segmentation if segmentation is not None else record.source)
-        result = Result.of_arrays(
-            None if segmentation is None else np.asarray(segmentation.data), volume.affine,
-            None if "prob" not in what else np.asarray(probability.data), displacement)
-        return result, volume, what
+        layer = self.state.layer(record.layers.get("segmentation"))
+        if layer is None or ("seg" not in what and "mesh" not in what):
+            return record, what
+        edited = np.asarray(layer.data)
+        if edited.shape != record.prediction.segmentation.shape:
+            raise ValueError(f"'{layer.name}' now has shape {edited.shape}, not the prediction's "
+                             f"{record.prediction.segmentation.shape}")
+        prediction = record.prediction._replace(segmentation=edited)
+        return replace(record, prediction=prediction), what
 
     def _confirm_overwrite(self, paths: list[Path]) -> bool:
         """One question for every file that exists: replace them all, or keep them all."""
@@ -173,58 +160,37 @@ class ExportWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def _folder(self) -> Path:
-        return Path(self.folder.text().strip()).expanduser()
+        return Path(self.folder.value).expanduser()
 
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())
-        if folder:
-            self._folder_chosen = True
-            self.folder.setText(folder)
-
-    def _suggest_stem(self, layer) -> None:
-        """Follow the chosen segmentation: its stem, its source file's folder, mesh for 3D."""
-        if layer is None:
-            return
-        self.stem.setText(layer.name.removesuffix(" segmentation").replace(" ", "_"))
-        is_3d = layer.ndim == 3
-        self.want_mesh.setEnabled(is_3d)
-        self.mesh_format.setEnabled(is_3d)
-        if not is_3d:
-            self.want_mesh.setChecked(False)
-        self.want_mesh.setToolTip(MESH_TIPS[is_3d])
-        path = layer_metadata(layer).get("path")
-        if path is not None and not self._folder_chosen:
-            self.folder.setText(str(Path(path).parent))
+    def _folder_edited(self, *_) -> None:
+        self._folder_chosen = True
 
     def _on_state(self, field: str) -> None:
-        record = self.state.prediction
-        if field != "prediction" or record is None:
+        """Offer what the current prediction has: its stem, its file's folder, flow outputs
+        only with a flow, the mesh only in 3D; nothing before a run."""
+        if field != "prediction":
             return
-        if record.segmentation is not None and record.segmentation in self.viewer.layers:
-            self.segmentation.set_layer(record.segmentation)
-        if record.probability is not None and record.probability in self.viewer.layers:
-            self.probability.set_layer(record.probability)
-
-    def _build_layout(self) -> None:
-        form = QFormLayout()
-        form.addRow("segmentation", self.segmentation)
-        form.addRow("probability", self.probability)
-        form.addRow(self.want_segmentation)
-        form.addRow(self.want_probability)
-        form.addRow(self.want_jacobian)
-        form.addRow(self.want_displacement)
-        mesh_row = QHBoxLayout()
-        mesh_row.addWidget(self.want_mesh)
-        mesh_row.addWidget(self.mesh_format)
-        form.addRow(mesh_row)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder, 1)
-        folder_row.addWidget(self.browse_button)
-        form.addRow("folder", folder_row)
-        form.addRow("file stem", self.stem)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.export_button)
-        layout.addWidget(self.message)
-        layout.addStretch(1)
-
+        record = self.state.prediction
+        self.export_button.enabled = record is not None
+        self.form.enabled = record is not None
+        if record is None:
+            self.source.setText(NO_PREDICTION)
+            return
+        source = self.state.source()
+        name = "a removed image" if source is None else source.name
+        checkpoint = "" if record.checkpoint is None else f", {record.checkpoint.name}"
+        self.source.setText(f"Prediction of '{name}' ({record.kind}{checkpoint})")
+        if source is not None:
+            self.stem.value = source.name.replace(" ", "_")
+        has_flow = record.prediction.displacement is not None
+        is_3d = record.volume.array.ndim == 3
+        for key, enabled, tip in (("jacdet", has_flow, FLOWLESS),
+                                  ("displacement", has_flow, FLOWLESS), ("mesh", is_3d, FLAT)):
+            self.want[key].enabled = enabled
+            self.want[key].tooltip = CHOICES[key][1] if enabled else tip
+        self.mesh_format.enabled = is_3d
+        path = record.volume.path or (None if source is None else layer_metadata(source).get(
+            "path"))
+        if path is not None and not self._folder_chosen:
+            with self.folder.line_edit.changed.blocked():
+                self.folder.value = Path(path).parent

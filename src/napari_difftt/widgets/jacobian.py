@@ -21,22 +21,26 @@ import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ..pipeline import JacobianReport, jacobian_report
+from ..pipeline import jacobian_report
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
-from .flow_explorer import current_frame, flow_layer
+from .flow_explorer import current_frame, flow_layer, resampled
 
 if TYPE_CHECKING:
     from napari.layers import Layer
 
     import napari
 
+    from ..core.fields import JacobianReport
+
 __all__ = ["JacobianWidget"]
 
 NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then compute det J."
 TARGETS = {"final": "Φ, the predicted transformation", "current": "φ(t) at the flow explorer's t"}
 GRID_ROLE = "deformed_grid"
+# folds sit on the most compressed (dark pink) end of PiYG: yellow stands out on it and on green
+FOLD_COLOURS = {1: "yellow", None: "transparent"}
 
 
 class JacobianWidget(QWidget):
@@ -84,21 +88,16 @@ class JacobianWidget(QWidget):
     def compute(self) -> None:
         """Compute det J of the chosen transformation in a worker, then show it."""
         record = self.state.prediction
-        if record is None:
-            return self._tell(NO_PREDICTION)
+        refused = self._refusal(record)
+        if refused is not None:
+            return self._tell(refused)
         if self.job is not None:
             return self._tell("det J is being computed; wait for it to finish.")
         if self.target.currentData() == "final":
             displacement = record.prediction.displacement
             what = "Φ"
-            if displacement is None:
-                kind = f"a {record.kind!r}" if record.kind else "this"
-                return self._tell(
-                    f"This prediction has no transformation ({kind} model segments directly): "
-                    "run a template-transformer model to inspect its Jacobian."
-                )
         else:
-            layer = flow_layer(self.viewer, record.source)
+            layer = flow_layer(self.viewer, self.state.source())
             if layer is None:
                 return self._tell(
                     "No flow frames of this prediction: open the Flow explorer and press "
@@ -107,7 +106,10 @@ class JacobianWidget(QWidget):
             k = current_frame(self.viewer, layer)
             displacement = layer.data.displacement(k)
             what = f"φ(t = {layer.data.times[k]:.3g})"
-        self._run(record.source, displacement, what)
+        source = self.state.source()
+        if source is None:
+            return self._tell("The image of this prediction was removed; run the model again.")
+        self._run(source, record, displacement, what)
 
     def next_fold(self) -> tuple[float, ...] | None:
         """Centre the view on the next folded region; returns its world position (mm)."""
@@ -126,12 +128,12 @@ class JacobianWidget(QWidget):
         return tuple(world)
 
     # ---------------------------------------------------------------- helpers
-    def _run(self, source: Layer, displacement: np.ndarray, what: str) -> None:
+    def _run(self, source: Layer, record, displacement: np.ndarray, what: str) -> None:
         from ._worker import start_job
 
         def task(should_stop):
             yield 0, 1, f"det J of {what}"
-            return jacobian_report(displacement)
+            return jacobian_report(record, displacement)
 
         self._target = (source, what)
         self.compute_button.setEnabled(False)
@@ -152,7 +154,21 @@ class JacobianWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.job = None
-        self.compute_button.setEnabled(True)
+        self.compute_button.setEnabled(self._refusal(self.state.prediction) is None)
+
+    @staticmethod
+    def _refusal(record) -> str | None:
+        """Why det J of the prediction ``record`` cannot be shown; None when it can."""
+        if record is None:
+            return NO_PREDICTION
+        if record.prediction.displacement is None:
+            kind = f"a {record.kind!r}" if record.kind else "this"
+            return (f"This prediction has no transformation ({kind} model segments directly): "
+                    "run a template-transformer model to inspect its Jacobian.")
+        if resampled(record):
+            return ("This prediction was resampled to the model's spacing: its Φ lives on the "
+                    "network's grid, not the image's. Run without resampling to inspect det J.")
+        return None
 
     def _show(self, source: Layer, stats: JacobianReport, what: str) -> None:
         if source not in self.viewer.layers:
@@ -172,13 +188,15 @@ class JacobianWidget(QWidget):
         folds = (stats.det <= 0).astype(np.uint8)
         self.folds_layer = add_derived(
             self.viewer, "labels", folds, source, f"folds {source.name}", "folds", opacity=0.9,
+            colormap=FOLD_COLOURS,
         )
         self._fold = -1
         self.next_fold_button.setEnabled(bool(stats.folds))
         self.summary.setText(
             f"{stats.describe(what)}\ncolours (colour bar on the canvas): log₂ det J from "
             f"{limits[0]:.2g} to {limits[1]:.2g}; "
-            "green expands, pink compresses, white keeps volume; folds in the labels layer"
+            f"green expands, pink compresses, white keeps volume; folds in yellow "
+            f"('{self.folds_layer.name}')"
         )
 
     def _tell(self, message: str) -> None:
@@ -186,9 +204,21 @@ class JacobianWidget(QWidget):
         self.summary.setText(message)
 
     def _on_state(self, what: str) -> None:
-        if what == "prediction":
+        if what == "prediction":  # the figures and folds of the previous one no longer apply
+            self.stats, self._target, self._fold = None, None, -1
+            self.next_fold_button.setEnabled(False)
             record = self.state.prediction
+            refused = self._refusal(record)
+            self.compute_button.setEnabled(refused is None and self.job is None)
+            if refused is not None:
+                self.summary.setText(refused)
+                return
             self.summary.setText(
                 NO_PREDICTION if record is None
-                else f"Prediction of {record.source.name!r} ready: press 'Compute det J'."
+                else f"Prediction of {_name(self.state.source())!r} ready: press "
+                     "'Compute det J'."
             )
+
+
+def _name(layer: Layer | None) -> str:
+    return "a removed image" if layer is None else layer.name

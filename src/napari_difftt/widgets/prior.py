@@ -9,8 +9,12 @@ volume on a cached coordinate grid in a worker (a few hundred ms at 128³ on two
 back on the GUI thread when it ends. Latest value wins: a change while the volume is computed
 cancels that computation (between torch operations) and only the newest prior is computed next;
 a result that a newer change has superseded is never written. The preview layers are created
-once per image, updated in place (no layer property is set again), and removed with their
-image, when another image is chosen, or with the widget. The tuned prior is stored in
+once per image when the prior is first touched (an edit, Fit to labels) or "show preview" is
+ticked — opening the widget adds no layer — updated in place (no layer property is set again),
+and removed with their image, when another image is chosen, when the box is unticked, or with
+the widget. The fields start at the prior of the checkpoint Run model will use for the image
+(the bundled model of the image's dimensionality unless another is chosen) and follow Run
+model's checkpoint until the prior is tuned. The tuned prior is stored in
 :class:`~napari_difftt.widgets._state.ViewerState` and Run model uses it for the image it was
 tuned on (matched by layer identity, not name).
 Maths: :func:`core.prior.from_display`, :func:`core.prior.fit_to_mask`,
@@ -34,11 +38,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._controls import LayerChooser, spin_box
-from ._layers import add_derived
+from ._controls import LayerChooser, fit_to_range, spin_box
+from ._layers import add_derived, readable_in_3d
 from ._lifetime import Lifetime
 from ._state import ViewerState
-from ._worker import callback_task, start_job
+from ._worker import LatestJob, callback_task
 
 if TYPE_CHECKING:
     from napari.layers import Image, Labels
@@ -60,9 +64,8 @@ class PriorWidget(QWidget):
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
         self._lifetime = Lifetime(self, self._on_closed)  # before the first preview's worker
-        self._volume_job = None  # the worker computing the whole preview volume
-        self._volume_next = None  # (request, prior, grid, layers) to compute when it ends
-        self._requested = self._written = 0  # latest volume request; latest one written
+        self._volume = LatestJob()  # the whole preview volume: the latest prior wins
+        self._written = 0  # the volume request last written (LatestJob.latest: the latest)
         self._loading = False  # True while fields are set programmatically
         self._store = True  # whether an edit makes the prior Run model's (not after Reset)
         self._layers: tuple | None = None  # (source, probability, contour) preview layers
@@ -75,11 +78,14 @@ class PriorWidget(QWidget):
         self.radii = [spin_box(0.1, 1e5, 10.0, decimals=2,
                                tooltip=f"semi-axis of the p = ½ contour along {a} (mm)")
                       for a in AXES]
-        self.rotate = QCheckBox("rotate (full Σ)")
+        self.rotate = QCheckBox("rotate (full Σ; θ in degrees)")
         self.angles = [spin_box(-180.0, 180.0, 0.0, step=5.0, decimals=1,
                                 tooltip=f"rotation about array axis {a} (degrees)") for a in AXES]
         self.beta = spin_box(0.05, 20.0, 1.0, step=0.1, tooltip="β: 1 Gaussian, larger is flatter")
         self.reset_button = QPushButton("Reset to default")
+        self.show_preview = QCheckBox("show preview")
+        self.show_preview.setToolTip("Show the prior as layers '<image> prior' and '<image> "
+                                     "prior ½' (ticked by any change of the prior)")
         self.fit_button = QPushButton("Fit to labels")
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -96,8 +102,12 @@ class PriorWidget(QWidget):
         self.image.layer_changed.connect(self._image_changed)
         self.reset_button.clicked.connect(self.reset)
         self.fit_button.clicked.connect(self.fit_to_labels)
+        self.show_preview.toggled.connect(self._preview_toggled)
+        self._loading = True  # setting up is not an edit
         self._rotation_toggled(False)
+        self._loading = False
         self.viewer.layers.events.removed.connect(self._on_removed)
+        self.state.changed.connect(self._on_state)
         self.reset()
 
     # ------------------------------------------------------------------ public actions
@@ -167,7 +177,7 @@ class PriorWidget(QWidget):
         """Fit the prior's ½-contour to the chosen Labels layer (non-zero voxels)."""
         from napari.utils.notifications import show_error
 
-        from ..pipeline import fit_to_mask
+        from ..pipeline import fit_prior
 
         layer, labels = self._image(), self.labels.layer()
         if labels is None:
@@ -178,7 +188,7 @@ class PriorWidget(QWidget):
                        f"'{layer.name}' has {layer.data.shape}; choose matching layers.")
             return
         try:
-            prior = fit_to_mask(np.asarray(labels.data), beta=self.beta.value())
+            prior = fit_prior(np.asarray(labels.data), beta=self.beta.value())
         except ValueError as error:
             show_error(f"Fit to labels: {error}")
             return
@@ -187,13 +197,19 @@ class PriorWidget(QWidget):
                             f"'{layer.name}'.")
 
     def update_preview(self, store: bool = True) -> None:
-        """Render the preview now: the displayed slice at once, the whole volume in a worker
-        (:attr:`preview_complete` once written); ``store`` makes the prior the one Run model
-        uses for this image."""
+        """Render the preview now (and tick "show preview"): the displayed slice at once, the
+        whole volume in a worker (:attr:`preview_complete` once written); ``store`` makes the
+        prior the one Run model uses for this image."""
         layer = self.image.layer()
         if layer is None or layer.ndim not in (2, 3):
             return
         self._prior = self.prior()
+        if not self.show_preview.isChecked():
+            self._loading, loading = True, self._loading  # ticking it must not render twice
+            try:
+                self.show_preview.setChecked(True)
+            finally:
+                self._loading = loading
         probability, contour = self._preview_layers(layer)
         axis = self._sliced_axis(probability)
         if axis is not None:
@@ -206,7 +222,7 @@ class PriorWidget(QWidget):
     @property
     def preview_complete(self) -> bool:
         """False until the whole-volume preview of the latest change is written."""
-        return self._written == self._requested
+        return self._written == self._volume.latest
 
     def preview_layers(self) -> tuple[Image, Labels] | None:
         """The (probability, ½-contour) preview layers of the chosen image, if shown."""
@@ -214,8 +230,28 @@ class PriorWidget(QWidget):
 
     # ------------------------------------------------------------------ internals
     def _edited(self, *_, store: bool = True) -> None:
-        if not self._loading and self.image.layer() is not None:
+        """A field changed: a change by the user (``store``) touches the prior and shows it; a
+        reset refreshes the preview only where it is shown."""
+        if self._loading or self.image.layer() is None:
+            return
+        if store or self.show_preview.isChecked():
             self.update_preview(store=store)
+        elif self._ndim() in (2, 3):
+            self._prior = self.prior()
+
+    def _preview_toggled(self, checked: bool) -> None:
+        if self._loading:
+            return
+        if checked:
+            self.update_preview(store=False)
+        else:
+            self._remove_preview()
+
+    def _on_state(self, field: str) -> None:
+        """Run model chose another checkpoint: start from its prior unless one is tuned."""
+        layer = self.image.layer()
+        if field == "checkpoint" and (layer is None or self.state.prior_for(layer) is None):
+            self.reset()
 
     def _image_changed(self, layer) -> None:
         self.labels.set_ndim(None if layer is None else layer.ndim)
@@ -243,7 +279,7 @@ class PriorWidget(QWidget):
         contour = add_derived(
             self.viewer, "labels", np.zeros(shape, np.uint8), layer, f"{layer.name} prior ½",
             "prior_contour", scale=scale, colormap=CONTOUR_COLOURS)
-        contour.contour = 1
+        readable_in_3d(self.viewer, contour, contour=1)
         self._layers = (layer, probability, contour)
         return probability, contour
 
@@ -277,61 +313,43 @@ class PriorWidget(QWidget):
             preview.refresh(thumbnail=thumbnail, extent=False, highlight=False)
 
     def _request_volume(self, probability: Image, contour: Labels) -> None:
-        """Compute the whole preview volume of the current prior in a worker (latest wins)."""
-        self._requested += 1
-        self._volume_next = (self._requested, self._prior, self._grid, (probability, contour))
-        if self._volume_job is not None:
-            self._volume_job.cancel()  # superseded: the newest prior is computed when it ends
-        else:
-            self._start_volume()
-
-    def _start_volume(self) -> None:
-        request, prior, grid, layers = self._volume_next
-        self._volume_next = None
+        """Compute the whole preview volume of the current prior in a worker (latest wins: a
+        newer change cancels it, and only the latest result is written)."""
+        prior, grid, layers = self._prior, self._grid, (probability, contour)
 
         def compute(progress, should_stop):
-            from ..pipeline import Interruptible, prior_values
+            from ..core.interrupt import Interruptible
+            from ..pipeline import prior_values
 
             with Interruptible(should_stop):
                 values = prior_values(prior, grid)
             return values, (values >= 0.5).astype(np.uint8)
 
         self._lifetime.watch(self)
-        live = self._lifetime.guard  # weak and closed-aware; the lambdas add the request only
-        done, failed = live(self._on_volume), live(self._on_volume_error)
-        self._volume_job = start_job(
-            callback_task(compute), on_done=lambda result: done(request, layers, result),
-            on_error=lambda error: failed(request, error),
-            on_finished=live(self._on_volume_finished))
+        live = self._lifetime.guard  # weak and closed-aware; the lambda adds the layers only
+        done = live(self._on_volume)
+        self._volume.submit(callback_task(compute), on_done=lambda result: done(layers, result),
+                            on_error=live(self._on_volume_error))
 
-    def _on_volume(self, request: int, layers: tuple, result) -> None:
-        if request != self._requested:
-            return  # a newer change superseded this result: never written
-        self._written = request
+    def _on_volume(self, layers: tuple, result) -> None:
+        self._written = self._volume.latest  # only the latest request's result arrives here
         if self._layers is not None and tuple(self._layers[1:]) == tuple(layers) and all(
                 layer in self.viewer.layers for layer in layers):
             self._write(*layers, (Ellipsis,), *result, thumbnail=True)
 
-    def _on_volume_error(self, request: int, error: BaseException) -> None:
+    def _on_volume_error(self, error: BaseException) -> None:
         from napari.utils.notifications import show_error
 
         from ._worker import explain
 
-        if request == self._requested:
-            self._written = request
-            show_error(f"Shape prior preview: {explain(error)}")
-
-    def _on_volume_finished(self) -> None:
-        self._volume_job = None
-        if self._volume_next is not None:
-            self._start_volume()
+        self._written = self._volume.latest
+        show_error(f"Shape prior preview: {explain(error)}")
 
     def _remove_preview(self, *_) -> None:
         """Remove the preview layers this widget made (those still in the viewer)."""
         layers, self._layers, self._grid = self._layers, None, None
-        self._volume_next, self._written = None, self._requested  # nothing left to show
-        if self._volume_job is not None:
-            self._volume_job.cancel()
+        self._volume.drop()
+        self._written = self._volume.latest  # nothing left to show
         for preview in (layers or ())[1:]:
             if preview in self.viewer.layers:
                 self.viewer.layers.remove(preview)
@@ -342,6 +360,7 @@ class PriorWidget(QWidget):
 
     def _on_closed(self) -> None:
         self.viewer.layers.events.removed.disconnect(self._on_removed)
+        self.state.changed.disconnect(self._on_state)
         self._remove_preview()
 
     def _rotation_toggled(self, checked: bool) -> None:
@@ -358,18 +377,20 @@ class PriorWidget(QWidget):
                             store=store)
 
     def _default_prior(self, ndim: int):
-        from ..pipeline import GeneralisedGaussianPrior, checkpoint_prior, default_checkpoint
+        from ..core.prior import GeneralisedGaussianPrior
+        from ..pipeline import checkpoint_prior, default_checkpoint
 
         record = self.state.prediction
-        path = self.state.checkpoint or (record.checkpoint if record is not None else None)
-        try:
-            path = Path(path or default_checkpoint())
+        chosen = [self.state.checkpoint, None if record is None else record.checkpoint]
+        try:  # what Run model uses on an image of this dimensionality unless a file is chosen
+            chosen.append(default_checkpoint(ndim))
         except FileNotFoundError:
-            path = None
-        prior = None if path is None else checkpoint_prior(path, ndim)
-        if prior is not None:
-            self._default_source = f"from {path.name}"
-            return prior
+            pass
+        for path in filter(None, chosen):
+            prior = checkpoint_prior(path, ndim)
+            if prior is not None:
+                self._default_source = f"from {Path(path).name}"
+                return prior
         self._default_source = "centred, half the extent"
         return GeneralisedGaussianPrior(ndim)
 
@@ -385,6 +406,8 @@ class PriorWidget(QWidget):
             box.setSingleStep(max(abs(float(layer.scale[k])), 0.1))
             radius.setRange(0.1, max(2.0 * extent[k], 1.0))
             radius.setSingleStep(max(abs(float(layer.scale[k])), 0.1))
+        for box in (*self.mean[3 - n :], *self.radii[3 - n :]):
+            fit_to_range(box)  # as wide as this image's values need, no wider
         for box in (*self.mean[: 3 - n], *self.radii[: 3 - n]):
             box.setVisible(False)
         for box in (*self.mean[3 - n :], *self.radii[3 - n :]):
@@ -407,7 +430,7 @@ class PriorWidget(QWidget):
 
     def _set_enabled(self, enabled: bool) -> None:
         for widget in (*self.mean, *self.radii, self.rotate, self.beta, self.reset_button,
-                       self.fit_button):
+                       self.fit_button, self.show_preview):
             widget.setEnabled(enabled)
         for box in self.angles:
             box.setEnabled(enabled and self.rotate.isChecked())
@@ -418,10 +441,13 @@ class PriorWidget(QWidget):
         grid = QGridLayout()
         for k, axis in enumerate(AXES):
             grid.addWidget(QLabel(axis), 0, k + 1)
-        rows = (("centre μ (mm)", self.mean), ("radii (mm)", self.radii),
-                ("angles (°)", self.angles))
-        for row, (title, boxes) in enumerate(rows, start=1):
-            grid.addWidget(QLabel(title), row, 0)
+        rows = (("μ", self.mean, "centre (mm)"), ("r", self.radii, "semi-axes of the p = ½ "
+                                                                    "contour (mm)"),
+                ("θ", self.angles, "rotation angles (degrees)"))
+        for row, (title, boxes, tip) in enumerate(rows, start=1):  # short titles: a narrow dock
+            label = QLabel(title)
+            label.setToolTip(tip)
+            grid.addWidget(label, row, 0)
             for k, box in enumerate(boxes):
                 grid.addWidget(box, row, k + 1)
         form.addRow(grid)
@@ -431,7 +457,10 @@ class PriorWidget(QWidget):
         fit_row.addWidget(self.labels, 1)
         fit_row.addWidget(self.fit_button)
         form.addRow("labels", fit_row)
-        form.addRow(self.reset_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.reset_button)
+        buttons.addWidget(self.show_preview)
+        form.addRow(buttons)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.status)

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -33,11 +33,11 @@ from qtpy.QtWidgets import (
 
 from ..layer_metadata import layer_volume
 from ..pipeline import Result, format_metrics, format_topology, segment
-from ._controls import LayerChooser
-from ._layers import add_derived
+from ._controls import LayerChooser, folder_edit
+from ._layers import PREDICTION_VIEWS, add_derived, readable_in_3d, retire_derived
 from ._lifetime import Lifetime
 from ._shortcuts import key_text, register
-from ._state import PredictionRecord, ViewerState
+from ._state import ViewerState
 from ._worker import Job, callback_task, explain, start_job
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RunModelWidget"]
 
+FOLDER_OUTPUTS = ("seg", "prob")  # keys of pipeline.OUTPUTS, as `predict --probabilities`
 SEGMENTATION_COLOURS = {1: "magenta", None: "transparent"}  # ground truth is lime (sample data)
+NO_IMAGE = "Open an image to run the model (File ▸ Open Sample ▸ napari-difftt for one)."
 
 
 class RunModelWidget(QWidget):
@@ -58,9 +60,9 @@ class RunModelWidget(QWidget):
         self.viewer = napari_viewer
         self.state = ViewerState.of(napari_viewer)
         self.job: Job | None = None
-        self.last_result: Result | None = None
         self._checkpoint: Path | None = None  # None: the bundled default
         self._running_on: Image | None = None  # the image layer of the current run
+        self._resampled = False  # whether the current run resamples to the model's spacing
 
         self.image = LayerChooser(napari_viewer, "image", sources_only=True)
         self.truth = LayerChooser(napari_viewer, "labels", allow_none=True, sources_only=True)
@@ -72,10 +74,15 @@ class RunModelWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.folder_in = QLineEdit()
-        self.folder_in.setPlaceholderText("folder of .nii/.nii.gz volumes")
-        self.folder_out = QLineEdit()
-        self.folder_out.setPlaceholderText("output folder")
+        self.resample = QCheckBox("resample to the model's spacing")
+        self.folder_in = folder_edit("every NIfTI volume in this folder is segmented",
+                                     placeholder="NIfTI folder")
+        self.folder_out = folder_edit("outputs get the names `napari-difftt predict "
+                                      "--probabilities` writes: NAME_seg.nii.gz and "
+                                      "NAME_prob.nii.gz; existing ones are kept unless "
+                                      "'replace existing outputs' is ticked",
+                                      placeholder="output folder")
+        self.overwrite = QCheckBox("replace existing outputs")
         self.folder_button = QPushButton("Run folder")
         for control, tip in (
             (self.browse_button, "Choose a checkpoint file (.pt) written by Train or the CLI"),
@@ -85,9 +92,11 @@ class RunModelWidget(QWidget):
             (self.cancel_button, "Stop the running prediction within about a second; "
                                  f"nothing is added to the viewer ({key_text('cancel')})"),
             (self.truth, "optional ground truth: Dice, HD and HD95 against it"),
-            (self.folder_in, "every NIfTI volume in this folder is segmented"),
-            (self.folder_out, "outputs get the names `napari-difftt predict --probabilities` "
-                              "writes: NAME_seg.nii.gz and NAME_prob.nii.gz; none is replaced"),
+            (self.resample, "resample the image to the model's training spacing for the "
+                            "network and the result back onto the image's grid (as `napari-"
+                            "difftt predict --spacing model`); its flow then lives on the "
+                            "network's grid, so Flow explorer and Jacobian are off"),
+            (self.overwrite, "replace outputs of the same names in the output folder"),
             (self.folder_button, "Segment the folder in the background (Cancel stops it; "
                                  "files already written are kept)"),
         ):
@@ -111,7 +120,8 @@ class RunModelWidget(QWidget):
         self._image_changed(self.image.layer())
         self.run_button.clicked.connect(self.run)
         self.folder_button.clicked.connect(
-            lambda: self.run_folder(self.folder_in.text(), self.folder_out.text()))
+            lambda: self.run_folder(self.folder_in.line_edit.value,
+                                    self.folder_out.line_edit.value, self.overwrite.isChecked()))
         self.cancel_button.clicked.connect(self.cancel)
         self.set_checkpoint(self.state.trained_checkpoint)
         self.state.changed.connect(self._on_state)
@@ -159,26 +169,35 @@ class RunModelWidget(QWidget):
         try:
             image, truth, checkpoint = self._inputs()
         except (ValueError, FileNotFoundError, RuntimeError) as error:
+            self.message.setText(explain(error))
             show_error(f"Run model: {explain(error)}")
             return None
         prior = self.state.prior_for(image)
         volume = layer_volume(image, np.asarray(image.data))
         truth_data = None if truth is None else np.asarray(truth.data)
         device = self.device.currentData()
+        resample = "model" if self.resample.isChecked() else None
+
+        source = image.unique_id
 
         def work(progress, should_stop) -> Result:
             return segment(volume, checkpoint, prior, truth_data, progress, should_stop,
-                           device=device)
+                           device=device, resample_mm=resample, source=source)
 
         self._busy(True, f"running on {image.name}…")
         self._running_on = image
+        self._resampled = resample is not None
         return self._start(work, self._on_done, self._on_cancelled)
 
-    def run_folder(self, folder: str | Path, out: str | Path) -> Job | None:
-        """Segment every NIfTI volume in ``folder`` into ``out`` (the CLI's file names)."""
+    def run_folder(self, folder: str | Path, out: str | Path, overwrite: bool = False
+                   ) -> Job | None:
+        """Segment every NIfTI volume in ``folder`` into ``out`` (:data:`FOLDER_OUTPUTS`, the
+        names ``napari-difftt predict --probabilities`` writes), with
+        :func:`napari_difftt.pipeline.predict_files`; existing outputs are refused before any
+        work unless ``overwrite``."""
         from napari.utils.notifications import show_error
 
-        from ._batch import plan_folder, predict_folder
+        from ..pipeline import plan_files, predict_files
 
         if self.job is not None:
             show_error("Run model: a prediction is already running; cancel it first.")
@@ -188,9 +207,16 @@ class RunModelWidget(QWidget):
                 raise ValueError("choose an input folder and an output folder")
             folder = Path(str(folder).strip()).expanduser()
             out = Path(str(out).strip()).expanduser()
-            planned = plan_folder(folder, out)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"input folder not found: {folder}")
+            planned = plan_files([folder], out, FOLDER_OUTPUTS, overwrite)
             checkpoint = self.checkpoint()
-            out.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as error:  # the choice the GUI offers, named as it is shown
+            text = (f"{error}. Tick 'replace existing outputs' to replace them, or choose "
+                    "another output folder.")
+            show_error(f"Run model: {text}")
+            self.message.setText(text)
+            return None
         except (ValueError, OSError) as error:
             show_error(f"Run model: {explain(error)}")
             self.message.setText(explain(error))
@@ -198,7 +224,8 @@ class RunModelWidget(QWidget):
         device = self.device.currentData()
 
         def work(progress, should_stop):
-            return predict_folder(planned, checkpoint, device, progress, should_stop)
+            return predict_files(list(planned), out, checkpoint, FOLDER_OUTPUTS, progress,
+                                 should_stop, overwrite, device=device)
 
         self._clear_results()
         self._busy(True, f"segmenting {len(planned)} volume(s) from {folder}…")
@@ -234,7 +261,6 @@ class RunModelWidget(QWidget):
         from napari.utils.notifications import show_info
 
         image = self._running_on
-        self.last_result = result
         prediction = result.prediction
         if image not in self.viewer.layers:
             self.message.setText(f"'{image.name}' was removed while the model ran; "
@@ -249,19 +275,30 @@ class RunModelWidget(QWidget):
             self.viewer, "labels", prediction.segmentation, image, f"{image.name} segmentation",
             "segmentation", opacity=1.0, colormap=SEGMENTATION_COLOURS,
         )
-        segmentation.contour = 2  # an outline, so the image and a ground truth show through
-        self.state.set_prediction(PredictionRecord(
-            prediction, image, result.checkpoint, result.device, probability, segmentation,
-            prior=result.prior, kind=result.kind,
-        ))
+        # an outline in 2D, so the image and a ground truth show through
+        readable_in_3d(self.viewer, segmentation, contour=2)
+        retired = retire_derived(self.viewer, image, PREDICTION_VIEWS)
+        result.layers.update(probability=probability.unique_id,
+                             segmentation=segmentation.unique_id)
+        self.state.set_prediction(result)
         self.device_used.setText(result.device)
         self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
         self.topology.setText(format_topology(result.topology) if result.topology else "")
         text = f"done in {result.seconds:.1f} s on {result.device}"
+        if self._resampled:
+            text += (", resampled to the model's training spacing for the network and back "
+                     "onto the image's grid")
+        wanted = f"{image.name} segmentation"
+        if segmentation.name != wanted:
+            text += (f". '{wanted}' holds your edits, so it was kept: this result is "
+                     f"'{segmentation.name}'")
+        if retired:
+            text += f". Removed the previous prediction's views: {', '.join(retired)}"
         if result.warning:
             from napari.utils.notifications import show_warning
 
-            text += f". Warning: {result.warning}"
+            text += (f". Warning: {result.warning}. Tick 'resample to the model's spacing' to "
+                     "resample here")
             show_warning(f"Run model: {result.warning}")
         self.message.setText(text)
         show_info(f"Run model: {text}")
@@ -303,7 +340,6 @@ class RunModelWidget(QWidget):
     # ------------------------------------------------------------------ internals
     def _clear_results(self) -> None:
         """Forget the previous run's figures: they do not describe what is now on screen."""
-        self.last_result = None
         self.device_used.setText("—")
         self.metrics.setText("")
         self.topology.setText("")
@@ -333,9 +369,12 @@ class RunModelWidget(QWidget):
         self.truth.set_ndim(None if layer is None else layer.ndim)
         if self._checkpoint is None:  # the bundled model follows the image: 2D or 3D
             self.set_checkpoint(None)
+        if self.job is None:  # the last message was about another image (or none)
+            self.run_button.setEnabled(layer is not None)
+            self.message.setText(NO_IMAGE if layer is None else "")
 
     def _busy(self, busy: bool, text: str = "") -> None:
-        self.run_button.setEnabled(not busy)
+        self.run_button.setEnabled(not busy and self.image.layer() is not None)
         self.folder_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
@@ -345,7 +384,7 @@ class RunModelWidget(QWidget):
             self.progress.setRange(0, 1)
 
     def _fill_devices(self) -> None:
-        from ..pipeline import list_devices
+        from ..core.device import list_devices
 
         self.device.clear()
         for info in list_devices():
@@ -377,13 +416,15 @@ class RunModelWidget(QWidget):
         form.addRow("device", self.device)
         form.addRow("used", self.device_used)
         form.addRow("ground truth", self.truth)
+        form.addRow(self.resample)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         batch = QGroupBox("folder of NIfTI volumes")
         batch_form = QFormLayout(batch)
-        batch_form.addRow("input", self.folder_in)
-        batch_form.addRow("output", self.folder_out)
+        batch_form.addRow("input", self.folder_in.native)
+        batch_form.addRow("output", self.folder_out.native)
+        batch_form.addRow(self.overwrite)
         batch_form.addRow(self.folder_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)

@@ -4,17 +4,22 @@ Why tabs rather than collapsible sections: the six docks stacked need ~2000 px o
 collapsing sections inside each widget would still leave six docks competing for one column.
 A :class:`QTabWidget` is as tall as its tallest tab, not the sum, and each tab scrolls
 vertically when the window is shorter still (its width is kept, so no value is clipped). The
-individual docks stay in the Plugins menu for larger screens. A Help tab lists the shortcuts.
+individual docks stay in the Plugins menu for larger screens. At 1280×800 the dock needs at most
+:data:`MAX_WIDTH` px in every tab (napari's own layer docks keep 320 px): spin boxes drop
+napari's 70 px text minimum, combo boxes show a few characters (their lists show every item),
+forms are one column and the Train tab puts Start, progress and the plot above its settings.
+The view is reset once the dock is shown (docking narrows the canvas). A Help tab explains the
+parameters and reports, links the README and the model card, and lists the shortcuts.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QTabWidget, QWidget
 
-from ._shortcuts import help_html
+from ._help import HelpWidget
 
 if TYPE_CHECKING:
     import napari
@@ -31,6 +36,11 @@ TABS = {
     "Export": ("export", "ExportWidget", "write the results to NIfTI and meshes"),
 }
 MIN_TAB_HEIGHT = 240  # px a tab needs before it scrolls
+MAX_WIDTH = 400  # px: the dock's width budget on a 1280-px screen (napari's own docks take 320)
+# napari's theme gives every spin box 70 px of text room: the dock's values need less (each box
+# still fits its widest value, see _controls.show_every_value)
+COMPACT_STYLE = "QAbstractSpinBox { min-width: 0px; }"
+COMBO_CHARACTERS = 9  # a combo box shows this many characters; its list shows every item whole
 
 
 class TabbedDock(QTabWidget):
@@ -47,18 +57,32 @@ class TabbedDock(QTabWidget):
             cls = getattr(import_module(f"{__package__}.{module}"), name)
             self.widgets[title] = cls(napari_viewer)
             self.setTabToolTip(self.addTab(VerticalScroll(self.widgets[title]), title), tip)
-        help_label = QLabel(help_html())
-        help_label.setWordWrap(True)
-        help_label.setAlignment(Qt.AlignmentFlag.AlignTop)
-        self.help_label = help_label
-        self.setTabToolTip(self.addTab(VerticalScroll(help_label), "Help"),
-                           "keyboard shortcuts of napari-difftt")
+        self.setStyleSheet(COMPACT_STYLE)
+        for combo in self.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(COMBO_CHARACTERS)
+        self.help = HelpWidget()
+        self.setTabToolTip(self.addTab(VerticalScroll(self.help), "Help"),
+                           "what μ, Σ, β, the pieces T and the reports mean; links; shortcuts")
+        self._shown = False
 
     def show_tab(self, title: str) -> QWidget:
         """Bring the tab ``title`` to the front; returns its widget."""
         index = [self.tabText(i) for i in range(self.count())].index(title)
         self.setCurrentIndex(index)
-        return self.widgets.get(title, self.help_label)
+        return self.widgets.get(title, self.help)
+
+    def showEvent(self, event) -> None:
+        """Docking the first time narrows the canvas: show the whole image again (as Home)."""
+        super().showEvent(event)
+        if not self._shown:
+            self._shown = True
+            QTimer.singleShot(0, self._reset_view)
+
+    def _reset_view(self) -> None:
+        if len(self.viewer.layers):
+            self.viewer.reset_view()
 
 
 class VerticalScroll(QScrollArea):

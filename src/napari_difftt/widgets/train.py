@@ -25,26 +25,21 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from ._controls import LayerChooser, show_every_value, spin_box
-from ._layers import add_derived, spacing_kwargs, spacing_of
+from ..layer_metadata import affine_kwargs
+from ._controls import LayerChooser, folder_edit
+from ._layers import add_derived, spacing_of
 from ._lifetime import Lifetime
 from ._plot import LossPlot
 from ._state import ViewerState
@@ -62,19 +57,46 @@ PREVIEW_ROLE = "training_preview"
 # the widget's own default (TrainConfig's is 0, only at the end): the live plot and preview
 # need a validation, and each one a checkpoint, every so many steps
 VALIDATE_EVERY = 50
+# the training preview: grey and additive (0 adds nothing), half strength
+PREVIEW_LOOK = {"colormap": "gray", "contrast_limits": (0.0, 1.0), "blending": "additive",
+                "opacity": 0.5}
 USER_ROLE = Qt.ItemDataRole.UserRole
 DICE_LABELS = {True: "validation Dice", False: "Dice on the training image"}  # by held_out
+# the TrainConfig fields the form offers, in two columns; the rest keep their defaults
+FORM = (("kind", "iterations", "patch_size", "lr", "width", "pieces", "prior", "train_beta",
+         "device", "seed", "val_every"),)  # one column: the dock stays narrow
+LABELS = {"kind": "model", "lr": "learning rate", "pieces": "pieces T",
+          "val_every": "validate every", "train_beta": "train β"}
+OPTIONS = {  # magicgui options beyond each field's type and default (choices: at build time)
+    "kind": {"tooltip": "bch: time-dependent diffeomorphic flow; svf: "
+             "stationary; stt: displacement (not diffeomorphic); unet: direct segmentation"},
+    "iterations": {"min": 1, "max": 1_000_000, "tooltip": "training steps (one random patch "
+                   "each)"},
+    "patch_size": {"tooltip": "patch size in voxels, array order: D, H, W (3D) or H, W (2D)"},
+    "lr": {"min": 1e-6, "max": 1.0, "step": 1e-4, "tooltip": "Adam learning rate"},
+    "width": {"min": 2, "max": 64, "tooltip": "U-Net base width (channels at full resolution)"},
+    "pieces": {"min": 1, "max": 16, "tooltip": "T: velocity fields of the time-dependent flow "
+               "(bch only)"},
+    "prior": {"tooltip": "which prior parameters train: fixed "
+              "(none), the mean, one scale, the radii (diagonal Σ) or the full covariance"},
+    "train_beta": {"tooltip": "also learn the prior's shape exponent β"},
+    "device": {"tooltip": "where training runs: auto picks a GPU when there is one"},
+    "seed": {"min": 0, "max": 2**31 - 1, "tooltip": "random seed: the same seed and data give "
+             "the same run"},
+    "val_every": {"min": 1, "max": 100_000, "tooltip": "steps between validations, preview "
+                  "updates and checkpoints"},
+}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pair:
-    """Image and labels layer names chosen for training."""
+    """Image and labels layers chosen for training (the layers, so a rename keeps the pair)."""
 
-    image: str
-    labels: str
+    image: Layer
+    labels: Layer
 
     def __str__(self) -> str:
-        return f"{self.image}  ↔  {self.labels}"
+        return f"{self.image.name}  ↔  {self.labels.name}"
 
 
 class TrainWidget(QWidget):
@@ -93,21 +115,24 @@ class TrainWidget(QWidget):
         self._running: dict = {}  # "held_out": whether validation uses held-out pairs
 
         layout = QVBoxLayout(self)
-        layout.addWidget(self._data_box())
-        layout.addWidget(self._settings_box())
         self.start_button = QPushButton("Start training")
         self.start_button.setToolTip("Start training in the background; press again to stop "
                                      "after the current step (a checkpoint is saved)")
         self.progress = QProgressBar()
-        self.progress.setFormat("step %v of %m")
+        self._reset_progress()
         self.status = QLabel("Choose training data, then Start.")
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(3 * self.status.fontMetrics().lineSpacing())
         self.plot = LossPlot(napari_viewer)
+        # Start, progress and the plot first: visible without scrolling at 800 px; the data and
+        # settings below them scroll
         layout.addWidget(self.start_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
+        layout.addWidget(self._data_box())
+        layout.addWidget(self._settings_box())
+        layout.addWidget(self.summary)  # outside the box: a folded box greys what it holds
         layout.addStretch(1)
         self.start_button.clicked.connect(self.toggle)
         self.lifetime = Lifetime(self, lambda: _stop_on_close(self))
@@ -135,88 +160,61 @@ class TrainWidget(QWidget):
         row.addWidget(remove)
         form.addRow(row)
         form.addRow(self.pairs)
-        folder = QWidget()
-        self.folder = QLineEdit()
-        self.folder.setPlaceholderText("folder holding imagesTr/ and labelsTr/")
-        self.folder.setToolTip("A folder with imagesTr/ and labelsTr/ NIfTI files of equal names")
-        browse = QPushButton("…")
-        browse.setToolTip("Choose the training data folder")
-        browse.clicked.connect(lambda: self._browse(self.folder, "Training data folder"))
-        row = QHBoxLayout(folder)
-        row.addWidget(self.folder)
-        row.addWidget(browse)
+        self.folder = folder_edit("A folder with imagesTr/ and labelsTr/ NIfTI files of equal "
+                                  "names", label="folder",
+                                  placeholder="folder holding imagesTr/ and labelsTr/")
         self.source_tabs.addTab(layers, "open layers")
-        self.source_tabs.addTab(folder, "folder")
+        self.source_tabs.addTab(self.folder.native, "folder")
         QVBoxLayout(box).addWidget(self.source_tabs)
         return box
 
     def _settings_box(self) -> QGroupBox:
-        from ..pipeline import DEFAULTS, KINDS, PARAMETERISATIONS, list_devices
+        """The settings: a magicgui form built from :class:`TrainConfig`'s fields (their types
+        and defaults; :data:`FORM` says which, :data:`OPTIONS` adds choices, ranges and tips)."""
+        from magicgui.widgets import Container
 
         box = QGroupBox("settings")
-        self.kind = QComboBox()
-        self.kind.addItems(KINDS)
-        self.kind.setCurrentText(DEFAULTS.kind)
-        self.kind.setToolTip("bch: time-dependent diffeomorphic flow; svf: stationary; stt: "
-                             "displacement (not diffeomorphic); unet: direct segmentation")
-        self.iterations = _int_box(1, 1_000_000, DEFAULTS.iterations)
-        self.iterations.setToolTip("training steps (one random patch each)")
-        self.patch = QLineEdit(", ".join(map(str, DEFAULTS.patch_size)))
-        self.patch.setToolTip("patch size in voxels, array order: D, H, W (3D) or H, W (2D)")
-        self.lr = spin_box(1e-6, 1.0, DEFAULTS.lr, step=1e-4, decimals=6,
-                           tooltip="Adam learning rate")
-        self.width = _int_box(2, 64, DEFAULTS.width)
-        self.width.setToolTip("U-Net base width (channels at full resolution)")
-        self.pieces = _int_box(1, 16, DEFAULTS.pieces)
-        self.pieces.setToolTip("T: velocity fields of the time-dependent flow (bch only)")
-        self.prior = QComboBox()
-        self.prior.addItems(PARAMETERISATIONS)
-        self.prior.setCurrentText(DEFAULTS.prior)
-        self.prior.setToolTip("which prior parameters train: fixed (none), the mean, one "
-                              "scale, the radii (diagonal Σ) or the full covariance")
-        self.train_beta = QCheckBox("train β")
-        self.train_beta.setChecked(DEFAULTS.train_beta)
-        self.train_beta.setToolTip("also learn the prior's shape exponent β")
-        prior_row = QHBoxLayout()
-        prior_row.addWidget(self.prior, 1)
-        prior_row.addWidget(self.train_beta)
-        self.device = QComboBox()
-        for info in list_devices():
-            self.device.addItem(info.label, info.spec)
-        self.device.setCurrentIndex(max(self.device.findData(DEFAULTS.device), 0))
-        self.device.setToolTip("where training runs: auto picks a GPU when there is one")
-        self.seed = _int_box(0, 2**31 - 1, DEFAULTS.seed)
-        self.seed.setToolTip("random seed: the same seed and data give the same run")
-        self.val_every = _int_box(1, 100_000, VALIDATE_EVERY)
-        self.val_every.setToolTip("steps between validations, preview updates and checkpoints")
-        self.checkpoint_dir = QLineEdit(str(Path.home() / "napari-difftt-checkpoints"))
-        self.checkpoint_dir.setToolTip("where checkpoints are written (one file per run)")
-        browse = QPushButton("…")
-        browse.setToolTip("Choose the checkpoint folder")
-        browse.clicked.connect(lambda: self._browse(self.checkpoint_dir, "Checkpoint folder"))
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.checkpoint_dir)
-        folder_row.addWidget(browse)
-        grid = QGridLayout(box)
-        cells = [("model", self.kind), ("iterations", self.iterations),
-                 ("patch size", self.patch), ("learning rate", self.lr),
-                 ("width", self.width), ("pieces T", self.pieces),
-                 ("device", self.device), ("seed", self.seed),
-                 ("validate every", self.val_every)]
-        for index, (label, control) in enumerate(cells):
-            row, column = divmod(index, 2)
-            grid.addWidget(QLabel(label), row, 2 * column)
-            grid.addWidget(control, row, 2 * column + 1)
-        grid.addWidget(QLabel("prior"), 5, 0)
-        grid.addLayout(prior_row, 5, 1, 1, 3)
-        grid.addWidget(QLabel("checkpoints"), 6, 0)
-        grid.addLayout(folder_row, 6, 1, 1, 3)
+        self.settings = settings_form()
+        self.val_every = self.settings.val_every
+        self.settings.iterations.changed.connect(self._follow_run_length)
+        self._follow_run_length(self.settings.iterations.value)
+        self.checkpoint_dir = folder_edit("where checkpoints are written (one file per run)",
+                                          Path.home() / "napari-difftt-checkpoints",
+                                          label="checkpoints")
+        form = Container(widgets=[self.settings.container, self.checkpoint_dir])
+        # collapsible (ticked: shown), so the tab fits a laptop screen; a summary below when folded
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        box.setCheckable(True)
+        box.setChecked(False)
+        box.setToolTip("Tick to show every setting")
+        box.toggled.connect(lambda shown: (form.native.setVisible(shown),
+                                           self.summary.setVisible(not shown)))
+        form.native.setVisible(False)
+        self.settings.container.changed.connect(self._summarise)
+        self._summarise()
+        QVBoxLayout(box).addWidget(form.native)
+        self.settings_box = box
         return box
 
-    def _browse(self, target: QLineEdit, title: str) -> None:
-        folder = QFileDialog.getExistingDirectory(self, title, target.text())
-        if folder:
-            target.setText(folder)
+    def _summarise(self, *_) -> None:
+        values = self.settings.asdict()
+        self.summary.setText(f"{values['kind']}, {values['iterations']} steps, patch "
+                             f"{values['patch_size']}, validate every {values['val_every']}, "
+                             f"{values['device']} (tick 'settings' to change)")
+
+    def set_settings(self, **values) -> None:
+        """Set form fields by their :class:`TrainConfig` name, e.g. ``iterations=20``;
+        ``patch_size`` as text ("16, 16, 16") or a tuple."""
+        for name, value in values.items():
+            if name == "patch_size" and not isinstance(value, str):
+                value = ", ".join(map(str, value))
+            getattr(self.settings, name).value = value
+
+    def _follow_run_length(self, iterations: int) -> None:
+        """Validate about ten times per run (every :data:`VALIDATE_EVERY` steps at most), so a
+        short run still draws a Dice curve; the user may set another cadence afterwards."""
+        self.val_every.value = validation_cadence(int(iterations))
 
     # ---------------------------------------------------------------- public API
     @property
@@ -229,7 +227,7 @@ class TrainWidget(QWidget):
         if image is None or labels is None:
             show_warning("Train: open an Image and a Labels layer to pair them.")
             return None
-        pair = Pair(image.name, labels.name)
+        pair = Pair(image, labels)
         self.pairs.addItem(str(pair))
         self.pairs.item(self.pairs.count() - 1).setData(USER_ROLE, pair)
         return pair
@@ -250,6 +248,7 @@ class TrainWidget(QWidget):
         try:
             config, load, preview_source = self._prepare()
         except (ValueError, TypeError, FileNotFoundError) as error:
+            self._reset_progress()  # no old "step 6 of 300" beside a refusal
             self._tell(f"Train: {explain(error)}")
             return None
         self.checkpoint = Path(config.checkpoint)
@@ -258,6 +257,7 @@ class TrainWidget(QWidget):
         self.plot.reset(config.iterations)
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
+        self.progress.setFormat("step %v of %m")
         self.start_button.setText("Stop training")
         self.status.setText("loading data and building the model …")
         self._started = time.perf_counter()
@@ -265,15 +265,18 @@ class TrainWidget(QWidget):
         running = self._running = {}  # the task must not reference the widget itself
 
         def task(should_stop):
-            from ..pipeline import Trainer
+            from ..pipeline import train
 
-            train, val = load()
-            running["held_out"] = val[0] is not train[-1]  # one pair: validated on itself
-            trainer = Trainer(config, train, val)
-            with closing(trainer.events(should_stop)) as events:  # closed in this thread on abort
+            samples, val = load()
+            check_patch(config.patch_size, samples)
+            running["held_out"] = val[0] is not samples[-1]  # one pair: validated on itself
+            running["preview_affine"] = val[0].affine  # the preview's geometry, from a folder
+            steps = 0
+            with closing(train(config, samples, val, should_stop)) as events:  # closed here
                 for event in events:
                     yield event.step, event.total, event
-            return trainer.step
+                    steps = event.step
+            return steps
 
         self.lifetime.watch(self)
         live = self.lifetime.guard
@@ -291,36 +294,34 @@ class TrainWidget(QWidget):
     # ---------------------------------------------------------------- inputs
     def _prepare(self):
         """Config, a loader of (train, val) samples for the worker, and the preview's layer."""
-        from ..pipeline import TrainConfig, parse_size, split_validation
+        from ..core.train.config import TrainConfig
+        from ..pipeline import parse_size, split_validation
 
-        folder = Path(self.checkpoint_dir.text()).expanduser()
-        if not self.checkpoint_dir.text().strip():
+        if not str(self.checkpoint_dir.value).strip(". "):
             raise ValueError("choose a checkpoint folder")
+        folder = Path(self.checkpoint_dir.value).expanduser()
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"checkpoint folder {folder} is a file")
-        kind = self.kind.currentText()
+        values = self.settings.asdict()
+        kind = values["kind"]
         checkpoint = folder / f"difftt_{kind}_{time.strftime('%Y%m%d-%H%M%S')}.pt"
         if self.source_tabs.currentIndex() == 0:
             train, val, preview_source = self._layer_samples()
             ndim = train[0].image.ndim
             load = lambda: (train, val)  # noqa: E731 (already copied, no disk access)
         else:
-            root = Path(self.folder.text()).expanduser()
+            root = Path(self.folder.value).expanduser()
             images, labels = root / "imagesTr", root / "labelsTr"
             if not images.is_dir() or not labels.is_dir():
                 raise FileNotFoundError(f"{root} must hold imagesTr/ and labelsTr/ folders")
             ndim, preview_source = None, None
             load = lambda: split_validation(_load_folder(images, labels))  # noqa: E731
-        patch = parse_size(self.patch.text(), ndim, what="patch size")
+        values["patch_size"] = parse_size(values["patch_size"], ndim, what="patch size")
+        if self.source_tabs.currentIndex() == 0:
+            check_patch(values["patch_size"], train)  # folder data: checked once loaded
         folder.mkdir(parents=True, exist_ok=True)
-        config = TrainConfig(
-            kind=kind, iterations=self.iterations.value(), patch_size=patch, lr=self.lr.value(),
-            seed=self.seed.value(), device=self.device.currentData(),
-            prior=self.prior.currentText(), train_beta=self.train_beta.isChecked(),
-            width=self.width.value(),
-            pieces=self.pieces.value(), checkpoint=str(checkpoint),
-            checkpoint_every=self.val_every.value(), val_every=self.val_every.value(),
-        )
+        config = TrainConfig(**values, checkpoint=str(checkpoint),
+                             checkpoint_every=values["val_every"])
         return config, load, preview_source
 
     def _layer_samples(self):
@@ -331,18 +332,17 @@ class TrainWidget(QWidget):
             image, labels = self.image_choice.layer(), self.labels_choice.layer()
             if image is None or labels is None:
                 raise ValueError("open an Image and a Labels layer (or choose a folder of data)")
-            pairs = [Pair(image.name, labels.name)]
+            pairs = [Pair(image, labels)]
         samples = []
         for pair in pairs:
-            for name in (pair.image, pair.labels):
-                if name not in self.viewer.layers:
-                    raise ValueError(f"layer {name!r} was closed; remove its pair")
-            image, labels = self.viewer.layers[pair.image], self.viewer.layers[pair.labels]
-            samples.append(layer_sample(image, labels))
+            for layer in (pair.image, pair.labels):
+                if layer not in self.viewer.layers:
+                    raise ValueError(f"layer {layer.name!r} was closed; remove its pair")
+            samples.append(layer_sample(pair.image, pair.labels))
         if len({sample.image.ndim for sample in samples}) > 1:
             raise ValueError("training pairs mix 2D and 3D images; use one kind")
         train, val = split_validation(samples)
-        preview_source = self.viewer.layers[pairs[-1].image]
+        preview_source = pairs[-1].image
         return train, val, preview_source
 
     # ---------------------------------------------------------------- worker callbacks
@@ -368,22 +368,35 @@ class TrainWidget(QWidget):
             self._show_preview(event.preview)
 
     def _show_preview(self, preview: np.ndarray) -> None:
+        """Show the validation probability in the validation volume's own geometry: that of its
+        layer, or (folder data) of its file's affine; grey and additive, so where the
+        probability is 0 the image shows unchanged."""
         source = self._preview_source
-        kwargs = {"colormap": "viridis", "contrast_limits": (0.0, 1.0), "blending": "additive",
-                  "opacity": 0.6}
         if source is not None and source in self.viewer.layers:
             if source.data.shape == preview.shape:
                 self.preview_layer = add_derived(self.viewer, "image", preview, source,
                                                  f"{source.name} training preview",
-                                                 PREVIEW_ROLE, **kwargs)
+                                                 PREVIEW_ROLE, **PREVIEW_LOOK)
                 return
         if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
             self.preview_layer.data = preview
             return
-        spacing = (1.0,) * preview.ndim
-        self.preview_layer = self.viewer.add_image(
-            preview, **spacing_kwargs(spacing, "training preview"), **kwargs
-        )
+        affine = self._running.get("preview_affine")
+        if affine is None:
+            affine = np.eye(4)
+        kwargs = affine_kwargs(preview, affine, "training preview", PREVIEW_ROLE)
+        self.preview_layer = self.viewer.add_image(preview, **kwargs, **PREVIEW_LOOK)
+
+    def _remove_preview(self) -> None:
+        """Training ended: its preview shows an intermediate model, so it goes."""
+        layer, self.preview_layer = self.preview_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _reset_progress(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("not running")
 
     def _on_done(self, steps: int) -> None:
         event = self.last_event
@@ -406,10 +419,84 @@ class TrainWidget(QWidget):
         self.job = None
         self.start_button.setText("Start training")
         self.start_button.setEnabled(True)
+        self._remove_preview()
 
     def _tell(self, message: str) -> None:
         show_warning(message)
         self.status.setText(message)
+
+
+def settings_form():
+    """A magicgui Container of the :data:`FORM` fields of :class:`TrainConfig`: each widget
+    named as the field, of the field's type, at its default (``val_every``: the widget's own
+    :data:`VALIDATE_EVERY`; ``patch_size`` as text, parsed at Start)."""
+    import typing
+
+    from magicgui.widgets import Container, create_widget
+
+    from ..core.device import list_devices
+    from ..core.train.config import DEFAULTS, KINDS, PARAMETERISATIONS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    choices = {"kind": KINDS, "prior": PARAMETERISATIONS,
+               "device": [(info.label, info.spec) for info in list_devices()]}
+    columns = []
+    for names in FORM:
+        widgets = []
+        for name in names:
+            value, annotation = getattr(DEFAULTS, name), hints[name]
+            options = dict(OPTIONS.get(name, {}))
+            if name in choices:
+                options["choices"] = choices[name]
+            if name == "patch_size":
+                value, annotation = ", ".join(map(str, value)), str
+            elif name == "val_every":
+                value = VALIDATE_EVERY
+            widget = create_widget(value=value, annotation=annotation, name=name,
+                                   label=LABELS.get(name, name.replace("_", " ")),
+                                   options=options)
+            if name == "lr":
+                widget.native.setDecimals(6)
+                widget.value = value
+            widgets.append(widget)
+        columns.append(Container(widgets=widgets))
+    return SettingsForm(Container(widgets=columns, layout="horizontal", labels=False))
+
+
+class SettingsForm:
+    """The settings form: a magicgui Container of columns, its fields reached by name
+    (``form.iterations``) and read together (:meth:`asdict`), as for a flat Container."""
+
+    def __init__(self, container) -> None:
+        self.container = container
+        self.fields = {widget.name: widget for column in container for widget in column}
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(f"the settings form has no field {name!r}") from None
+
+    def asdict(self) -> dict:
+        """``{field name: value}`` in the form's order."""
+        return {name: widget.value for name, widget in self.fields.items()}
+
+
+def validation_cadence(iterations: int) -> int:
+    """Steps between validations for a run of ``iterations`` steps: about ten per run, at most
+    every :data:`VALIDATE_EVERY` steps."""
+    return max(1, min(VALIDATE_EVERY, iterations // 10))
+
+
+def check_patch(patch: tuple[int, ...], samples) -> None:
+    """ValueError naming the first training volume that the patch does not fit (a patch larger
+    than the volume would train mostly on padding)."""
+    for sample in samples:
+        shape = sample.image.shape
+        if any(p > s for p, s in zip(patch, shape, strict=True)):
+            raise ValueError(
+                f"the patch {' × '.join(map(str, patch))} is larger than '{sample.name}' "
+                f"({' × '.join(map(str, shape))}); choose a patch of at most its size")
 
 
 def layer_sample(image: Layer, labels: Layer):
@@ -418,7 +505,8 @@ def layer_sample(image: Layer, labels: Layer):
     Raises ValueError naming the layer for RGB, multiscale and 4D+ images; shapes and label
     values are checked by :func:`core.data.array_sample`.
     """
-    from ..pipeline import DEFAULTS, array_sample
+    from ..core.train.config import DEFAULTS
+    from ..pipeline import training_sample as sample
 
     if getattr(image, "rgb", False):
         raise ValueError(f"image {image.name!r} is RGB; Train needs a grey-scale 2D or 3D image")
@@ -429,22 +517,14 @@ def layer_sample(image: Layer, labels: Layer):
             f"image {image.name!r} is {image.ndim}D; Train needs a 2D or 3D volume "
             "(split time series or channels into separate layers)"
         )
-    return array_sample(image.data, labels.data, spacing_of(image), image.name,
-                        DEFAULTS.ignore_value)
+    return sample(image.data, labels.data, spacing_of(image), image.name, DEFAULTS.ignore_value)
 
 
 def _load_folder(images: Path, labels: Path) -> list:
-    from ..pipeline import DEFAULTS, load_nifti_folder
+    from ..core.train.config import DEFAULTS
+    from ..pipeline import folder_samples
 
-    return load_nifti_folder(images, labels, ignore_value=DEFAULTS.ignore_value)
-
-
-def _int_box(low: int, high: int, value: int) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    show_every_value(box)
-    return box
+    return folder_samples(images, labels, DEFAULTS.ignore_value)
 
 
 def _stop_on_close(widget: TrainWidget) -> None:

@@ -27,8 +27,8 @@ __all__ = [
     "bch",
     "choose_squarings",
     "exp",
+    "exp_frames",
     "flow_at",
-    "flow_frames",
     "integrate",
     "lie_bracket",
 ]
@@ -79,7 +79,7 @@ def flow_at(velocity: torch.Tensor, t: float, squarings: int | None = None) -> t
     return exp(velocity * t, squarings)
 
 
-def flow_frames(velocity: torch.Tensor, n: int, squarings: int | None = None) -> torch.Tensor:
+def exp_frames(velocity: torch.Tensor, n: int, squarings: int | None = None) -> torch.Tensor:
     """Displacements of φ(k/n), k = 0…n, as ``(n + 1, B, dim, *S)`` voxels.
 
     Computed as repeated composition of one exp(v/n): frame k = exp(v/n) ∘ frame k−1, so the

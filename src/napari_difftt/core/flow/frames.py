@@ -1,7 +1,7 @@
 """Frames of a flow φ(t) warping a prior, S(φ(t)(x)), as a lazy, LRU-cached sequence.
 
 A flow path maps a time t ∈ [0, 1] to the displacement of φ(t) ``(1, n, *S)`` in voxels
-(array order, DESIGN.md §2). Two paths:
+(array order, :mod:`.grid`'s conventions). Two paths:
 
 * :func:`piecewise_path` — the time-dependent flow the model predicts: pieces v₁…v_T act in
   turn, piece k on t ∈ [(k−1)/T, k/T]: φ(t) = exp(s·v_k) ∘ exp(v_{k−1}) ∘ … ∘ exp(v₁) with
@@ -9,7 +9,7 @@ A flow path maps a time t ∈ [0, 1] to the displacement of φ(t) ``(1, n, *S)``
   the "compose" combination, within the BCH truncation error for "bch").
 * :func:`stationary_path` — φ(t) = exp(t·z) of one velocity z (the BCH-combined velocity, or
   the single velocity of a stationary model); at t = 1 it is the model's Φ. Given the number
-  of time ``steps`` (frames − 1), frame k is exp(z/steps) composed k times (DESIGN.md §2: one
+  of time ``steps`` (frames − 1), frame k is exp(z/steps) composed k times (one
   exponential, then compositions), by binary powers so any frame costs at most log₂(steps)
   compositions. Measured against one exponential per frame on smooth fields (96², |u| up to
   10.5 voxels; 40³, |u| 3.4; 20 frames, float32) the frames differ by at most 0.17 voxels
@@ -38,7 +38,6 @@ from .exponential import exp, flow_at
 from .grid import compose, warp
 
 __all__ = [
-    "PATHS",
     "FlowFrames",
     "evaluate_prior",
     "piecewise_path",
@@ -46,15 +45,14 @@ __all__ = [
     "warp_prior",
 ]
 
-PATHS = ("piecewise", "stationary")
 
-Path = Callable[[float], torch.Tensor]  # t ↦ displacement of φ(t), (1, n, *S) voxels
+FlowPath = Callable[[float], torch.Tensor]  # t ↦ displacement of φ(t), (1, n, *S) voxels
 Render = Callable[[torch.Tensor], np.ndarray]  # displacement (1, n, *S) ↦ frame (*S)
 
 
 def stationary_path(
     velocity: torch.Tensor, endpoint: torch.Tensor | None = None, *, steps: int | None = None
-) -> Path:
+) -> FlowPath:
     """Path t ↦ exp(t·z) for a velocity z ``(1, n, *S)`` voxels.
 
     ``endpoint`` ``(1, n, *S)``, when given, is returned at t = 1 as it stands: the model's own Φ,
@@ -103,7 +101,7 @@ def stationary_path(
     return at
 
 
-def piecewise_path(velocities: torch.Tensor) -> Path:
+def piecewise_path(velocities: torch.Tensor) -> FlowPath:
     """Path of the piecewise time-dependent flow of ``velocities`` ``(1, T, n, *S)`` voxels.
 
     The composed ends of the pieces, exp(v_k) ∘ … ∘ exp(v₁), are computed once, when first needed.
@@ -183,7 +181,7 @@ class FlowFrames:
 
     def __init__(
         self,
-        path: Path,
+        path: FlowPath,
         count: int,
         render: Render,
         spatial_shape: Sequence[int],

@@ -1,6 +1,6 @@
 """Coordinate grids, voxel <-> normalised conversion, warping and composition.
 
-Conventions (DESIGN.md §2), stated once here:
+The conventions of the whole package, stated once here:
 
 * Images are ``(B, C, *S)`` with ``S = (D, H, W)`` in 3D or ``(H, W)`` in 2D, the array order
   napari shows (z, y, x).

@@ -32,10 +32,10 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_LATTICE", "DEFAULT_SPACE", "FACTORS", "LEGACY_SPACE", "PARAMETERISATIONS",
+__all__ = ["DEFAULT_LATTICE", "DEFAULT_SPACE", "FACTORS", "LEGACY_SPACE", "SPACE_KINDS",
            "VelocitySpace"]
 
-PARAMETERISATIONS = ("dense", "bspline")
+SPACE_KINDS = ("dense", "bspline")  # how velocities are parameterised (not the prior's)
 FACTORS = (1, 2, 4)
 DEFAULT_LATTICE = 4  # image voxels, the B-spline spacing when none is given
 
@@ -57,9 +57,9 @@ class VelocitySpace:
     bound: float = 16.0
 
     def __post_init__(self) -> None:
-        if self.parameterisation not in PARAMETERISATIONS:
+        if self.parameterisation not in SPACE_KINDS:
             raise ValueError(
-                f"velocity parameterisation must be one of {PARAMETERISATIONS}, "
+                f"velocity parameterisation must be one of {SPACE_KINDS}, "
                 f"got {self.parameterisation!r}"
             )
         if isinstance(self.factor, bool) or self.factor not in FACTORS:

@@ -334,7 +334,6 @@ class Trainer:
             for sample in self.val:
                 prediction = predict_volume(
                     self.model, sample.image, device=self.device, normalise=False, topology=False,
-                    velocities=False,
                 )
                 known = sample.labels != self.config.ignore_value
                 scores.append(dice(prediction.segmentation[known], sample.labels[known] == 1))
