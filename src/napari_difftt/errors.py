@@ -7,9 +7,11 @@ type, never on the message text.
 from __future__ import annotations
 
 __all__ = [
+    "AnnotationError",
     "Cancelled",
     "CheckpointError",
     "ConfigConflict",
+    "IncompatibleCheckpoint",
     "OutOfMemory",
     "OutputPathError",
     "SpacingWarning",
@@ -56,3 +58,14 @@ class SquaringCapWarning(RuntimeWarning):
 
 class SpacingWarning(UserWarning):
     """An image's voxel spacing differs from the model's training spacing by more than 20 %."""
+
+
+class AnnotationError(ValueError):
+    """Painted labels that cannot become training labels (nothing painted, paint along two
+    axes, a value that is neither organ, background nor unlabelled); the message says how to
+    fix the painting."""
+
+
+class IncompatibleCheckpoint(ValueError):
+    """A valid checkpoint that does not fit the run asked for (another dimensionality or model
+    kind); the message names both."""
