@@ -18,7 +18,7 @@ its measurement are in its docstring and docs/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,7 +30,10 @@ __all__ = [
     "SliceLabels",
     "annotated_axis",
     "axis_name",
+    "evenly_spaced_slices",
     "fit_to_slices",
+    "paint",
+    "painted_sample",
     "painted_slices",
     "slice_fits",
 ]
@@ -114,6 +117,17 @@ def painted_slices(
                        int(np.count_nonzero(labels == 1)), ignore_value)
 
 
+def painted_sample(sample, axis: int, ignore_value: int = 255):
+    """A ``core.data.Sample`` whose labels are painted slices along ``axis``, made training
+    labels by :func:`painted_slices`; an AnnotationError names the sample."""
+    try:
+        labels = painted_slices(sample.labels, axis, unlabelled=ignore_value,
+                                ignore_value=ignore_value).labels
+    except AnnotationError as error:
+        raise AnnotationError(f"labels of {sample.name!r}: {error}") from None
+    return replace(sample, labels=labels)
+
+
 def annotated_axis(labels: np.ndarray, ignore_value: int = 255) -> int | None:
     """The axis of sparse ``labels`` ``(*S)`` (0/1/ignore_value): the one with the fewest
     slices holding a labelled voxel (ties: the first). None for dense labels (no voxel
@@ -182,6 +196,30 @@ def slice_fits(samples: Sequence, ignore_value: int = 255) -> list[GeneralisedGa
             continue
         fits.append(fit_to_slices(sample.labels, axis, sample.spacing, ignore_value))
     return fits
+
+
+def evenly_spaced_slices(mask: np.ndarray, count: int, axis: int = 0) -> tuple[int, ...]:
+    """``count`` slice indices along ``axis`` through the organ of ``mask`` ``(*S)``, at
+    j / (count + 1) of its extent, j = 1 … count (one slice: the middle; three: the quartiles)
+    — how the experiments paint "1 and 3 slices" (docs/RESULTS.md)."""
+    mask = np.asarray(mask) != 0
+    axis = _check_axis(axis, mask.ndim)
+    present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    if present.size == 0 or count < 1:
+        raise AnnotationError(f"need an organ voxel and count >= 1, got count={count!r}")
+    first, last = present[0], present[-1]
+    picks = [round(float(first + (last - first) * j / (count + 1))) for j in range(1, count + 1)]
+    return tuple(sorted(set(picks)))
+
+
+def paint(mask: np.ndarray, slices: Sequence[int], axis: int = 0) -> np.ndarray:
+    """What a user paints: ``mask``'s organ (1) on ``slices`` along ``axis``, 0 elsewhere."""
+    mask = np.asarray(mask) != 0
+    painted = np.zeros(mask.shape, dtype=np.uint8)
+    index = [slice(None)] * mask.ndim
+    index[_check_axis(axis, mask.ndim)] = list(slices)
+    painted[tuple(index)] = mask[tuple(index)]
+    return painted
 
 
 # --------------------------------------------------------------------------------------------
