@@ -66,7 +66,7 @@ def test_nothing_painted_is_refused_with_how_to_fix():
 
 def test_paint_along_two_axes_is_refused_naming_both(organ):
     painted = paint(organ, [16]) | paint(organ, [15], axis=2)
-    with pytest.raises(AnnotationError, match="two axes.* along z .* single slice x = 15"):
+    with pytest.raises(AnnotationError, match=r"two axes.* along z .* single slice x = 15"):
         painted_slices(painted, 0)
 
 
