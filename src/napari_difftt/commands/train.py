@@ -173,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.resume is not None and args.init is not None:
+        raise ValueError("give either --resume CKPT (continue a run) or --init CKPT (warm-start "
+                         "a new one), not both")
     images, labels, val_images, val_labels = _data_folders(args)
     out = args.out
     resuming_in_place = args.resume is not None and args.resume.resolve() == out.resolve()
