@@ -28,7 +28,7 @@ from napari_difftt.core.inference import default_checkpoint
 from napari_difftt.core.io import Volume
 from napari_difftt.core.metrics import evaluate_case
 from napari_difftt.core.slices import evenly_spaced_slices, paint
-from napari_difftt.fine_tune import fine_tune
+from napari_difftt.fine_tune import FINE_TUNE, fine_tune
 from napari_difftt.pipeline import segment
 
 
@@ -40,9 +40,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--patch", type=int, default=FINE_TUNE["patch"],
+                        help="largest training patch edge (measuring FINE_TUNE's default)")
+    parser.add_argument("--lr", type=float, default=FINE_TUNE["lr"],
+                        help="learning rate (measuring FINE_TUNE's default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    FINE_TUNE.update(patch=args.patch, lr=args.lr)
     phantom = make_phantom((args.size,) * 3, seed=args.seed, organ=args.organ)
     volume = Volume(phantom.image, np.eye(4))
     slices = evenly_spaced_slices(phantom.labels, args.slices)
@@ -59,7 +64,8 @@ def main() -> None:
     report = {
         "size": args.size, "organ": args.organ, "seed": args.seed, "slices": list(slices),
         "counted": finished.counted.text, "minutes_budget": args.minutes,
-        "threads": args.threads, "load_average": os.getloadavg(),
+        "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
+        "lr": args.lr,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,
