@@ -48,6 +48,8 @@ def test_an_explicit_unlabelled_value_is_left_out(organ):
     assert result.voxels == 32 * 32 - 4 * 32
     with pytest.raises(AnnotationError, match=r"value\(s\) 7: only 0 \(background\), 1"):
         painted_slices(painted, 0)
+    with pytest.raises(AnnotationError, match="unlabelled value must differ from 0"):
+        painted_slices(painted, 0, unlabelled=1)
 
 
 def test_two_dimensional_rows_and_columns():

@@ -86,6 +86,9 @@ def painted_slices(
         raise AnnotationError(f"the painted labels are {painted.ndim}D {painted.shape}; paint a "
                               "2D or 3D Labels layer of the image's shape")
     axis = _check_axis(axis, painted.ndim)
+    if unlabelled in (0, organ):
+        raise AnnotationError(f"the unlabelled value must differ from 0 (background) and "
+                              f"{organ} (organ), got {unlabelled}; choose another value or none")
     allowed = [0, organ] + ([] if unlabelled is None else [unlabelled])
     values = np.unique(painted)
     bad = values[~np.isin(values, allowed)]
