@@ -15,7 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_difftt"
 GUI = {"qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "napari", "magicgui", "vispy"}
 # what the GUI-free layers outside core may use of the package
-WIDGET_MAY_IMPORT = ("napari_difftt.pipeline", "napari_difftt.errors",
+WIDGET_MAY_IMPORT = ("napari_difftt.pipeline", "napari_difftt.fine_tune",
+                     "napari_difftt.errors",
                      "napari_difftt.layer_metadata", "napari_difftt.widgets",
                      "napari_difftt._resources")  # the bundled files (model card, checkpoints)
 # the core's data types and constants the widgets use as they are (docs/ARCHITECTURE.md)
@@ -104,8 +105,8 @@ def test_core_imports_no_gui_and_nothing_above_it():
     assert _violations(_modules("core"), allowed) == []
 
 
-@pytest.mark.parametrize("name", ["pipeline.py", "layer_metadata.py", "errors.py", "_reader.py",
-                                  "_writer.py", "_sample_data.py"])
+@pytest.mark.parametrize("name", ["pipeline.py", "fine_tune.py", "layer_metadata.py", "errors.py",
+                                  "_reader.py", "_writer.py", "_sample_data.py"])
 def test_the_qt_free_modules_import_no_gui_and_no_widget(name):
     def allowed(path, module):
         return module.split(".")[0] not in GUI and not _within(module, ["napari_difftt.widgets"])

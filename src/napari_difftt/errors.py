@@ -9,10 +9,12 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "AnnotationError",
     "Cancelled",
     "CheckpointError",
     "ConfigConflict",
     "DiskFull",
+    "IncompatibleCheckpoint",
     "NoForegroundWarning",
     "OutOfMemory",
     "OutputPathError",
@@ -82,6 +84,17 @@ class NoForegroundWarning(UserWarning):
 
 class SpacingWarning(UserWarning):
     """An image's voxel spacing differs from the model's training spacing by more than 20 %."""
+
+
+class AnnotationError(ValueError):
+    """Painted labels that cannot become training labels (nothing painted, paint along two
+    axes, a value that is neither organ, background nor unlabelled); the message says how to
+    fix the painting."""
+
+
+class IncompatibleCheckpoint(ValueError):
+    """A valid checkpoint that does not fit the run asked for (another dimensionality or model
+    kind); the message names both."""
 
 
 def _mb(size: int) -> str:

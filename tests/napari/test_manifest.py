@@ -15,6 +15,7 @@ WIDGETS = {
     "Export": "napari-difftt.export",
     "Flow explorer": "napari-difftt.flow_explorer",
     "Jacobian": "napari-difftt.jacobian",
+    "Segment from my slices": "napari-difftt.slices",
     "All widgets (tabs)": "napari-difftt.tabbed",
 }
 
@@ -48,7 +49,8 @@ def test_widgets_menus_reader_writers_and_samples(manifest):
     assert {w.display_name: w.command for w in contributions.widgets} == WIDGETS
     menus = {key: [item.command for item in items] for key, items in contributions.menus.items()}
     assert menus["napari/layers/segment"] == [
-        WIDGETS[name] for name in ("Run model", "Shape prior", "Train", "Export")
+        WIDGETS[name]
+        for name in ("Run model", "Shape prior", "Train", "Segment from my slices", "Export")
     ]
     assert menus["napari/layers/register"] == [WIDGETS["Flow explorer"], WIDGETS["Jacobian"]]
     [reader] = contributions.readers
@@ -67,7 +69,7 @@ def test_importing_the_manifest_modules_does_not_import_torch():
         "import sys\n"
         "import napari_difftt._reader, napari_difftt._writer, napari_difftt._sample_data\n"
         "import napari_difftt.widgets._state, napari_difftt.widgets._layers\n"
-        "import napari_difftt.layer_metadata, napari_difftt.pipeline\n"
+        "import napari_difftt.layer_metadata, napari_difftt.pipeline, napari_difftt.fine_tune\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -75,7 +77,7 @@ def test_importing_the_manifest_modules_does_not_import_torch():
 
 
 DOCKS = ("Run model", "Shape prior", "Train", "Export", "Flow explorer", "Jacobian",
-         "All widgets (tabs)")
+         "Segment from my slices", "All widgets (tabs)")
 
 
 @pytest.mark.parametrize("name", DOCKS)

@@ -80,6 +80,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "models)", action=_TypedSwitch)
     _option(model, "--pose-loss", "weight of the pose level's soft-mask cross-entropy",
             type=float, metavar="W")
+    tune = parser.add_argument_group("fine-tuning and painted slices")
+    tune.add_argument(
+        "--init", metavar="CKPT", help="warm-start the network from this checkpoint (same "
+        "--model kind and dimensionality, e.g. the bundled model); the prior is re-fitted to "
+        "the training labels unless --keep-prior. Not with --resume")
+    tune.add_argument("--keep-prior", action="store_true",
+                      help="with --init: keep its prior instead of re-fitting it")
+    _option(tune, "--minutes", "time budget of the training steps; the run ends at it or at "
+            "--iterations, whichever comes first, and the cosine schedule anneals lr to 0 over "
+            "it", type=float, metavar="M")
+    _option(tune, "--painted-axis", "the label files are painted slices along this array "
+            "axis (0 = z, 1 = y, 2 = x; 2D: 0 rows, 1 columns): slices holding organ voxels count "
+            "as fully annotated, all others as unlabelled", type=int, choices=(0, 1, 2),
+            metavar="AXIS")
     run = parser.add_argument_group("optimisation")
     _option(run, "--iterations", "optimiser steps", type=int)
     _option(run, "--patch-size", "patch size D H W (3D) or H W (2D) in voxels", type=int,
@@ -194,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.resume is not None and args.init is not None:
+        raise ValueError("give either --resume CKPT (continue a run) or --init CKPT (warm-start "
+                         "a new one), not both")
     images, labels, val_images, val_labels = _data_folders(args)
     out = args.out
     resuming_in_place = args.resume is not None and args.resume.resolve() == out.resolve()

@@ -1,7 +1,7 @@
-"""One "napari-difftt" dock holding the six widgets as tabs, for laptop screens (1280×800).
+"""One "napari-difftt" dock holding the seven widgets as tabs, for laptop screens (1280×800).
 
-Why tabs rather than collapsible sections: the six docks stacked need ~2000 px of height, and
-collapsing sections inside each widget would still leave six docks competing for one column.
+Why tabs rather than collapsible sections: the docks stacked need over 2000 px of height, and
+collapsing sections inside each widget would still leave seven docks competing for one column.
 A :class:`QTabWidget` is as tall as its tallest tab, not the sum, and each tab scrolls
 vertically when the window is shorter still (its width is kept, so no value is clipped). The
 individual docks stay in the Plugins menu for larger screens. At 1280×800 the dock needs at most
@@ -33,6 +33,8 @@ TABS = {
     "Flow explorer": ("flow_explorer", "FlowExplorerWidget", "scrub the flow φ(t) with a t slider"),
     "Jacobian": ("jacobian", "JacobianWidget", "log₂ det J, folds and a deformed grid"),
     "Train": ("train", "TrainWidget", "train a model on open layers or a folder"),
+    "Segment from my slices": ("slices", "SlicesWidget",
+                               "paint a few slices, fine-tune, segment the whole organ"),
     "Export": ("export", "ExportWidget", "write the results to NIfTI and meshes"),
 }
 MIN_TAB_HEIGHT = 240  # px a tab needs before it scrolls

@@ -67,6 +67,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
     ignore_value: int = 255
+    # fine-tuning and sparse labels (docs/RESULTS.md, "Sparse annotations")
+    init: str | None = None  # checkpoint whose network warm-starts the run (None: fresh)
+    keep_prior: bool = False  # with init: keep its prior instead of re-fitting it to the labels
+    minutes: float | None = None  # time budget of the training steps (None: iterations only)
+    painted_axis: int | None = None  # labels are painted slices along this axis (None: as is)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(s) for s in self.patch_size)
@@ -108,6 +113,14 @@ class TrainConfig:
             raise ValueError(f"pose_loss must be >= 0, got {self.pose_loss!r}")
         if not isinstance(self.pose, bool):
             raise ValueError(f"pose must be True or False, got {self.pose!r}")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise ValueError(f"minutes must be a positive number of minutes (the time budget), "
+                             f"got {self.minutes!r}; leave it out to train for iterations only")
+        if self.painted_axis is not None and self.painted_axis not in range(self.ndim):
+            raise ValueError(f"painted_axis must be one of 0…{self.ndim - 1} for "
+                             f"{self.ndim}D patches, got {self.painted_axis!r}")
+        if self.keep_prior and self.init is None:
+            raise ValueError("keep_prior needs init: the prior kept is the init checkpoint's")
         self.velocity_space()  # validates the velocity settings
 
     def velocity_space(self) -> VelocitySpace:

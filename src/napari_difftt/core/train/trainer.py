@@ -10,6 +10,16 @@ new remaining steps; resuming with the same ``iterations`` continues the schedul
 Validation predicts whole volumes (:func:`core.inference.predict_volume`) and reports the Dice
 coefficient.
 
+Fine-tuning and sparse labels (docs/RESULTS.md, "Sparse annotations"): ``init`` warm-starts the
+network from a checkpoint of the same kind and dimensionality (its architecture and weights;
+the prior is re-fitted to the training labels unless ``keep_prior``); ``painted_axis`` turns
+each training label array into painted slices (:func:`core.slices.painted_slices`); sparse
+labels fit the prior by :func:`core.slices.fit_to_slices`. A time budget ``minutes`` ends the
+run when the training steps (validation and checkpoint writing excluded) have taken that long,
+or at ``iterations``, whichever comes first; the cosine then follows the progress
+f = max(step / iterations, seconds / budget): lr = lr₀ · ½(1 + cos πf), so it reaches 0 as the
+budget runs out.
+
 Under ``torchrun`` (:class:`.distributed.Distributed`) each rank draws different patches
 (seed + rank) and only rank 0 validates, prints and writes checkpoints
 (:func:`.checkpoint.training_payload`). A stop request on any rank stops every rank at the
@@ -33,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import CheckpointError, NoForegroundWarning
+from ...errors import CheckpointError, IncompatibleCheckpoint, NoForegroundWarning
 from ..atomic import check_space, lifted_file_size_limit, remove_stale_temporaries
 from ..data import Patch, Sample, check_segmentable, sample_patch
 from ..device import resolve_device
@@ -42,11 +52,13 @@ from ..io import check_output_file, encode_checkpoint, load_checkpoint, save_che
 from ..metrics import dice
 from ..models import TemplateTransformer, segmentation_loss
 from ..prior import GeneralisedGaussianPrior, fit_to_mask
+from ..slices import painted_sample, slice_fits
 from .checkpoint import resumable, training_payload
 from .config import TrainConfig
 from .distributed import Distributed
 
-__all__ = ["TrainEvent", "TrainResult", "Trainer", "build_model", "prior_masks"]
+__all__ = ["TrainEvent", "TrainResult", "Trainer", "build_model", "fitted_prior", "load_init",
+           "prior_masks"]
 
 @dataclass(frozen=True)
 class TrainEvent:
@@ -59,6 +71,7 @@ class TrainEvent:
     checkpoint: Path | None = None
     preview: np.ndarray | None = None  # (*S) float32 probability of the first validation volume
     stopped: bool = False  # the run ends here because a stop was requested
+    fraction: float = 0.0  # of the run done: max(step / total, seconds / time budget)
 
 
 @dataclass
@@ -105,6 +118,9 @@ class Trainer:
         self.config = config
         self.train = list(train)
         self.val = list(val)
+        if config.painted_axis is not None:
+            self.train = [painted_sample(s, config.painted_axis, config.ignore_value)
+                          for s in self.train]
         _check_samples("train", self.train, config.ndim, config.ignore_value)
         _check_samples("val", self.val, config.ndim, config.ignore_value)
         if config.checkpoint is not None:
@@ -114,6 +130,10 @@ class Trainer:
         self._log = log if log is not None else (lambda message: None)
         self._stop = threading.Event()
         self._resume = Path(resume) if resume is not None else None
+        if resume is not None and config.init is not None:
+            raise ValueError("give either resume (continue a run) or init (warm-start a new "
+                             "one), not both")
+        self._init = None if config.init is None else load_init(config.init, config)
         self._ready = False
         self.step = 0
         self.history: list[dict] = []
@@ -153,7 +173,7 @@ class Trainer:
         config = self.config
         saved_at = self.step if self._resume is not None else -1
         try:
-            while self.step < config.iterations:
+            while not self._finished():
                 if self.ddp.any(self._stop.is_set() or bool(should_stop and should_stop())):
                     checkpoint = (self._save(final=True) if saved_at != self.step
                                   else self._saved_path())
@@ -164,12 +184,14 @@ class Trainer:
                     )
                     return
                 started = time.perf_counter()
+                if config.minutes is not None:
+                    self._follow_budget()
                 loss = self.ddp.mean(self._train_step())
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
                 record = {"step": self.step, "loss": loss}
                 val_dice = preview = None
-                last = self.step == config.iterations
+                last = self._finished()
                 if self.val and (last or (config.val_every and self.step % config.val_every == 0)):
                     val_dice, preview = self._validate()
                     record["val_dice"] = val_dice
@@ -178,7 +200,8 @@ class Trainer:
                 if last or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
                     checkpoint = self._save(final=last)
                     saved_at = self.step
-                yield TrainEvent(self.step, config.iterations, loss, val_dice, checkpoint, preview)
+                yield TrainEvent(self.step, config.iterations, loss, val_dice, checkpoint, preview,
+                                 fraction=self.fraction)
         except GeneratorExit:
             # the consumer gave up early: keep the work done so far (a lone rank cannot
             # gather the others' states, so under DDP only the regular saves count)
@@ -224,7 +247,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         checkpoint = self._load_resume() if self._resume is not None else None
         if checkpoint is None:
-            self.model = build_model(config, prior_masks(self.train, config.ignore_value))
+            self.model = self._initial_model()
         else:
             self.model = TemplateTransformer.from_config(checkpoint["model"])
             self.model.load_state_dict(checkpoint["state_dict"])
@@ -241,6 +264,40 @@ class Trainer:
         if self.config.checkpoint is not None and self.is_main:
             check_space(self.config.checkpoint, self._checkpoint_bytes())
         self._ready = True
+
+    @property
+    def fraction(self) -> float:
+        """Share of the run done, in [0, 1]: max(step / iterations, seconds / time budget)."""
+        done = self.step / self.config.iterations
+        if self.config.minutes is not None:
+            done = max(done, self.elapsed / (60.0 * self.config.minutes))
+        return min(done, 1.0)
+
+    def _finished(self) -> bool:
+        return self.step >= self.config.iterations or self.fraction >= 1.0
+
+    def _follow_budget(self) -> None:
+        """The cosine over the run's progress (module docstring), set before each step."""
+        lr = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * self.fraction))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _initial_model(self) -> torch.nn.Module:
+        """A fresh model, or the ``init`` checkpoint's with its prior re-fitted (or kept)."""
+        config = self.config
+        masks = prior_masks(self.train, config.ignore_value)
+        fits = slice_fits(self.train, config.ignore_value)
+        if self._init is None:
+            return build_model(config, masks, fits=fits)
+        model = TemplateTransformer.from_config(self._init["model"])
+        model.load_state_dict(self._init["state_dict"])
+        if not config.keep_prior:
+            beta = getattr(model.prior, "beta", None)
+            beta = config.prior_beta if beta is None else float(beta.detach())
+            model.prior = fitted_prior(config, masks, fits, beta)
+        self._log(f"warm start from {config.init}; prior "
+                  + ("kept" if config.keep_prior else "re-fitted to the training labels"))
+        return model
 
     def _load_resume(self) -> dict:
         checkpoint = load_checkpoint(self._resume, map_location="cpu")
@@ -321,7 +378,8 @@ class Trainer:
                 (loss / config.batch_size).backward()
             total += float(loss.detach())
         self.optimizer.step()
-        self.scheduler.step()
+        if self.config.minutes is None:  # a time budget sets lr itself (_follow_budget)
+            self.scheduler.step()
         return total / config.batch_size
 
     def _validate(self) -> tuple[float | None, np.ndarray | None]:
@@ -417,25 +475,15 @@ class Trainer:
 # functions
 
 
-def build_model(config: TrainConfig, masks: Sequence[np.ndarray] = ()) -> torch.nn.Module:
-    """A fresh :class:`TemplateTransformer` for ``config``; the prior fitted to ``masks``.
-
-    With ``prior_init="labels"`` and at least one fully labelled mask, μ and Σ are the means of
-    :func:`core.prior.fit_to_mask` over the masks; otherwise the default centred prior.
-    """
-    mean = covariance = None
-    if config.prior_init == "labels" and masks:
-        fits = [fit_to_mask(mask) for mask in masks]
-        mean = torch.stack([f.mean.detach() for f in fits]).double().mean(0).tolist()
-        covariance = torch.stack([f.covariance.detach() for f in fits]).double().mean(0).numpy()
-    prior = GeneralisedGaussianPrior(
-        config.ndim,
-        mean=mean,
-        covariance=covariance,
-        beta=config.prior_beta,
-        parameterisation=config.prior,
-        train_beta=config.train_beta,
-    )
+def build_model(
+    config: TrainConfig,
+    masks: Sequence[np.ndarray] = (),
+    *,
+    fits: Sequence[GeneralisedGaussianPrior] = (),
+) -> torch.nn.Module:
+    """A fresh :class:`TemplateTransformer` for ``config``; the prior from :func:`fitted_prior`
+    (fully labelled ``masks`` and priors ``fits`` already fitted to sparse slices)."""
+    prior = fitted_prior(config, masks, fits, config.prior_beta)
     return TemplateTransformer(
         kind=config.kind,
         ndim=config.ndim,
@@ -447,6 +495,48 @@ def build_model(config: TrainConfig, masks: Sequence[np.ndarray] = ()) -> torch.
         smoothness=config.smoothness,
         pose=config.pose if config.kind != "unet" else False,
     )
+
+
+def fitted_prior(
+    config: TrainConfig,
+    masks: Sequence[np.ndarray],
+    fits: Sequence[GeneralisedGaussianPrior],
+    beta: float,
+) -> GeneralisedGaussianPrior:
+    """The prior a run starts from, parameterised by ``config.prior``, of shape ``beta``.
+
+    With ``prior_init="labels"``, μ and Σ are the means over :func:`core.prior.fit_to_mask` of
+    the ``masks`` and the given ``fits`` (:func:`core.slices.slice_fits`); with neither, or
+    ``prior_init="centre"``, the default centred prior.
+    """
+    mean = covariance = None
+    fits = [*(fit_to_mask(mask) for mask in masks), *fits]
+    if config.prior_init == "labels" and fits:
+        mean = torch.stack([f.mean.detach() for f in fits]).double().mean(0).tolist()
+        covariance = torch.stack([f.covariance.detach() for f in fits]).double().mean(0).numpy()
+    return GeneralisedGaussianPrior(
+        config.ndim, mean=mean, covariance=covariance, beta=beta,
+        parameterisation=config.prior, train_beta=config.train_beta,
+    )
+
+
+def load_init(path: str | os.PathLike, config: TrainConfig) -> dict:
+    """The checkpoint ``path`` to warm-start ``config`` from; refused
+    (:class:`~napari_difftt.errors.IncompatibleCheckpoint`, naming both) when its model kind or
+    dimensionality differs from the run's."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    model = checkpoint.get("model")
+    if not isinstance(model, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} holds no model to warm-start from")
+    kind, ndim = model.get("kind"), model.get("ndim")
+    if (kind, ndim) != (config.kind, config.ndim):
+        raise IncompatibleCheckpoint(
+            f"init checkpoint {path} holds a {ndim}D {kind!r} model but this run trains a "
+            f"{config.ndim}D {config.kind!r} model; choose a {config.ndim}D {config.kind} "
+            f"checkpoint (the bundled {config.ndim}D model is bch), or train kind={kind!r} on "
+            f"{ndim}D images"
+        )
+    return checkpoint
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""The single-volume case: paint a few slices of one volume, fine-tune, segment the whole organ.
+
+One phantom volume (``--organ`` ellipsoid or lobed, ``--size``³), its organ painted on
+``--slices`` evenly spaced axial slices (core.slices.evenly_spaced_slices), fine-tuned from the
+bundled 3D model for ``--minutes`` through :func:`napari_difftt.fine_tune.fine_tune` — the code
+path of the "Segment from my slices" dock — then segmented. Reports the bundled model's Dice
+before fine-tuning, Dice/HD95 against the dense labels after, the topology report and the wall
+time from the start of fine-tuning to the segmentation (docs/PERFORMANCE.md):
+
+    python scripts/experiments/single_volume.py --threads 2 --minutes 2 \\
+        --out scripts/experiments/results/sparse/single64_lobed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_difftt.core.data import ORGANS, make_phantom
+from napari_difftt.core.inference import default_checkpoint
+from napari_difftt.core.io import Volume
+from napari_difftt.core.metrics import evaluate_case
+from napari_difftt.core.slices import evenly_spaced_slices, paint
+from napari_difftt.fine_tune import FINE_TUNE, fine_tune
+from napari_difftt.pipeline import segment
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--organ", choices=ORGANS, default="lobed")
+    parser.add_argument("--slices", type=int, default=3)
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--patch", type=int, default=FINE_TUNE["patch"],
+                        help="largest training patch edge (measuring FINE_TUNE's default)")
+    parser.add_argument("--lr", type=float, default=FINE_TUNE["lr"],
+                        help="learning rate (measuring FINE_TUNE's default)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    FINE_TUNE.update(patch=args.patch, lr=args.lr)
+    phantom = make_phantom((args.size,) * 3, seed=args.seed, organ=args.organ)
+    volume = Volume(phantom.image, np.eye(4))
+    slices = evenly_spaced_slices(phantom.labels, args.slices)
+    before = segment(volume, default_checkpoint(3), truth=phantom.labels, device="cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        run = fine_tune(volume, paint(phantom.labels, slices), 0, Path(folder) / "tuned.pt",
+                        minutes=args.minutes, device="cpu")
+        finished = list(run.events())[-1]
+        wall = time.perf_counter() - started
+    after = finished.result
+    metrics = evaluate_case(after.prediction.segmentation, phantom.labels, (1.0,) * 3,
+                            after.prediction.displacement, topology=after.topology)
+    report = {
+        "size": args.size, "organ": args.organ, "seed": args.seed, "slices": list(slices),
+        "counted": finished.counted.text, "minutes_budget": args.minutes,
+        "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
+        "lr": args.lr,
+        "bundled_dice": before.metrics["dice"], "steps": finished.steps,
+        "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
+        "topology": after.topology,
+    }
+    print(json.dumps(report, indent=1, default=float))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Trainer: sparse labels fit the prior, warm start from a checkpoint, time budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
+from napari_difftt.core.slices import evenly_spaced_slices, fit_to_slices, paint, painted_slices
+from napari_difftt.core.train import TrainConfig, Trainer
+from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint
+
+SHAPE = (16, 32, 32)
+
+
+def _sample(seed: int, slices: int | None = None, painted: bool = False) -> Sample:
+    phantom = make_phantom(SHAPE, seed=seed)
+    labels = phantom.labels
+    if slices is not None:
+        labels = paint(labels, evenly_spaced_slices(labels, slices))
+        if not painted:
+            labels = painted_slices(labels, 0).labels
+    return Sample(normalise_intensity(phantom.image), labels, phantom.spacing, f"case{seed}")
+
+
+def _config(tmp_path, name="model.pt", **changes) -> TrainConfig:
+    settings = dict(kind="bch", iterations=2, patch_size=(16, 16, 16), width=4, pieces=2,
+                    device="cpu", seed=1, lr=1e-3, checkpoint=str(tmp_path / name))
+    return TrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("init")
+    Trainer(_config(folder, "first.pt"), [_sample(0)]).run()
+    return str(folder / "first.pt")
+
+
+def test_sparse_labels_fit_the_prior_to_their_slices(tmp_path):
+    sample = _sample(4, slices=3)
+    trainer = Trainer(_config(tmp_path, iterations=1, prior="fixed"), [sample])
+    trainer.run()
+    expected = fit_to_slices(sample.labels, 0, sample.spacing)
+    np.testing.assert_allclose(trainer.model.prior.mean.detach(), expected.mean, atol=1e-5)
+    np.testing.assert_allclose(trainer.model.prior.covariance.detach(), expected.covariance,
+                               atol=1e-5)
+    assert trainer.model.prior.mean.abs().max() > 0.05  # not the centred fallback
+
+
+def test_painted_axis_turns_painted_labels_into_slices(tmp_path):
+    painted = _sample(2, slices=1, painted=True)
+    trainer = Trainer(_config(tmp_path, painted_axis=0), [painted])
+    labels = trainer.train[0].labels
+    assert (labels == 255).sum() == (SHAPE[0] - 1) * 32 * 32  # all but the painted slice
+    empty = Sample(painted.image, np.zeros(SHAPE, np.uint8), painted.spacing, "blank")
+    with pytest.raises(AnnotationError, match="labels of 'blank': nothing is painted"):
+        Trainer(_config(tmp_path, painted_axis=0), [empty])
+
+
+def test_init_warm_starts_the_network_and_refits_the_prior(tmp_path, trained):
+    first = torch.load(trained, weights_only=True)
+    sample = _sample(7, slices=3)
+    config = _config(tmp_path, init=trained, iterations=1, lr=1e-12, prior="fixed")
+    trainer = Trainer(config, [sample])
+    trainer.run()
+    for key, value in trainer.model.state_dict().items():
+        if key.startswith("net."):
+            torch.testing.assert_close(value, first["state_dict"][key], atol=1e-6, rtol=0)
+    refit = fit_to_slices(sample.labels, 0, sample.spacing)
+    np.testing.assert_allclose(trainer.model.prior.mean.detach(), refit.mean, atol=1e-5)
+    assert float(trainer.model.prior.beta) == pytest.approx(first["prior"]["beta"])
+
+    kept = Trainer(_config(tmp_path, "kept.pt", init=trained, keep_prior=True, iterations=1,
+                           lr=1e-12), [sample])
+    kept.run()
+    np.testing.assert_allclose(kept.model.prior.mean.detach(), first["prior"]["mean"], atol=1e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"kind": "unet"}, r"holds a 3D 'bch' model but this run trains a 3D 'unet' model"),
+    ({"patch_size": (16, 16)}, r"holds a 3D 'bch' model but this run trains a 2D 'bch' model"),
+])
+def test_init_of_another_kind_or_dimensionality_is_refused(tmp_path, trained, changes, message):
+    config = _config(tmp_path, "never.pt", init=trained, **changes)
+    with pytest.raises(IncompatibleCheckpoint, match=message):
+        Trainer(config, [_sample(1) if len(config.patch_size) == 3 else _flat()])
+    assert not (tmp_path / "never.pt").exists()
+
+
+def _flat() -> Sample:
+    phantom = make_phantom((32, 32), seed=0)
+    return Sample(normalise_intensity(phantom.image), phantom.labels, phantom.spacing, "flat")
+
+
+@pytest.mark.parametrize("minutes", [0, -1.0, math.inf, math.nan])
+def test_a_time_budget_must_be_positive(minutes):
+    with pytest.raises(ValueError, match="minutes must be a positive number"):
+        TrainConfig(minutes=minutes)
+
+
+def test_keep_prior_needs_init():
+    with pytest.raises(ValueError, match="keep_prior needs init"):
+        TrainConfig(keep_prior=True)
+
+
+class _Clock:
+    """A clock on which every training step takes one second."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        return self.calls // 2  # start and end of a step: one second apart
+
+
+def test_the_time_budget_ends_the_run_and_anneals_lr_over_it(tmp_path, monkeypatch):
+    from napari_difftt.core.train import trainer as module
+
+    config = _config(tmp_path, iterations=10_000, minutes=5 / 60)  # five one-second steps
+    trainer = Trainer(config, [_sample(3)])
+    monkeypatch.setattr(module, "time", _Clock())
+    events, rates = [], []
+    for event in trainer.events():
+        events.append(event)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]
+    assert [e.fraction for e in events] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert events[-1].checkpoint is not None
+    before = [0.0, 0.2, 0.4, 0.6, 0.8]  # progress when each step started
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * f)) for f in before]
+    np.testing.assert_allclose(rates, expected, rtol=1e-9)
+
+
+def test_iterations_end_a_run_before_its_time_budget(tmp_path):
+    trainer = Trainer(_config(tmp_path, iterations=3, minutes=60.0), [_sample(3)])
+    result = trainer.run()
+    assert result.step == 3 and not result.stopped

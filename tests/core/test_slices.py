@@ -1,0 +1,120 @@
+"""Painted slices → training labels (counts, refusals) and the prior fitted to the slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_difftt.core.data import make_phantom
+from napari_difftt.core.prior import fit_to_mask
+from napari_difftt.core.slices import (
+    annotated_axis,
+    evenly_spaced_slices,
+    fit_to_slices,
+    paint,
+    painted_slices,
+)
+from napari_difftt.errors import AnnotationError
+
+
+@pytest.fixture(scope="module")
+def organ() -> np.ndarray:
+    return make_phantom((32, 32, 32), seed=2).labels
+
+
+def test_painted_slices_count_fully_and_the_rest_is_unlabelled(organ):
+    slices = evenly_spaced_slices(organ, 3, axis=1)
+    result = painted_slices(paint(organ, slices, axis=1), 1)
+    assert result.slices == slices and result.axis == 1
+    labels = np.moveaxis(result.labels, 1, 0)
+    for index in range(32):
+        if index in slices:  # the whole slice is labelled: organ 1, background 0
+            assert set(np.unique(labels[index])) <= {0, 1}
+            np.testing.assert_array_equal(labels[index], np.moveaxis(organ, 1, 0)[index])
+        else:
+            assert (labels[index] == 255).all()
+    assert result.voxels == 3 * 32 * 32
+    assert result.organ_voxels == int(np.moveaxis(organ, 1, 0)[list(slices)].sum())
+    assert result.summary().startswith("3 slices along y, 3072 voxels count")
+
+
+def test_an_explicit_unlabelled_value_is_left_out(organ):
+    painted = paint(organ, [16])
+    painted[16, :4] = 7  # "I do not know" in part of the painted slice
+    painted[3, 0, 0] = 7  # and alone in another slice: that slice stays unlabelled
+    result = painted_slices(painted, 0, unlabelled=7, ignore_value=200)
+    assert result.slices == (16,)
+    assert (result.labels[16, :4] == 200).all()
+    assert result.voxels == 32 * 32 - 4 * 32
+    with pytest.raises(AnnotationError, match=r"value\(s\) 7: only 0 \(background\), 1"):
+        painted_slices(painted, 0)
+    with pytest.raises(AnnotationError, match="unlabelled value must differ from 0"):
+        painted_slices(painted, 0, unlabelled=1)
+
+
+def test_two_dimensional_rows_and_columns():
+    mask = make_phantom((32, 32), seed=1).labels
+    rows = painted_slices(paint(mask, [10, 16], axis=0), 0)
+    assert rows.slices == (10, 16) and rows.voxels == 64
+    columns = painted_slices(paint(mask, [15], axis=1), 1)
+    assert columns.slices == (15,) and (columns.labels[:, 14] == 255).all()
+    assert columns.summary().startswith("1 slice along columns")
+
+
+def test_nothing_painted_is_refused_with_how_to_fix():
+    with pytest.raises(AnnotationError, match="nothing is painted: paint the organ with label 1"):
+        painted_slices(np.zeros((8, 8, 8), np.uint8), 0)
+
+
+def test_paint_along_two_axes_is_refused_naming_both(organ):
+    painted = paint(organ, [16]) | paint(organ, [15], axis=2)
+    with pytest.raises(AnnotationError, match=r"two axes.* along z .* single slice x = 15"):
+        painted_slices(painted, 0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_densely_painted_organ_is_not_mistaken_for_two_axes(axis):
+    for seed in range(6):
+        for kind in ("ellipsoid", "lobed"):
+            mask = make_phantom((32, 32, 32), seed=seed, organ=kind).labels
+            assert painted_slices(mask, axis).organ_voxels == mask.sum()
+
+
+def test_a_bad_axis_is_refused():
+    with pytest.raises(AnnotationError, match="axis must be one of 0…1"):
+        painted_slices(np.ones((8, 8), np.uint8), 2)
+
+
+def test_annotated_axis_is_the_one_with_the_fewest_labelled_slices(organ):
+    labels = painted_slices(paint(organ, [12, 20], axis=2), 2).labels
+    assert annotated_axis(labels) == 2
+    assert annotated_axis(organ) is None  # dense
+
+
+def test_several_slices_fit_the_dense_prior_closely(organ):
+    dense = fit_to_mask(organ)
+    sparse = fit_to_slices(painted_slices(paint(organ, evenly_spaced_slices(organ, 3)), 0)
+                           .labels, 0)
+    voxel = 2.0 / 31  # normalised units per voxel
+    assert np.abs(sparse.mean.numpy() - dense.mean.numpy()).max() < voxel
+    np.testing.assert_allclose(np.sqrt(np.linalg.eigvalsh(sparse.covariance.numpy())),
+                               np.sqrt(np.linalg.eigvalsh(dense.covariance.numpy())), rtol=0.1)
+
+
+def test_every_slice_painted_gives_the_dense_fit(organ):
+    every = painted_slices(organ, 0).labels
+    dense, sparse = fit_to_mask(organ), fit_to_slices(every, 0)
+    np.testing.assert_allclose(sparse.mean.numpy(), dense.mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(sparse.covariance.numpy(), dense.covariance.numpy(), atol=0.01)
+
+
+def test_one_slice_takes_the_through_plane_radius_in_mm():
+    disc = np.zeros((20, 40, 40), np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    disc[10] = (yy - 20) ** 2 + (xx - 20) ** 2 <= 8**2
+    prior = fit_to_slices(disc, 0, spacing=(2.0, 1.0, 1.0))
+    to_voxels = (np.asarray(disc.shape) - 1) / 2
+    radii = np.sqrt(np.diag(prior.covariance.numpy())) * to_voxels
+    assert radii[1] == pytest.approx(8.0, rel=0.05) and radii[2] == pytest.approx(8.0, rel=0.05)
+    assert radii[0] == pytest.approx(radii[1] / 2.0, rel=1e-6)  # 8 mm deep at 2 mm per voxel
+    assert prior.mean.numpy()[0] * to_voxels[0] + to_voxels[0] == pytest.approx(10.0)

@@ -1,0 +1,76 @@
+"""Segment from my slices (napari_difftt.fine_tune): checks before anything runs, one run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_difftt.core.data import make_phantom
+from napari_difftt.core.inference import default_checkpoint
+from napari_difftt.core.io import Volume
+from napari_difftt.core.slices import evenly_spaced_slices, paint
+from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint
+from napari_difftt.fine_tune import Finished, Step, count_slices, fine_tune
+
+
+@pytest.fixture(scope="module")
+def flat():
+    phantom = make_phantom((32, 32), seed=5)
+    painted = paint(phantom.labels, evenly_spaced_slices(phantom.labels, 3))
+    return Volume(phantom.image, np.eye(4)), painted, phantom.labels
+
+
+def test_count_says_what_counts(flat):
+    _, painted, _ = flat
+    counted = count_slices(painted, 0)
+    assert counted.slices == evenly_spaced_slices(flat[2], 3) and counted.voxels == 3 * 32
+    assert counted.text.startswith("3 slices along rows, 96 voxels count")
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    ({"painted": "empty"}, AnnotationError, "nothing is painted"),
+    ({"painted": "value"}, AnnotationError, r"value\(s\) 3"),
+    ({"painted": "two axes"}, AnnotationError, "two axes"),
+    ({"minutes": 0.0}, ValueError, "minutes must be a positive number"),
+    ({"minutes": -2.0}, ValueError, "minutes must be a positive number"),
+    ({"checkpoint": "3d"}, IncompatibleCheckpoint, "holds a 3D 'bch' model but this run trains a "
+                                                   "2D 'bch' model"),
+])
+def test_bad_input_is_refused_before_anything_runs(flat, tmp_path, bad, error, message):
+    volume, painted, labels = flat
+    painted = {"empty": np.zeros_like(painted), "value": np.where(painted, 3, 0),
+               "two axes": painted | paint(labels, [16], axis=1)}.get(bad.pop("painted", ""),
+                                                                     painted)
+    if bad.get("checkpoint") == "3d":
+        bad["checkpoint"] = default_checkpoint(3)
+    out = tmp_path / "tuned.pt"
+    with pytest.raises(error, match=message):
+        fine_tune(volume, painted, 0, out, device="cpu", **bad)
+    assert not out.exists()
+
+
+def test_an_existing_checkpoint_is_never_replaced(flat, tmp_path):
+    out = tmp_path / "tuned.pt"
+    out.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="exists"):
+        fine_tune(flat[0], flat[1], 0, out, device="cpu")
+    assert out.read_bytes() == b"mine"
+
+
+def test_fine_tune_trains_for_the_budget_then_segments_with_topology(flat, tmp_path):
+    volume, painted, labels = flat
+    run = fine_tune(volume, painted, 0, tmp_path / "tuned.pt", minutes=0.02, device="cpu")
+    events = list(run.events())
+    steps, finished = events[:-1], events[-1]
+    assert steps and all(isinstance(e, Step) for e in steps) and steps[-1].fraction == 1.0
+    assert isinstance(finished, Finished) and not finished.stopped
+    assert finished.checkpoint.is_file() and finished.steps == steps[-1].step
+    result = finished.result
+    assert result.prediction.segmentation.shape == labels.shape
+    assert result.topology["components"] >= 1 and "folding_digital" in result.topology
+
+
+def test_a_stop_keeps_the_checkpoint_and_segments_nothing(flat, tmp_path):
+    run = fine_tune(flat[0], flat[1], 0, tmp_path / "tuned.pt", minutes=5.0, device="cpu")
+    finished = list(run.events(should_stop=lambda: True))[-1]
+    assert finished.stopped and finished.result is None and finished.checkpoint.is_file()
