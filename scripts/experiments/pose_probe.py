@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,10 @@ import torch
 import napari_difftt.core.models as models
 import napari_difftt.core.pose as pose
 from napari_difftt.core.metrics import dice
-from napari_difftt.core.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from velocity_ablation import ROWS, load
+from segmentation import train_timed
+from velocity_ablation import ROWS, load, row_config
 
 
 def main() -> None:
@@ -34,14 +33,10 @@ def main() -> None:
     models.FORCE_GAIN = float(os.environ.get("FORCE_GAIN", models.FORCE_GAIN))
     print("constants", pose.MASK_GAIN, pose._P_EPS, models.FORCE_GAIN)
     train, test = load(dataset, Path(__file__).parent / "results" / "accuracy")
-    config = TrainConfig(**{"iterations": iterations, "patch_size": train[0].image.shape,
-                            "width": 4, "lr": 1e-3, "prior": "diag", "seed": 0, "device": "cpu",
-                            "prior_beta": 1.0, "pose": False, **ROWS[row]})
-    started = time.perf_counter()
-    trainer = Trainer(config, train)
-    trainer.run()
-    print(f"train s {time.perf_counter() - started:.0f}")
-    model = trainer.model.eval()
+    config = row_config(ROWS[row], tuple(train[0].image.shape), iterations, width=4)
+    trainer, _, seconds = train_timed(row, config, train)
+    print(f"train s {seconds:.0f}")
+    model = trainer.model
     if model.force_gain is not None:
         print("force gain", model.force_gain.detach().numpy())
     for name, samples in (("train", train[:4]), ("test", test)):

@@ -125,9 +125,9 @@ def run(name, settings, train, test, args, result_path: Path) -> None:
     )
 
 
-def train_and_test(name: str, config: TrainConfig, train, test, every: int):
-    """Train ``config`` on ``train`` (loss printed every ``every`` steps), then predict every
-    case of ``test`` whole; returns (trainer, TrainResult, training seconds, per-case metrics)."""
+def train_timed(name: str, config: TrainConfig, train, every: int = 50):
+    """Train ``config`` on ``train``, the loss printed every ``every`` steps; returns (trainer
+    with its model in eval mode, TrainResult, training seconds)."""
     started = time.perf_counter()
     trainer = Trainer(config, train)
     result = trainer.run(
@@ -138,6 +138,13 @@ def train_and_test(name: str, config: TrainConfig, train, test, every: int):
     )
     seconds = time.perf_counter() - started
     trainer.model.eval()
+    return trainer, result, seconds
+
+
+def train_and_test(name: str, config: TrainConfig, train, test, every: int):
+    """Train ``config`` on ``train`` (:func:`train_timed`), then predict every case of ``test``
+    whole; returns (trainer, TrainResult, training seconds, per-case metrics)."""
+    trainer, result, seconds = train_timed(name, config, train, every)
     cases = []
     for sample in test:
         prediction = predict_volume(trainer.model, sample.image, normalise=False)

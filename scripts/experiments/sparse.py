@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,10 @@ from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
 from napari_difftt.core.inference import default_checkpoint, predict_volume
 from napari_difftt.core.metrics import evaluate_case, topology_report
 from napari_difftt.core.slices import evenly_spaced_slices, paint, painted_slices
-from napari_difftt.core.train import TrainConfig, Trainer
+from napari_difftt.core.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from segmentation import machine  # same folder
+from segmentation import machine, train_timed  # same folder
 from velocity_ablation import summarise
 
 ROWS = ("bch", "bch_centre", "bch_tuned", "unet", "unet_post")
@@ -133,12 +132,8 @@ def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, di
         settings["init"] = str(default_checkpoint(ndim))
     config = TrainConfig(iterations=args.iterations, patch_size=train[0].image.shape,
                          width=args.width, lr=1e-3, seed=0, device="cpu", **settings)
-    started = time.perf_counter()
-    trainer = Trainer(config, train)
-    result = trainer.run(callback=lambda e: e.step % 50 == 0 and print(
-        f"{row}: step {e.step}/{e.total} loss {e.loss:.4f}", flush=True))
-    seconds = time.perf_counter() - started
-    model = trainer.model.eval()
+    trainer, result, seconds = train_timed(row, config, train)
+    model = trainer.model
     cases = {row: [], "unet_post": []}
     for sample in test:
         prediction = predict_volume(model, sample.image, normalise=False)

@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,10 +28,10 @@ import torch
 from napari_difftt.core.data import load_nifti_folder, write_phantom_dataset
 from napari_difftt.core.inference import predict_volume
 from napari_difftt.core.metrics import evaluate_case
-from napari_difftt.core.train import TrainConfig, Trainer
+from napari_difftt.core.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from segmentation import machine
+from segmentation import machine, train_timed
 
 # name → TrainConfig overrides; "legacy" is the parameterisation before issue 10
 ROWS = {
@@ -140,22 +139,23 @@ def load(dataset: str, out: Path) -> tuple[list, list]:
 
 def run(stem: str, settings: dict, train: list, test: list, args) -> dict:
     """Train one row on whole volumes, test it on every volume; the JSON record."""
-    shape = tuple(train[0].image.shape)
-    config = TrainConfig(**{"iterations": args.iterations, "patch_size": shape,
-                            "width": args.width, "lr": 1e-3, "prior": "diag", "seed": 0,
-                            "device": "cpu", "prior_beta": 1.0, "pose": False, **settings})
-    started = time.perf_counter()
-    trainer = Trainer(config, train)
-    result = trainer.run(callback=lambda e: e.step % 50 == 0 and print(
-        f"{stem}: step {e.step}/{e.total} loss {e.loss:.4f}", flush=True))
-    seconds = time.perf_counter() - started
-    model = trainer.model.eval()
+    config = row_config(settings, tuple(train[0].image.shape), args.iterations, args.width)
+    trainer, result, seconds = train_timed(stem, config, train)
+    model = trainer.model
     cases = []
     for sample in test:
         prediction = predict_volume(model, sample.image, normalise=False)
         cases.append({"name": sample.name, **score(prediction, sample)})
     return {"config": config.to_dict(), "train_seconds": seconds, "final_loss": result.loss,
             "cases": cases, "summary": summarise(cases), "machine": machine()}
+
+
+def row_config(settings: dict, shape: tuple[int, ...], iterations: int, width: int
+               ) -> TrainConfig:
+    """The protocol's TrainConfig for a row's ``settings`` on whole volumes of ``shape``."""
+    return TrainConfig(**{"iterations": iterations, "patch_size": shape, "width": width,
+                          "lr": 1e-3, "prior": "diag", "seed": 0, "device": "cpu",
+                          "prior_beta": 1.0, "pose": False, **settings})
 
 
 def score(prediction, sample) -> dict:

@@ -493,7 +493,7 @@ def build_model(
         velocity=config.velocity_space(),
         width=config.width,
         smoothness=config.smoothness,
-        pose=config.pose if config.kind != "unet" else False,
+        pose=config.pose and config.kind != "unet",
     )
 
 
