@@ -8,6 +8,7 @@ tolerance.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import warnings
@@ -367,6 +368,52 @@ def test_digital_folding_checks_the_central_tetrahedra_in_3d():
     # flagged at the two cubes' first voxels, (1, 1, 1) and (2, 1, 1): 2 of the 2³ interior ones
     assert float(folding_fraction(u, scheme="digital")) == pytest.approx(2 / 8)
     assert float(folding_fraction(0.5 * u, scheme="digital")) == 0  # half the twist holds
+
+
+def _digital_folds_by_loops(u: np.ndarray) -> np.ndarray:
+    """The digital test voxel by voxel: ``u`` ``(n, *S)`` → bool ``(*S − 2)``."""
+    n, shape = u.shape[0], u.shape[1:]
+    phi = u + np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    out = np.zeros([s - 2 for s in shape], dtype=bool)
+    for index in itertools.product(*[range(1, s - 1) for s in shape]):
+        at = np.array(index)
+
+        def point(offset, at=at):
+            return phi[(slice(None), *(at + np.array(offset)))]
+
+        dets = []
+        for signs in itertools.product((-1, 1), repeat=n):
+            columns = [sign * (point(np.eye(n, dtype=int)[axis] * sign) - point([0] * n))
+                       for axis, sign in enumerate(signs)]
+            dets.append(np.linalg.det(np.stack(columns, 1)))
+        if n == 3:
+            for origin, apexes, sign in (((0, 0, 0), ((0, 1, 1), (1, 0, 1), (1, 1, 0)), 1),
+                                         ((1, 1, 1), ((1, 0, 0), (0, 1, 0), (0, 0, 1)), -1)):
+                columns = [point(apex) - point(origin) for apex in apexes]
+                dets.append(sign * np.linalg.det(np.stack(columns, 1)))
+        out[tuple(i - 1 for i in index)] = min(dets) <= 0
+    return out
+
+
+@pytest.mark.parametrize("shape", [(11, 6, 7), (9, 8), (3, 5, 4)])
+def test_fold_tests_in_slabs_equal_voxel_by_voxel_definitions(shape, monkeypatch):
+    """Both fold tests run in slabs of planes along the first axis (cache-sized at 128³): with
+    slabs of 4 planes and a partial last one they still equal the definitions — np.gradient's
+    central/one-sided differences for det ∇φ and a loop over every simplex for the digital test."""
+    jacobian_module = importlib.import_module("napari_difftt.core.flow.jacobian")
+    monkeypatch.setattr(jacobian_module, "_SLAB_VOXELS", 1)  # 4 planes per slab (the minimum)
+    u = 0.45 * torch.randn(1, len(shape), *shape, generator=torch.Generator().manual_seed(3),
+                           dtype=torch.float64)
+    field = u[0].numpy()
+    expected_det = np.linalg.det(np.moveaxis(np.stack(
+        [np.stack(np.gradient(field[i]), 0) for i in range(len(shape))], 0), (0, 1), (-2, -1))
+        + np.eye(len(shape)))
+    np.testing.assert_allclose(jacobian_det(u)[0].numpy(), expected_det, rtol=1e-10, atol=1e-12)
+    expected = _digital_folds_by_loops(field)
+    assert 0 < expected.mean() < 1  # the field folds somewhere, not everywhere
+    assert float(folding_fraction(u, "digital")) == pytest.approx(expected.mean())
+    monkeypatch.setattr(jacobian_module, "_SLAB_VOXELS", 10**9)  # one slab: the same folds
+    assert float(folding_fraction(u, "digital")) == pytest.approx(expected.mean())
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (5, 6, 7)])

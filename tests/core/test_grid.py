@@ -14,6 +14,7 @@ from napari_difftt.core.flow.grid import (
     normalised_identity,
     sample,
     sample_backward,
+    squared_length,
     to_normalised,
     to_voxel,
     warp,
@@ -332,3 +333,10 @@ def test_normalised_per_voxel_spans_minus_one_to_one_over_the_axis():
     torch.testing.assert_close(normalised_identity(shape)[0, -1, -1], torch.tensor([1.0, 1.0]))
     with pytest.raises(ValueError, match=">= 2 voxels per axis"):
         grid_module.normalised_per_voxel((1, 8))
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_squared_length_is_the_channel_norm_squared(channels):
+    field = torch.randn(2, channels, 5, 6, 7, dtype=torch.float64)
+    expected = field.norm(dim=1, keepdim=True) ** 2
+    torch.testing.assert_close(squared_length(field), expected, rtol=1e-12, atol=0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .flow.grid import normalised_per_voxel
+from .flow.grid import normalised_per_voxel, squared_length
 from .prior import GeneralisedGaussianPrior
 
 __all__ = ["MASK_GAIN", "MomentPose", "apply_pose", "boundary_force", "posed_prior"]
@@ -99,7 +99,7 @@ def boundary_force(mask: torch.Tensor, prior: torch.Tensor, posed: torch.Tensor,
     outward = torch.einsum("bji,jk,bk...->bi...", pose[:, :n, :n].to(posed.dtype), precision,
                            offset)
     outward = outward * posed.new_tensor(normalised_per_voxel(full_shape)).view(1, n, *spatial)
-    inward = -outward / outward.norm(dim=1, keepdim=True).clamp_min(_NORMAL_EPS)
+    inward = -outward / squared_length(outward).clamp_min(_NORMAL_EPS**2).sqrt()
     return (mask - prior) * inward
 
 

@@ -18,7 +18,7 @@ import torch
 
 from ...errors import SquaringCapWarning
 from .checks import check_field, check_same_field, check_squarings
-from .grid import compose, compose_unchecked
+from .grid import compose, compose_unchecked, squared_length
 from .jacobian import derivative
 from .squaring import scaling_and_squaring
 
@@ -164,9 +164,9 @@ def _choose_squarings(velocity: torch.Tensor, max_step: float = 0.5) -> int:
     """:func:`choose_squarings` without the field check."""
     if not max_step > 0:
         raise ValueError(f"max_step must be a positive number of voxels, got {max_step!r}")
-    largest = float(velocity.detach().norm(dim=1).max())
-    if math.isinf(largest):  # float32 components >= ~1e19 overflow the norm: redo in float64
-        largest = float(velocity.detach().double().norm(dim=1).max())
+    largest = math.sqrt(float(squared_length(velocity.detach()).max()))
+    if math.isinf(largest):  # float32 components >= ~1e19 overflow the square: redo in float64
+        largest = math.sqrt(float(squared_length(velocity.detach().double()).max()))
     if largest <= max_step:
         return 0
     needed = math.ceil(math.log2(largest / max_step))

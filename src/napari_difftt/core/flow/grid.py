@@ -32,6 +32,7 @@ __all__ = [
     "normalised_per_voxel",
     "sample",
     "sample_backward",
+    "squared_length",
     "to_normalised",
     "to_voxel",
     "warp",
@@ -85,6 +86,18 @@ def normalised_per_voxel(shape: Sequence[int]) -> tuple[float, ...]:
     if min(shape, default=0) < 2:
         raise ValueError(f"normalised coordinates need >= 2 voxels per axis, got {shape}")
     return tuple(2.0 / (size - 1) for size in shape)
+
+
+def squared_length(field: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean length over the channel axis of ``field`` ``(B, n, *S)`` →
+    ``(B, 1, *S)``, as a sum of per-channel squares: ATen's ``norm(dim=1)`` reduces the strided
+    channel axis 20–50× slower on CPU (0.32 s against 6 ms for ``(1, 3, 128, 128, 128)`` on one
+    thread)."""
+    channels = field.unbind(1)
+    squares = channels[0].square()
+    for channel in channels[1:]:
+        squares = squares + channel.square()
+    return squares.unsqueeze(1)
 
 
 def to_normalised(displacement: torch.Tensor) -> torch.Tensor:
