@@ -21,7 +21,9 @@ velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
 import os
 import statistics
 import time
@@ -31,6 +33,7 @@ import torch
 
 from napari_difftt.core.data import make_phantom
 from napari_difftt.core.inference import LoadedModel, default_checkpoint, load_model, predict_volume
+from napari_difftt.core.metrics import folding_percent
 from napari_difftt.core.models import TemplateTransformer
 from napari_difftt.pipeline import segment
 
@@ -102,10 +105,38 @@ def main() -> None:
             upsampling.append(time.perf_counter() - started)
         print(f"Flow explorer, on demand: the bundled model's {flow.pieces} + 1 velocities "
               f"upsampled to {size}³ in {statistics.median(upsampling):.3f} s (median)")
+        folds = fold_test_times(predict_volume(bundled.model, image).displacement, args.repeats)
+        print("Fold tests of the topology report (median s; in cache-sized slabs / the volume "
+              "in one piece): " + ", ".join(f"{scheme} {sliced:.3f} / {whole:.3f} "
+                                            f"({whole / sliced:.2f} ×)"
+                                            for scheme, (sliced, whole) in folds.items()))
+        records.append({"size": size, "fold_tests": folds})
     if args.json is not None:
         args.json.write_text(json.dumps({"threads": torch.get_num_threads(),
                                          "load_average": os.getloadavg(),
                                          "runs": records}, indent=2) + "\n")
+
+
+def fold_test_times(displacement, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median seconds of each fold test of ``displacement`` ``(3, *S)`` voxels, as shipped (in
+    slabs of planes) and with the whole volume as one slab: {scheme: (sliced, whole)}."""
+    jacobian = importlib.import_module("napari_difftt.core.flow.jacobian")
+    shipped = jacobian._SLAB_VOXELS
+    times = {}
+    for scheme in ("central", "digital"):
+        pair = []
+        for slab in (shipped, math.prod(displacement.shape)):
+            jacobian._SLAB_VOXELS = slab
+            folding_percent(displacement, scheme)  # warm-up
+            runs = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                folding_percent(displacement, scheme)
+                runs.append(time.perf_counter() - started)
+            pair.append(statistics.median(runs))
+        jacobian._SLAB_VOXELS = shipped
+        times[scheme] = tuple(pair)
+    return times
 
 
 if __name__ == "__main__":

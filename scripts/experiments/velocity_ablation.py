@@ -75,6 +75,7 @@ ROWS.update({
     "pose_full": {**_SPACE, "prior": "full", "pose": True},
     "pose_full_T8": {**_SPACE, "prior": "full", "pose": True, "pieces": 8},
     "pose_full_b32": {**_SPACE, "prior": "full", "pose": True, "alpha": 32.0},
+    "pose_full_bs2": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 
