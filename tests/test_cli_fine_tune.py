@@ -64,10 +64,11 @@ def test_painted_labels_with_nothing_painted_are_refused(painted_data, tmp_path,
 
 
 def test_a_warm_start_on_painted_slices_ends_at_its_time_budget(painted_data, tmp_path, capsys):
+    """``--init bundled`` names the bundled model of the patches' dimensionality."""
     root, _ = painted_data
     out = tmp_path / "tuned.pt"
     status, err = _run(capsys, "--data", str(root), "--out", str(out), "--painted-axis", "0",
-                       "--init", str(default_checkpoint(3)), "--minutes", "0.02",
+                       "--init", "bundled", "--minutes", "0.02",
                        "--iterations", "100000", *TINY)
     assert status == 0, err
     checkpoint = load_checkpoint(out)

@@ -24,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 HELP = "train a segmentation model (bch | svf | stt | unet) on NIfTI image/label folders"
+BUNDLED = "bundled"  # --init bundled: the bundled model of the run's dimensionality
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune = parser.add_argument_group("fine-tuning and painted slices")
     tune.add_argument(
         "--init", metavar="CKPT", help="warm-start the network from this checkpoint (same "
-        "--model kind and dimensionality, e.g. the bundled model); the prior is re-fitted to "
-        "the training labels unless --keep-prior. Not with --resume")
+        "--model kind and dimensionality), or 'bundled': the bundled model of the patches' "
+        "dimensionality (the best start on painted slices, docs/RESULTS.md); the prior is "
+        "re-fitted to the training labels unless --keep-prior. Not with --resume")
     tune.add_argument("--keep-prior", action="store_true",
                       help="with --init: keep its prior instead of re-fitting it")
     _option(tune, "--minutes", "time budget of the training steps; the run ends at it or at "
@@ -221,6 +223,10 @@ def run(args: argparse.Namespace) -> int:
     # every TrainConfig field has its option (same name); the checkpoint is --out
     settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
     settings.update(patch_size=tuple(args.patch_size), checkpoint=str(out))
+    if settings.get("init") == BUNDLED:
+        from ..core.inference import default_checkpoint
+
+        settings["init"] = str(default_checkpoint(len(settings["patch_size"])))
     if args.resume is not None:
         previous = resumable(args.resume, load_checkpoint(args.resume))["config"]
         if "kind" not in args.typed:
