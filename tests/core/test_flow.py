@@ -370,6 +370,20 @@ def test_digital_folding_checks_the_central_tetrahedra_in_3d():
     assert float(folding_fraction(0.5 * u, scheme="digital")) == 0  # half the twist holds
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_one_bad_value_anywhere(dtype, bad):
+    """One NaN or ±Inf at any position (the vectorised body and the tail of a reduction)."""
+    from napari_difftt.core.flow.checks import all_finite
+
+    field = torch.randn(1, 3, 5, 6, 7).to(dtype)
+    assert all_finite(field) and all_finite(field[:, :0])
+    for index in [0, 1, 17, 300, field.numel() - 2, field.numel() - 1]:
+        damaged = field.clone()
+        damaged.view(-1)[index] = bad
+        assert not all_finite(damaged), index
+
+
 def _digital_folds_by_loops(u: np.ndarray) -> np.ndarray:
     """The digital test voxel by voxel: ``u`` ``(n, *S)`` → bool ``(*S − 2)``."""
     n, shape = u.shape[0], u.shape[1:]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from ...errors import SquaringCapWarning
-from .checks import check_field, check_same_field, check_squarings
+from .checks import all_finite, check_field, check_same_field, check_squarings
 from .grid import compose, compose_unchecked, squared_length
 from .jacobian import derivative
 from .squaring import scaling_and_squaring
@@ -210,7 +210,7 @@ def _bch(v: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
 
 def _check_bch_finite(velocity: torch.Tensor, pieces: list[torch.Tensor], order: int) -> None:
     """Refuse velocities whose BCH combination overflows (its brackets grow as ‖v‖²)."""
-    if bool(torch.isfinite(velocity.detach()).all()):
+    if all_finite(velocity):
         return
     largest = max(float(p.detach().double().abs().max()) for p in pieces)
     raise ValueError(

@@ -59,7 +59,7 @@ def folding_fraction(displacement: torch.Tensor, scheme: str = "central") -> tor
     """
     check_field("displacement", displacement)
     if scheme == "central":
-        return (jacobian_det(displacement) <= 0).flatten(1).float().mean(1)
+        return (_central_det(displacement) <= 0).flatten(1).float().mean(1)
     if scheme == "digital":
         return _digital_folds(displacement).flatten(1).float().mean(1)
     raise ValueError(f"scheme must be 'central' or 'digital', got {scheme!r}")
