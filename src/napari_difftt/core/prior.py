@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from .flow.checks import check_field
-from .flow.grid import identity, normalised_per_voxel, sample
+from .flow.grid import identity, normalised_per_voxel, sample, squared_length
 
 __all__ = [
     "DEFAULT_BETA",
@@ -197,7 +197,7 @@ class GeneralisedGaussianPrior(_Prior):
         _check_coords(coords, self.ndim)
         centred = coords - self.mean.view(1, -1, *([1] * self.ndim)).to(coords.dtype)
         white = torch.einsum("ij,bj...->bi...", self._whitening().to(coords.dtype), centred)
-        d2 = white.pow(2).sum(1, keepdim=True).clamp_min(_MIN_D2)
+        d2 = squared_length(white).clamp_min(_MIN_D2)
         return torch.exp(-d2.pow(self.beta.to(coords.dtype)) * _LN2)
 
     def _reference(self) -> torch.Tensor:
