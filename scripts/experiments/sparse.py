@@ -173,9 +173,12 @@ def labelled_fraction(samples: list[Sample]) -> float:
 def report(folder: Path) -> None:
     """One Markdown table per data set: rows × annotations, with the targets' ratios."""
     records = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    def dice(dataset: str, annotation: str, row: str) -> float | None:
+        record = records.get(f"{dataset}_{annotation}_{row}")
+        return None if record is None else record["summary"]["dice"]
+
     for dataset in DATASETS:
-        dense = records.get(f"{dataset}_dense_bch", {}).get("summary", {}).get("dice")
-        unet_dense = records.get(f"{dataset}_dense_unet", {}).get("summary", {}).get("dice")
+        unet_dense = dice(dataset, "dense", "unet")
         lines = []
         for annotation in ANNOTATIONS:
             for row in ROWS:
@@ -183,7 +186,8 @@ def report(folder: Path) -> None:
                 if record is None:
                     continue
                 s = record["summary"]
-                ratio = f"{s['dice'] / dense:.3f}" if dense and row.startswith("bch") else "–"
+                own = dice(dataset, "dense", row) if row.startswith("bch") else None
+                ratio = f"{s['dice'] / own:.3f}" if own else "–"
                 gap = f"{s['dice'] - unet_dense:+.3f}" if unet_dense else "–"
                 lines.append([annotation, row, f"{s['dice']:.3f} ± {s['dice_std']:.3f}",
                               f"{s['hd95']:.2f}", ratio, gap, f"{s['central_max']:.4f}",
@@ -192,7 +196,7 @@ def report(folder: Path) -> None:
                               f"{record['train_seconds']:.0f}"])
         if lines:
             print(f"\n### {dataset}\n")
-            header = ["slices", "row", "Dice", "HD95 mm", "× bch dense", "− U-Net dense",
+            header = ["slices", "row", "Dice", "HD95 mm", "× own dense", "− U-Net dense",
                       "max % central", "max % digital", "one component", "train s"]
             print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
             print("\n".join("| " + " | ".join(line) + " |" for line in lines))
