@@ -61,7 +61,21 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"kind": "bch", "colour": 1})
     config = TrainConfig(kind="svf", patch_size=(16, 32))
-    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_the_b_spline_lattice_is_recorded_resolved_and_old_records_keep_theirs():
+    """Today's default spacing (DEFAULT_SPACE, 2 voxels; the factor where coarser) is written
+    out; a run recorded with no spacing had VelocitySpace's default of its time, 4 voxels."""
+    from napari_difftt.core.flow.velocity import DEFAULT_LATTICE, DEFAULT_SPACE
+
+    config = TrainConfig()
+    assert config.velocity_space() == DEFAULT_SPACE and DEFAULT_SPACE.lattice == 2
+    assert config.to_dict()["velocity_lattice"] == 2
+    assert TrainConfig(velocity_factor=4).velocity_space().lattice == 4
+    assert TrainConfig(velocity="dense").to_dict()["velocity_lattice"] is None
+    old = {**config.to_dict(), "velocity_lattice": None}
+    assert TrainConfig.from_dict(old).velocity_space().lattice == DEFAULT_LATTICE == 4
 
 
 def test_training_writes_a_safe_complete_checkpoint_and_validates(tmp_path):

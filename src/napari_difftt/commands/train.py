@@ -165,7 +165,7 @@ def _option(
 
 def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     """Options of :class:`core.velocity.VelocitySpace`, defaults from :class:`TrainConfig`."""
-    from ..core.flow.velocity import FACTORS, SPACE_KINDS
+    from ..core.flow.velocity import DEFAULT_SPACE, FACTORS, SPACE_KINDS
     from ..core.train.config import DEFAULTS as default
 
     group.add_argument(
@@ -183,7 +183,8 @@ def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--velocity-lattice", action=_Typed, type=int, default=default.velocity_lattice,
         metavar="S",
-        help="B-spline control-point spacing in image voxels (bspline only; default 4)",
+        help="B-spline control-point spacing in image voxels (bspline only; default "
+        f"{DEFAULT_SPACE.lattice}, or K where coarser)",
     )
     group.add_argument(
         "--velocity-sigma", action=_Typed, type=float, default=default.velocity_sigma,

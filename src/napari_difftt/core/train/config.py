@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..flow.checks import check_count
-from ..flow.velocity import DEFAULT_SPACE, VelocitySpace
+from ..flow.velocity import DEFAULT_LATTICE, DEFAULT_SPACE, VelocitySpace
 from ..models import KINDS
 from ..nets import DIVISOR
 from ..prior import DEFAULT_BETA, PARAMETERISATIONS
@@ -57,7 +57,8 @@ class TrainConfig:
     # where velocities live (core.velocity.VelocitySpace; defaults from its ablation)
     velocity: str = DEFAULT_SPACE.parameterisation  # dense | bspline
     velocity_factor: int = DEFAULT_SPACE.factor  # image voxels per coarse voxel: 1, 2 or 4
-    velocity_lattice: int | None = None  # B-spline control spacing, voxels (None: 4 for bspline)
+    # B-spline control spacing, voxels (None: DEFAULT_SPACE's, or the factor where coarser)
+    velocity_lattice: int | None = None
     velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
     alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
     smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
@@ -125,8 +126,11 @@ class TrainConfig:
 
     def velocity_space(self) -> VelocitySpace:
         """The :class:`VelocitySpace` these settings describe."""
-        return VelocitySpace(self.velocity, self.velocity_factor, self.velocity_lattice,
-                             self.velocity_sigma, self.alpha)
+        lattice = self.velocity_lattice
+        if self.velocity == "bspline" and lattice is None:
+            lattice = max(DEFAULT_SPACE.lattice, self.velocity_factor)
+        return VelocitySpace(self.velocity, self.velocity_factor, lattice, self.velocity_sigma,
+                             self.alpha)
 
     @property
     def ndim(self) -> int:
@@ -135,6 +139,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain dict (lists instead of tuples) for checkpoints and JSON."""
         data = asdict(self)
+        data["velocity_lattice"] = self.velocity_space().lattice  # recorded as resolved
         data["patch_size"] = list(self.patch_size)
         data["betas"] = list(self.betas)
         return data
@@ -146,8 +151,12 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
-        # a run recorded before the pose level existed had none, whatever today's default
-        return cls(**{"pose": False, **data, **overrides})
+        # a run recorded before the pose level existed had none, whatever today's default; one
+        # recorded with no B-spline lattice had VelocitySpace's (DEFAULT_LATTICE), not today's
+        recorded = {"pose": False, **data}
+        if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
+            recorded["velocity_lattice"] = DEFAULT_LATTICE
+        return cls(**{**recorded, **overrides})
 
 
 DEFAULTS = TrainConfig()  # the defaults, for option parsers and forms
