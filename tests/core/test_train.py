@@ -269,3 +269,19 @@ def test_distributed_reads_torchrun_and_is_the_identity_in_one_process():
     with alone.accumulating(model, last=False):
         pass
     alone.leave()
+
+
+def test_sparse_labels_get_the_coarser_lattice_unless_one_was_chosen(tmp_path):
+    """A fresh run on painted slices trains with control points every 4 voxels (the default 2
+    folds there), recorded in its config and said in the log; dense labels keep the default,
+    and so does a lattice given explicitly or a warm start."""
+    messages = []
+    sparse = Trainer(_config(tmp_path), _samples(2, sparse=True), log=messages.append)
+    assert sparse.config.velocity_lattice == 4
+    assert sparse.config.to_dict()["velocity_lattice"] == 4
+    assert any("sparse labels" in m and "every 4 voxels" in m for m in messages)
+    assert Trainer(_config(tmp_path), _samples(2)).config.velocity_space().lattice == 2
+    chosen = Trainer(_config(tmp_path, velocity_lattice=2), _samples(2, sparse=True))
+    assert chosen.config.velocity_lattice == 2
+    factor4 = Trainer(_config(tmp_path, velocity_factor=4), _samples(2, sparse=True))
+    assert factor4.config.velocity_lattice == 4
