@@ -10,7 +10,9 @@
 #
 # Usage: scripts/train_pretrained.sh [WORKDIR] [3d|2d|both]   (default: a new folder, both)
 # Environment: PYTHON (default .venv/bin/python), ITERATIONS_3D (default 250), ITERATIONS_2D
-# (default 400), WIDTH_3D (default 4), WIDTH_2D (default 8), THREADS (default 2), VELOCITY_2D
+# (default 400), WIDTH_3D (default 4), WIDTH_2D (default 8), THREADS (default 2), VELOCITY_3D
+# (default "--velocity-lattice 4": the model the "Segment from my slices" dock fine-tunes; the
+# library's lattice 2 folds when fine-tuned on one volume, resources/MODEL_CARD.md), VELOCITY_2D
 # (default "--velocity-factor 4": integration on a 32² grid for the 128² images; the library's
 # k = 2 folds on up to 0.28 % of their pixels, k = 4 on none by central differences and
 # ≤ 0.019 % by the digital test — docs/RESULTS.md, "2D bundled model").
@@ -50,7 +52,9 @@ export_checkpoint('$WORK/$name/full.pt', '$out', half=True, overwrite=True)
 }
 
 if [ "$WHICH" != 2d ]; then
-    train 3d 64,64,64 16 4 "${ITERATIONS_3D:-250}" "${WIDTH_3D:-4}" resources/difftt_phantom_bch.pt
+    # shellcheck disable=SC2086  # VELOCITY_3D is a list of flags
+    train 3d 64,64,64 16 4 "${ITERATIONS_3D:-250}" "${WIDTH_3D:-4}" resources/difftt_phantom_bch.pt \
+        ${VELOCITY_3D---velocity-lattice 4}
 fi
 if [ "$WHICH" != 3d ]; then
     # shellcheck disable=SC2086  # VELOCITY_2D is a list of flags
