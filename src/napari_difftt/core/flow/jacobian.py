@@ -23,8 +23,9 @@ __all__ = [
     "jacobian_det",
 ]
 
-# voxels per slab of the fold tests: each field of a slab (0.5 MiB in float32) stays in cache,
-# about 2 × faster than the whole volume at 128³ and 4 × at 160³ (one CPU thread)
+# voxels per slab of the fold tests: each field of a slab (0.5 MiB in float32) stays in cache;
+# on one CPU thread 1.1–1.5 × faster than the volume in one piece at 128³, on two within the
+# noise of a shared machine (benchmarks/bench_inference.py prints both)
 _SLAB_VOXELS = 2**17
 
 
