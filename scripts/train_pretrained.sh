@@ -59,5 +59,5 @@ fi
 if [ "$WHICH" != 3d ]; then
     # shellcheck disable=SC2086  # VELOCITY_2D is a list of flags
     train 2d 128,128 32 8 "${ITERATIONS_2D:-400}" "${WIDTH_2D:-8}" resources/difftt_phantom2d_bch.pt \
-        ${VELOCITY_2D---velocity-factor 4 --prior diag --no-pose}
+        ${VELOCITY_2D---velocity-factor 4 --alpha 8}
 fi
