@@ -429,10 +429,10 @@ class RunModelWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
-        layout.addWidget(batch)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.progress)  # beside Run: on screen in a short dock
         layout.addWidget(self.message)
         layout.addWidget(self.topology)
         layout.addWidget(self.metrics)
+        layout.addWidget(batch)
         layout.addStretch(1)
 

@@ -78,8 +78,10 @@ class SlicesWidget(QWidget):
                                choices=[(info.label, info.spec) for info in list_devices()],
                                tooltip="where fine-tuning runs: auto picks a GPU when there is one")
         self.form = Container(widgets=[self.image, self.painted, self.axis, self.unlabelled,
-                                       self.minutes, self.start_from, self.folder, self.device])
-        for control in self.form:  # a file picker's line and button say what it is for, too
+                                       self.minutes])
+        # below the button and its progress: in a short dock those stay on screen
+        self.files = Container(widgets=[self.start_from, self.folder, self.device])
+        for control in (*self.form, *self.files):  # a file picker's parts explain themselves too
             for part in control.native.findChildren(QWidget):
                 if not part.toolTip():
                     part.setToolTip(control.tooltip)
@@ -98,7 +100,7 @@ class SlicesWidget(QWidget):
         self.topology.setWordWrap(True)
         layout = QVBoxLayout(self)
         for widget in (self.form.native, self.count, self.button, self.progress, self.status,
-                       self.topology):
+                       self.topology, self.files.native):
             layout.addWidget(widget)
         layout.addStretch(1)
 
