@@ -40,7 +40,7 @@ NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then
 TARGETS = {"final": "Φ, the predicted transformation", "current": "φ(t) at the flow explorer's t"}
 GRID_ROLE = "deformed_grid"
 # folds sit on the most compressed (dark pink) end of PiYG: yellow stands out on it and on green
-FOLD_COLOURS = {1: "yellow", None: "transparent"}
+FOLD_COLOURS = ["transparent", "yellow"]  # a colour cycle, as run_model.SEGMENTATION_COLOURS
 
 
 class JacobianWidget(QWidget):

@@ -35,6 +35,7 @@ from ._lifetime import Lifetime
 from ._painted import PaintedSlices
 from ._state import ViewerState
 from ._worker import Job, explain, start_job
+from .run_model import SEGMENTATION_COLOURS
 
 if TYPE_CHECKING:
     import napari
@@ -202,7 +203,7 @@ class SlicesWidget(QWidget):
         segmentation = add_derived(
             self.viewer, "labels", prediction.segmentation, image,
             f"{image.name} segmentation from slices {stamp}", "segmentation",
-            colormap={1: "magenta", None: "transparent"})
+            colormap=SEGMENTATION_COLOURS)
         segmentation.contour = 2
         record = dataclasses.replace(result, source=image.unique_id)
         record.layers.update(probability=probability.unique_id,
