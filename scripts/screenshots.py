@@ -4,8 +4,10 @@
 
 Opens the 3D phantom and the tabbed dock (*All widgets (tabs)*), then, one tab each: tunes
 the shape prior; runs the bundled model against the ground truth; shows the flow at t = ½ with
-its arrows; computes det J of Φ; trains a few steps; opens Export; shows the Help tab (the
-reader preference it could set lives in this run's own settings file). Each
+its arrows; computes det J of Φ; trains a few steps; paints the organ on 3 slices and fine-tunes
+the bundled model on them for ``--minutes`` (Segment from my slices); opens Export; shows the
+Help tab (the reader preference it could set lives in this run's own settings file). Torch uses
+``--threads`` threads. Each
 picture is ``viewer.screenshot(canvas_only=False)`` of the whole window, stored as a
 256-colour PNG to keep the README light.
 """
@@ -25,14 +27,20 @@ SCREEN = (1280, 800)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--minutes", type=float, default=0.5,
+                        help="fine-tuning budget of the Segment-from-my-slices shot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     settings = tempfile.TemporaryDirectory()  # napari's settings for this run only
     os.environ["NAPARI_CONFIG"] = str(Path(settings.name) / "settings.yaml")
 
+    import torch
     from napari.settings import get_settings
 
     import napari
+
+    torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from bench_interactive import short_training
@@ -83,6 +91,9 @@ def main() -> None:
         _settle(lambda: not train.running)
         shots.append(_shot(viewer, args.out / "widget_train.png"))  # its preview is gone
 
+        shots.append(_slices_shot(viewer, tabs, folder, args.minutes,
+                                  args.out / "widget_slices.png"))
+
     tabs.show_tab("Export")
     shots.append(_shot(viewer, args.out / "widget_export.png"))
     tabs.show_tab("Help")
@@ -102,6 +113,33 @@ def _shot(viewer, path: Path) -> Path:
     Image.fromarray(viewer.screenshot(canvas_only=False)).convert("RGB").quantize(256).save(
         path, optimize=True)
     return path
+
+
+def _slices_shot(viewer, tabs, folder: str, minutes: float, path: Path) -> Path:
+    """Paint the phantom's organ on 3 z slices, fine-tune for ``minutes``, show the result."""
+    import numpy as np
+
+    from napari_difftt.core.slices import evenly_spaced_slices, paint
+
+    _hide_roles(viewer, "probability", "segmentation")  # Run model's result
+    truth = viewer.layers["phantom labels"]
+    truth.visible = False
+    mask = np.asarray(truth.data)
+    painted = viewer.add_labels(paint(mask, evenly_spaced_slices(mask, 3)), name="my slices",
+                                scale=truth.scale, translate=truth.translate, opacity=0.5)
+    viewer.dims.set_point(0, float(painted.data_to_world((evenly_spaced_slices(mask, 3)[1],
+                                                          0, 0))[0]))
+    slices = tabs.show_tab("Segment from my slices")
+    slices.image.value = viewer.layers["phantom"]
+    slices.painted.value = painted
+    slices.minutes.value = minutes
+    slices.device.value = "cpu"
+    slices.folder.value = folder
+    slices.start()
+    _settle(lambda: not slices.running)
+    painted.visible = False  # the result's contour over the image, not the paint
+    tabs.currentWidget().ensureWidgetVisible(slices.topology)  # the report, below the fold
+    return _shot(viewer, path)
 
 
 def _hide_roles(viewer, *roles: str) -> None:

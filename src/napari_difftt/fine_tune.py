@@ -6,7 +6,9 @@ out like :mod:`napari_difftt.pipeline`:
 * :func:`count_slices` — what counts of a painted array along an axis ("3 slices along z,
   12288 voxels count"), or the :class:`~napari_difftt.errors.AnnotationError` saying what to
   fix (nothing painted, paint along two axes, a value that is neither organ, background nor
-  the unlabelled value); cheap, for showing before training.
+  the unlabelled value); cheap, for showing before training. :func:`painted_labels` gives the
+  training labels too (the Train widget's painted-slices option), :func:`axis_choices` the
+  axes offered.
 * :func:`fine_tune` — checks everything (the painting, the time budget, the checkpoint's kind
   and dimensionality, the output file) and returns a :class:`FineTune` whose ``events()``
   generator yields :class:`Step` per training step, then :class:`Finished` with the
@@ -34,7 +36,8 @@ from .pipeline import Result, segment
 if TYPE_CHECKING:
     from .core.io import Volume
 
-__all__ = ["FINE_TUNE", "Counted", "FineTune", "Finished", "Step", "count_slices", "fine_tune"]
+__all__ = ["FINE_TUNE", "Counted", "FineTune", "Finished", "Step", "axis_choices", "count_slices",
+           "fine_tune", "painted_labels"]
 
 # the settings of a fine-tuning run on one volume (docs/PERFORMANCE.md, "Segment from my
 # slices": measured there); the rest are the init checkpoint's or TrainConfig's defaults
@@ -76,9 +79,26 @@ class Finished:
 def count_slices(painted: np.ndarray, axis: int, unlabelled: int | None = None) -> Counted:
     """:class:`Counted` of a painted array ``(*S)`` (organ 1, background 0, optionally an
     ``unlabelled`` value) along ``axis``; AnnotationError when it cannot train."""
+    return painted_labels(painted, axis, unlabelled)[1]
+
+
+def painted_labels(painted: np.ndarray, axis: int, unlabelled: int | None = None,
+                   ignore_value: int = 255) -> tuple[np.ndarray, Counted]:
+    """Training labels ``(*S)`` uint8 of a painted array (0/1 on the slices along ``axis``
+    that hold paint, ``ignore_value`` everywhere else and on ``unlabelled`` voxels) and their
+    :class:`Counted`; AnnotationError when it cannot train."""
     from .core.slices import painted_slices
 
-    return _counted(painted_slices(painted, axis, unlabelled=unlabelled))
+    labels = painted_slices(painted, axis, unlabelled=unlabelled, ignore_value=ignore_value)
+    return labels.labels, _counted(labels)
+
+
+def axis_choices(ndim: int) -> list[tuple[str, int]]:
+    """The axes slices may be painted along, as ``(name, array axis)``: ``("z (0)", 0)`` …
+    in 3D, ``("rows (0)", 0), ("columns (1)", 1)`` in 2D."""
+    from .core.slices import AXIS_NAMES
+
+    return [(f"{name} ({axis})", axis) for axis, name in enumerate(AXIS_NAMES[ndim])]
 
 
 def fine_tune(

@@ -50,6 +50,7 @@ __all__ = [
     "arrows",
     "checkpoint_prior",
     "default_checkpoint",
+    "deformed_grid",
     "endpoint_gap",
     "export",
     "fit_prior",
@@ -377,14 +378,30 @@ def export(
     return written
 
 
-def jacobian_report(result: Result, displacement: np.ndarray | None = None) -> JacobianReport:
-    """det ∇φ, fold fractions (central and digital), folded regions, a deformed grid and the
-    log₂ display (:func:`core.fields.jacobian_report`) of the result's Φ, or of
-    ``displacement`` ``(n, *S)`` voxels: another map of this prediction on its grid (e.g. φ(t)
-    of its :func:`flow_frames`). Raises ValueError, naming the model kind, when there is no
+def jacobian_report(result: Result, displacement: np.ndarray | None = None,
+                    grid_axes: tuple[int, ...] | None = None) -> JacobianReport:
+    """det ∇φ, fold fractions (central and digital), folded regions, a deformed grid (its
+    lines crossing the planes of ``grid_axes``, default the last two) and the log₂ display
+    (:func:`core.fields.jacobian_report`) of the result's Φ, or of ``displacement``
+    ``(n, *S)`` voxels: another map of this prediction on its grid (e.g. φ(t) of its
+    :func:`flow_frames`). Raises ValueError, naming the model kind, when there is no
     displacement (a U-Net), or when ``displacement`` is not on the volume's grid."""
     from .core.fields import jacobian_report as report
 
+    return report(_displacement(result, displacement), grid_axes)
+
+
+def deformed_grid(result: Result, displacement: np.ndarray | None = None,
+                  axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """The deformed grid of :func:`jacobian_report` alone, for the slices spanned by ``axes``
+    (:func:`core.fields.deformed_grid`): redrawn when the viewer shows another orientation."""
+    from .core.fields import deformed_grid as grid
+
+    return grid(_displacement(result, displacement), axes)
+
+
+def _displacement(result: Result, displacement: np.ndarray | None) -> np.ndarray:
+    """``displacement`` (default: the result's Φ), checked to be on the volume's grid."""
     shape = tuple(result.volume.array.shape)
     if displacement is None:
         displacement = result.prediction.displacement
@@ -394,7 +411,7 @@ def jacobian_report(result: Result, displacement: np.ndarray | None = None) -> J
     if np.shape(displacement) != (len(shape), *shape):
         raise ValueError(f"a displacement of shape {np.shape(displacement)} is not on this "
                          f"prediction's grid {shape}")
-    return report(np.asarray(displacement))
+    return np.asarray(displacement)
 
 
 def flow_frames(result: Result, count: int, path: str) -> FlowFrames:

@@ -172,3 +172,65 @@ def test_folds_stand_out_and_compute_is_off_without_a_transformation(viewer, doc
     ViewerState.of(viewer).set_prediction(record_of(image, segmented, "unet"))
     assert not widget.compute_button.isEnabled()  # refused up front, and the widget says why
     assert "no transformation" in widget.summary.text()
+
+
+def _lines_of_slice(plane: np.ndarray, every: int = GRID_EVERY) -> None:
+    """``plane`` (2D) is a square grid: rows and columns at multiples of ``every`` wholly 1
+    (continuous straight lines), everything else 0."""
+    expected = np.zeros(plane.shape, np.float32)
+    expected[::every, :] = 1.0
+    expected[:, ::every] = 1.0
+    np.testing.assert_allclose(plane, expected, atol=1e-5)
+
+
+def test_a_coronal_slice_shows_a_continuous_grid_under_motion_across_it():
+    """The grid of a coronal slice (spanned by z and x) has no plane lying in it: with a
+    displacement across the slice (along y, varying), every coronal slice still shows whole
+    straight lines, where the (y, x) grid showed the y planes as patches."""
+    from napari_difftt.core.fields import deformed_grid
+
+    shape = (17, 12, 17)
+    z, _, x = np.indices(shape, dtype=np.float32)
+    displacement = np.zeros((3, *shape), np.float32)
+    displacement[1] = 1.5 * np.sin(z / 3.0) * np.cos(x / 4.0)  # across the coronal slices
+    coronal = deformed_grid(displacement, axes=(0, 2))
+    for row in range(1, shape[1] - 1):
+        _lines_of_slice(coronal[:, row, :])
+    axial = deformed_grid(displacement, axes=(1, 2))  # the (y, x) grid the widget showed before
+    between = axial[:, 7, :][1:GRID_EVERY, 1:GRID_EVERY]  # a cell of slice y = 7, off its lines
+    assert between.max() > 0.5 and between.min() < 0.5  # a patch of the y = 8 plane
+
+
+def test_a_coronal_grid_deformed_within_the_slice_keeps_its_lines_connected():
+    """An in-plane displacement bends the lines of a coronal slice but never breaks them: each
+    vertical line is lit (≥ ½) in every row, each horizontal one in every column."""
+    from napari_difftt.core.fields import deformed_grid
+
+    shape = (33, 6, 33)
+    z, _, x = np.indices(shape, dtype=np.float32)
+    displacement = np.zeros((3, *shape), np.float32)
+    displacement[2] = 2.0 * np.sin(z / 5.0)  # x shifts with z: vertical lines wave
+    displacement[0] = 2.0 * np.sin(x / 5.0)  # z shifts with x: horizontal lines wave
+    plane = deformed_grid(displacement, axes=(0, 2))[:, 3, :]
+    interior = slice(4, shape[0] - 4)
+    for line in range(GRID_EVERY, shape[2] - GRID_EVERY, GRID_EVERY):
+        near = plane[interior, line - 3: line + 4]  # within the wave's ±2 voxels
+        assert (near.max(axis=1) >= 0.5).all(), line
+        across = plane[line - 3: line + 4, interior]
+        assert (across.max(axis=0) >= 0.5).all(), line
+
+
+def test_the_grid_follows_the_displayed_orientation(viewer, dock, qtbot):
+    from napari_difftt.core.fields import deformed_grid
+
+    displacement = linear(np.diag([0.0, 0.1, 0.0]))  # along y: across the coronal slices
+    _predict(viewer, displacement)
+    widget = dock("Jacobian")
+    _compute(widget, qtbot)
+    np.testing.assert_allclose(widget.grid_layer.data, deformed_grid(displacement, (1, 2)),
+                               atol=1e-6)  # the viewer shows (y, x) slices
+    viewer.dims.order = (1, 0, 2)  # now (z, x) slices: coronal
+    expected = deformed_grid(displacement, (0, 2))
+    qtbot.waitUntil(lambda: np.allclose(widget.grid_layer.data, expected, atol=1e-6),
+                    timeout=30_000)
+    _lines_of_slice(widget.grid_layer.data[:, 4, :])

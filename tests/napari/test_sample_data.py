@@ -51,3 +51,29 @@ def test_the_3d_sample_has_the_bundled_models_spacing():
 
     checkpoint = load_checkpoint(default_checkpoint())
     assert spacing_mismatch(PHANTOM_3D[2], checkpoint.get("spacing"), "phantom") is None
+
+
+def test_the_sample_opens_without_importing_torch():
+    """The sample is numpy and scipy only: torch (seconds to import) waits for the first
+    widget that needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_difftt._sample_data import phantom_2d, phantom_3d; "
+            "phantom_3d(); phantom_2d(); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'napari', 'qtpy')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_ground_truth_is_green_on_clear_as_a_colour_cycle(make_napari_viewer):
+    """A colour cycle, which napari draws at once (a {value: colour} map compiles a numba
+    dictionary the first time: seconds), shows 0 clear and the organ lime."""
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-difftt", "phantom_3d")
+    colormap = viewer.layers["phantom labels"].colormap
+    assert isinstance(colormap, CyclicLabelColormap)
+    np.testing.assert_allclose(colormap.map(np.array([0, 1])), [[0, 0, 0, 0], [0, 1, 0, 1]])

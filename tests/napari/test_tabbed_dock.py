@@ -158,9 +158,9 @@ def test_the_dock_leaves_the_canvas_large_and_adds_no_layer(laptop):
 
     viewer = laptop
     before = list(viewer.layers)
+    viewer.window.resize(*SCREEN)
+    _settle()
     dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "All widgets (tabs)")
-    window = dock.window()
-    window.resize(*SCREEN)
     _settle(10)
     assert list(viewer.layers) == before  # opening the dock adds no layer
     canvas = viewer.window._qt_viewer.canvas.native
@@ -182,6 +182,49 @@ def test_the_dock_leaves_the_canvas_large_and_adds_no_layer(laptop):
     for control in (train.start_button, train.progress, train.plot):
         bottom = control.mapTo(viewport, control.rect().bottomLeft()).y()
         assert control.isVisible() and bottom <= viewport.height(), type(control).__name__
+
+
+# per tab, what must be on screen without scrolling in napari's left column at 1280×800
+MAIN_CONTROLS = {
+    "Shape prior": ("fit_button",), "Run model": ("run_button", "progress", "message"),
+    "Flow explorer": ("show_button",), "Jacobian": ("compute_button",),
+    "Train": ("start_button", "progress", "plot"),
+    "Segment from my slices": ("button", "progress"), "Export": ("export_button",),
+}
+
+
+def test_the_dock_shares_the_left_column_and_the_canvas_keeps_60_percent(laptop):
+    """At 1280×800 the dock goes into napari's left column, tabbed with the layer list: the
+    canvas keeps ≥ 60 % of the width (beside napari's layer docks on the right it keeps 42 %);
+    each tab's main controls are on screen without scrolling; ⇆ moves it right and back."""
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = laptop
+    viewer.window.resize(*SCREEN)
+    _settle()
+    dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "All widgets (tabs)")
+    window = dock.window()
+    _settle(10)
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert tabs.side() == "left" and window.height() <= SCREEN[1]
+    assert window.findChild(QDockWidget, "layer list") in window.tabifiedDockWidgets(dock)
+    assert not dock.visibleRegion().isEmpty()  # this tab of the column is the one shown
+    assert canvas.width() >= 0.6 * SCREEN[0], canvas.width()
+    for title, names in MAIN_CONTROLS.items():
+        widget = tabs.show_tab(title)
+        _settle()
+        viewport = tabs.currentWidget().viewport()
+        for name in names:
+            control = getattr(widget, name)
+            control = getattr(control, "native", control)  # a magicgui widget's Qt widget
+            bottom = control.mapTo(viewport, control.rect().bottomLeft()).y()
+            assert control.isVisibleTo(widget) and bottom <= viewport.height(), (title, name)
+    tabs.move_button.click()
+    _settle(10)
+    assert tabs.side() == "right" and canvas.width() < 0.6 * SCREEN[0]  # why it moved
+    tabs.move_button.click()
+    _settle(10)
+    assert tabs.side() == "left" and canvas.width() >= 0.6 * SCREEN[0]
 
 
 def test_help_explains_links_and_sets_the_nifti_reader(laptop, monkeypatch):

@@ -281,3 +281,91 @@ def test_folder_training_previews_in_the_volumes_own_geometry(viewer, dock, tmp_
     widget.stop()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert preview not in viewer.layers
+
+
+@pytest.fixture
+def painted_twice(viewer, tiny_phantom):
+    """The tiny phantom's image, a Labels layer painted with its organ on 2 z slices, those
+    slices and the dense truth."""
+    from napari_difftt.core.slices import evenly_spaced_slices, paint
+
+    image, truth = tiny_phantom
+    truth = np.asarray(truth.data)
+    slices = list(evenly_spaced_slices(truth, 2))
+    layer = viewer.add_labels(paint(truth, slices), name="my slices")
+    return image, layer, slices, truth
+
+
+def test_labels_painted_on_two_slices_train_as_painted_slices(viewer, dock, painted_twice,
+                                                              tmp_path, qtbot, monkeypatch):
+    """Ticked "labels are painted slices": the trainer receives the painted slices as labels
+    (0 background, 1 organ there) and every other slice unlabelled; the count is shown first."""
+    from napari_difftt import pipeline
+    from napari_difftt.core.slices import paint
+    from napari_difftt.core.train import DEFAULTS
+
+    image, layer, slices, truth = painted_twice
+    received = []
+
+    def train(config, samples, val, should_stop):  # what the trainer would be given
+        received.append(samples)
+        yield from ()
+
+    monkeypatch.setattr(pipeline, "train", train)
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(layer)
+    _tiny_settings(widget, tmp_path)
+    axis = widget.slice_controls.axis
+    assert axis.value == 0 and not axis.enabled  # the axis the viewer slices; off by default
+    widget.sparse.click()
+    assert axis.enabled and widget.sparse_count.isVisibleTo(widget)
+    assert widget.sparse_count.text().startswith(f"2 slices along z, {2 * 24 * 20} voxels count")
+    layer.data = paint(truth, [*slices, sum(slices) // 2])  # the count follows the painting
+    assert widget.sparse_count.text().startswith("3 slices along z")
+    layer.data = paint(truth, slices)
+    assert widget.start() is not None
+    assert widget.status.text().startswith("painted slices: 'my slices': 2 slices along z")
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    (samples,) = received
+    labels = samples[0].labels
+    np.testing.assert_array_equal(labels[slices], truth[slices] != 0)
+    others = np.setdiff1d(np.arange(labels.shape[0]), slices)
+    assert (labels[others] == DEFAULTS.ignore_value).all()
+    viewer.dims.order = (2, 0, 1)  # the viewer now slices along x: so does the option
+    assert axis.value == 2
+
+
+def test_painted_slices_that_cannot_train_are_refused_in_the_widget(viewer, dock, painted_twice,
+                                                                    tmp_path):
+    from napari_difftt.core.slices import paint, painted_slices
+    from napari_difftt.errors import AnnotationError
+
+    image, layer, slices, truth = painted_twice
+    layer.data = paint(truth, slices) | paint(truth, [10], axis=2)  # along z and along x
+    with pytest.raises(AnnotationError) as refused:
+        painted_slices(layer.data, 0)
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(layer)
+    _tiny_settings(widget, tmp_path / "out")
+    widget.sparse.click()
+    assert widget.sparse_count.text() == f"Cannot train yet: {refused.value}"
+    assert widget.start() is None and not widget.running
+    assert widget.status.text().endswith(f"labels 'my slices': {refused.value}")
+    assert "painted along two axes" in str(refused.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_2d_image_offers_rows_or_columns(viewer, dock):
+    image = viewer.add_image(np.zeros((12, 10), np.float32), name="flat")
+    labels = viewer.add_labels(np.zeros((12, 10), np.uint8), name="flat labels")
+    widget = dock("Train")
+    widget.image_choice.set_layer(image)
+    widget.labels_choice.set_layer(labels)
+    widget.sparse.click()
+    axis = widget.slice_controls.axis
+    assert [axis.native.itemText(i) for i in range(axis.native.count())] == ["rows (0)",
+                                                                           "columns (1)"]
+    assert axis.value == 0
+    assert widget.sparse_count.text().startswith("Cannot train yet: nothing is painted")

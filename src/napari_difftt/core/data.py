@@ -16,9 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import VolumeError
-from .flow.checks import check_spacing
 from .io import Volume, read_nifti, write_nifti
 from .paths import NIFTI_SUFFIXES, nifti_stem
+from .spacing import check_spacing
 
 __all__ = [
     "ORGANS",

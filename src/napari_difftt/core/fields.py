@@ -19,6 +19,7 @@ __all__ = [
     "GRID_EVERY",
     "JacobianReport",
     "arrows",
+    "deformed_grid",
     "endpoint_gap",
     "fold_centres",
     "grid_lines",
@@ -55,8 +56,10 @@ class JacobianReport:
         )
 
 
-def jacobian_report(displacement: np.ndarray) -> JacobianReport:
-    """det J, folds, deformed grid and display of φ = id + ``displacement`` ``(n, *S)`` voxels.
+def jacobian_report(displacement: np.ndarray,
+                    grid_axes: tuple[int, ...] | None = None) -> JacobianReport:
+    """det J, folds, deformed grid and display of φ = id + ``displacement`` ``(n, *S)`` voxels
+    (the grid's lines cross the planes of ``grid_axes``: :func:`deformed_grid`).
 
     The log₂ display's range m is the 99.5th percentile of |log₂ det| over non-folded voxels
     (at least :data:`MIN_RANGE`); det ≤ 0 has no logarithm and is shown as −m.
@@ -64,14 +67,12 @@ def jacobian_report(displacement: np.ndarray) -> JacobianReport:
     import torch
 
     from .flow import folding_fraction
-    from .flow.grid import warp
 
     u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
     det = jacobian_determinant(displacement)
     central = float(np.mean(det <= 0)) * 100  # folding_fraction's "central" count, of this det
     with torch.inference_mode():
         digital = float(folding_fraction(u, "digital")[0]) * 100
-        grid = warp(torch.from_numpy(grid_lines(det.shape))[None, None], u, padding="border")
     positive = det > 0
     log_det = np.full(det.shape, np.nan, dtype=np.float32)
     log_det[positive] = np.log2(det[positive])
@@ -79,7 +80,22 @@ def jacobian_report(displacement: np.ndarray) -> JacobianReport:
     m = max(float(np.percentile(finite, 99.5)) if finite.size else 0.0, MIN_RANGE)
     log_det[~positive] = -m
     return JacobianReport(det, float(det.min()), float(det.max()), central, digital,
-                          fold_centres(det <= 0), grid[0, 0].numpy(), log_det, (-m, m))
+                          fold_centres(det <= 0), deformed_grid(displacement, grid_axes), log_det,
+                          (-m, m))
+
+
+def deformed_grid(displacement: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """The :func:`grid_lines` of ``axes`` pulled back through φ = id + ``displacement``
+    ``(n, *S)`` voxels: ``(*S)`` float32, the image at x shows the grid at φ(x). A slice
+    spanned by ``axes`` shows a square grid deformed within and across it."""
+    import torch
+
+    from .flow.grid import warp
+
+    u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
+    lines = grid_lines(tuple(np.shape(displacement)[1:]), axes=axes)
+    with torch.inference_mode():
+        return warp(torch.from_numpy(lines)[None, None], u, padding="border")[0, 0].numpy()
 
 
 def jacobian_determinant(displacement: np.ndarray) -> np.ndarray:
@@ -126,12 +142,17 @@ def arrows(displacement: np.ndarray) -> np.ndarray:
     return np.stack([grid, vectors], axis=1).astype(np.float32)
 
 
-def grid_lines(shape: tuple[int, ...], every: int = GRID_EVERY) -> np.ndarray:
-    """A ``(*S)`` float32 image of lines (1) every ``every`` voxels along each axis, 0 between.
+def grid_lines(shape: tuple[int, ...], every: int = GRID_EVERY,
+               axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """A ``(*S)`` float32 image of lines (1) every ``every`` voxels along each of ``axes``
+    (default: the last two), 0 between.
 
-    In 3D the lines lie in the (y, x) planes, so each displayed slice shows a square grid."""
+    In 3D each line is a plane normal to one of ``axes``, so a slice spanned by ``axes`` (the
+    one displayed) shows a square grid; no plane lies in such a slice, which would light it
+    all or, deformed, in patches."""
     lines = np.zeros(shape, np.float32)
-    for axis in range(len(shape) - 2, len(shape)):
+    axes = tuple(range(len(shape) - 2, len(shape))) if axes is None else axes
+    for axis in axes:
         index = [slice(None)] * len(shape)
         index[axis] = slice(0, None, every)
         lines[tuple(index)] = 1.0

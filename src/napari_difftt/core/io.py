@@ -20,14 +20,16 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import torch
 
 from ..errors import CheckpointError, OutputPathError, UnverifiedCheckpointWarning, VolumeError
 from .atomic import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -248,6 +250,8 @@ def encode_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint") -> 
     payload.pop(CHECKSUM_KEY, None)
     _check_plain("payload", payload)
     payload[CHECKSUM_KEY] = _digest(payload)
+    import torch  # here, not at import: NIfTI I/O (and the sample data) need no torch
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -262,6 +266,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     version. A checkpoint written before checksums existed loads with an
     :class:`~napari_difftt.errors.UnverifiedCheckpointWarning` ("no checksum").
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -376,6 +382,8 @@ def _verify(path: Path, payload: dict) -> None:
 
 def _digest(payload: dict) -> str:
     """SHA-256 (hex) of a plain payload: keys, types, plain values, tensor dtypes, shapes, bytes."""
+    import torch
+
     digest = hashlib.sha256()
 
     def feed(value: object) -> None:
@@ -404,6 +412,8 @@ def _digest(payload: dict) -> str:
 
 
 def _check_plain(key: str, value: object) -> None:
+    import torch
+
     if isinstance(value, dict):
         for name, item in value.items():
             if not isinstance(name, str | int):

@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from .flow import folding_fraction
-from .flow.checks import check_spacing
+from .spacing import check_spacing
 
 __all__ = [
     "METRIC_KEYS",

@@ -75,6 +75,7 @@ class ExportWidget(QWidget):
         self.source.setWordWrap(True)
         self.message = QLabel()
         self.message.setWordWrap(True)
+        self.form.margins = (0, 0, 0, 0)  # the dock's own margins suffice: Export stays on screen
         layout = QVBoxLayout(self)
         layout.addWidget(self.source)
         layout.addWidget(self.form.native)

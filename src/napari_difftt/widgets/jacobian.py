@@ -21,7 +21,7 @@ import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ..pipeline import jacobian_report
+from ..pipeline import deformed_grid, jacobian_report
 from ._layers import add_derived
 from ._lifetime import Lifetime
 from ._state import ViewerState
@@ -40,7 +40,7 @@ NO_PREDICTION = "No prediction yet: run the model first (Run model widget), then
 TARGETS = {"final": "Φ, the predicted transformation", "current": "φ(t) at the flow explorer's t"}
 GRID_ROLE = "deformed_grid"
 # folds sit on the most compressed (dark pink) end of PiYG: yellow stands out on it and on green
-FOLD_COLOURS = {1: "yellow", None: "transparent"}
+FOLD_COLOURS = ["transparent", "yellow"]  # a colour cycle, as run_model.SEGMENTATION_COLOURS
 
 
 class JacobianWidget(QWidget):
@@ -56,6 +56,7 @@ class JacobianWidget(QWidget):
         self.folds_layer: Layer | None = None
         self.grid_layer: Layer | None = None
         self._target: tuple[Layer, str] | None = None  # (source layer, what) being computed
+        self._grid_of = None  # (record, displacement, axes) of the grid shown
 
         self.target = QComboBox()
         for key, label in TARGETS.items():
@@ -82,7 +83,10 @@ class JacobianWidget(QWidget):
         self.next_fold_button.clicked.connect(self.next_fold)
         self.state.changed.connect(self._on_state)
         state, on_state = self.state, self._on_state
-        self.lifetime = Lifetime(self, lambda: state.changed.disconnect(on_state))
+        order, on_order = napari_viewer.dims.events.order, self._follow_orientation
+        order.connect(on_order)
+        self.lifetime = Lifetime(self, lambda: (state.changed.disconnect(on_state),
+                                                order.disconnect(on_order)))
         self._on_state("prediction")
 
     def compute(self) -> None:
@@ -131,17 +135,55 @@ class JacobianWidget(QWidget):
     def _run(self, source: Layer, record, displacement: np.ndarray, what: str) -> None:
         from ._worker import start_job
 
+        axes = self._slice_axes(source)
+
         def task(should_stop):
             yield 0, 1, f"det J of {what}"
-            return jacobian_report(record, displacement)
+            return jacobian_report(record, displacement, axes)
 
         self._target = (source, what)
+        self._grid_of = (record, displacement, axes)
         self.compute_button.setEnabled(False)
         self.summary.setText(f"computing det J of {what} …")
         self.lifetime.watch(self)
         live = self.lifetime.guard
         self.job = start_job(task, on_done=live(self._on_done), on_error=live(self._on_error),
                              on_finished=live(self._on_finished))
+
+    def _slice_axes(self, source: Layer) -> tuple[int, ...] | None:
+        """The array axes of ``source`` that the viewer displays, the last two (None: fewer)."""
+        shift = self.viewer.dims.ndim - source.ndim
+        shown = [axis - shift for axis in self.viewer.dims.displayed if axis >= shift]
+        return tuple(shown[-2:]) if len(shown) >= 2 else None
+
+    def _follow_orientation(self, *_) -> None:
+        """The viewer shows another orientation: redraw the grid for its slices (in a
+        worker), so its lines cross the displayed plane instead of lying in it."""
+        from ._worker import start_job
+
+        layer, shown = self.grid_layer, self._grid_of
+        if None in (layer, shown, self._target) or layer not in self.viewer.layers:
+            return
+        record, displacement, axes = shown
+        now = self._slice_axes(self._target[0])
+        if now is None or now == axes:
+            return
+        self._grid_of = (record, displacement, now)
+
+        def task(should_stop):
+            yield 0, 1, "deformed grid"
+            return deformed_grid(record, displacement, now)
+
+        self.lifetime.watch(self)
+        start_job(task, on_done=self.lifetime.guard(self._on_grid))
+
+    def _on_grid(self, grid: np.ndarray) -> None:
+        """The redrawn grid, shown if no newer orientation or prediction replaced it."""
+        layer = self.grid_layer
+        axes = self._grid_of[2] if self._grid_of is not None else None
+        if (layer is not None and layer in self.viewer.layers and self._target is not None
+                and axes == self._slice_axes(self._target[0])):
+            layer.data = grid
 
     def _on_done(self, stats: JacobianReport) -> None:
         source, what = self._target
@@ -205,7 +247,7 @@ class JacobianWidget(QWidget):
 
     def _on_state(self, what: str) -> None:
         if what == "prediction":  # the figures and folds of the previous one no longer apply
-            self.stats, self._target, self._fold = None, None, -1
+            self.stats, self._target, self._fold, self._grid_of = None, None, -1, None
             self.next_fold_button.setEnabled(False)
             record = self.state.prediction
             refused = self._refusal(record)

@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 __all__ = ["RunModelWidget"]
 
 FOLDER_OUTPUTS = ("seg", "prob")  # keys of pipeline.OUTPUTS, as `predict --probabilities`
-SEGMENTATION_COLOURS = {1: "magenta", None: "transparent"}  # ground truth is lime (sample data)
+# 0 clear, 1 magenta (the sample's ground truth is lime), as a colour cycle: napari draws a
+# cycle at once, where a {value: colour} map costs ~1 s of numba compilation on first use
+SEGMENTATION_COLOURS = ["transparent", "magenta"]
 NO_IMAGE = "Open an image to run the model (File ▸ Open Sample ▸ napari-difftt for one)."
 
 
@@ -429,10 +431,10 @@ class RunModelWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
-        layout.addWidget(batch)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.progress)  # beside Run: on screen in a short dock
         layout.addWidget(self.message)
         layout.addWidget(self.topology)
         layout.addWidget(self.metrics)
+        layout.addWidget(batch)
         layout.addStretch(1)
 

@@ -27,21 +27,21 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..errors import AnnotationError
-from ..fine_tune import FINE_TUNE, Finished, Step, count_slices, fine_tune
+from ..fine_tune import FINE_TUNE, Finished, Step, fine_tune
 from ..layer_metadata import layer_metadata, layer_volume
 from ..pipeline import format_topology
 from ._layers import add_derived
 from ._lifetime import Lifetime
+from ._painted import PaintedSlices
 from ._state import ViewerState
 from ._worker import Job, explain, start_job
+from .run_model import SEGMENTATION_COLOURS
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["SlicesWidget", "sliced_axis"]
+__all__ = ["SlicesWidget"]
 
-AXES = {3: ("z", "y", "x"), 2: ("rows", "columns")}
 BUTTON = {False: "Segment from my slices", True: "Stop"}
 CHECKPOINTS = Path.home() / "napari-difftt-checkpoints"
 
@@ -58,20 +58,15 @@ class SlicesWidget(QWidget):
         self.job: Job | None = None
         self.last: Finished | None = None
         self._running_on = None
-        self._watched = None  # the Labels layer whose painting updates the count
 
         self.image = ComboBox(label="image", choices=self._layers("image"),
                               tooltip="the image to segment (2D or 3D)")
         self.painted = ComboBox(label="painted labels", choices=self._layers("labels"),
                                 tooltip="a Labels layer of the image's shape, the organ painted "
                                 "with label 1 on a few slices; 0 is background there")
-        self.axis = ComboBox(label="slices along", choices=self._axes,
-                             tooltip="slices holding paint count as fully annotated, the others "
-                             "as unlabelled (default: the axis the viewer is slicing)")
-        self.unlabelled = ComboBox(label="unlabelled value", value=0,
-                                   choices=[("none", 0)] + [(str(v), v) for v in range(2, 256)],
-                                   tooltip="a label value that marks voxels as unknown, left "
-                                   "out of training even in painted slices")
+        self.slice_controls = PaintedSlices(napari_viewer, lambda: self.image.value,
+                                            self.update_count)
+        self.axis, self.unlabelled = self.slice_controls.axis, self.slice_controls.unlabelled
         self.minutes = FloatSpinBox(label="minutes", min=0.1, max=600.0, step=0.5,
                                     value=FINE_TUNE["minutes"],
                                     tooltip="time budget of the fine-tuning")
@@ -84,8 +79,10 @@ class SlicesWidget(QWidget):
                                choices=[(info.label, info.spec) for info in list_devices()],
                                tooltip="where fine-tuning runs: auto picks a GPU when there is one")
         self.form = Container(widgets=[self.image, self.painted, self.axis, self.unlabelled,
-                                       self.minutes, self.start_from, self.folder, self.device])
-        for control in self.form:  # a file picker's line and button say what it is for, too
+                                       self.minutes])
+        # below the button and its progress: in a short dock those stay on screen
+        self.files = Container(widgets=[self.start_from, self.folder, self.device])
+        for control in (*self.form, *self.files):  # a file picker's parts explain themselves too
             for part in control.native.findChildren(QWidget):
                 if not part.toolTip():
                     part.setToolTip(control.tooltip)
@@ -104,22 +101,19 @@ class SlicesWidget(QWidget):
         self.topology.setWordWrap(True)
         layout = QVBoxLayout(self)
         for widget in (self.form.native, self.count, self.button, self.progress, self.status,
-                       self.topology):
+                       self.topology, self.files.native):
             layout.addWidget(widget)
         layout.addStretch(1)
 
         self.button.clicked.connect(self.toggle)
-        self.image.changed.connect(self._image_changed)
+        self.image.changed.connect(self.slice_controls.follow_image)
         self.painted.changed.connect(self._watch_painting)
-        self.axis.changed.connect(self.update_count)
-        self.unlabelled.changed.connect(self.update_count)
         events = napari_viewer.layers.events
         self._layer_events = (events.inserted, events.removed, events.reordered)
         for event in self._layer_events:
             event.connect(self._layers_changed)
-        napari_viewer.dims.events.order.connect(self._follow_viewer)
         self.lifetime = Lifetime(self, self._on_closed)
-        self._image_changed()
+        self.slice_controls.follow_image()
         self._watch_painting()
 
     # ---------------------------------------------------------------- public API
@@ -143,7 +137,8 @@ class SlicesWidget(QWidget):
             out = folder / f"difftt_slices_{time.strftime('%Y%m%d-%H%M%S')}.pt"
             run = fine_tune(volume, np.array(painted.data), self.axis.value, out,
                             checkpoint=self._start_from(), minutes=float(self.minutes.value),
-                            unlabelled=self._unlabelled(), device=self.device.value)
+                            unlabelled=self.slice_controls.unlabelled_value(),
+                            device=self.device.value)
         except (ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as error:
             self._tell(explain(error))
             return None
@@ -176,15 +171,7 @@ class SlicesWidget(QWidget):
 
     def update_count(self, *_) -> str:
         """Show (and return) what counts of the painting now, or what to fix."""
-        layer = self.painted.value
-        if layer is None:
-            text = "Add a Labels layer and paint the organ on a few slices."
-        else:
-            try:
-                text = count_slices(np.asarray(layer.data), self.axis.value,
-                                    self._unlabelled()).text
-            except AnnotationError as error:
-                text = f"Cannot train yet: {error}"
+        text = self.slice_controls.count(self.painted.value)
         self.count.setText(text)
         return text
 
@@ -216,7 +203,7 @@ class SlicesWidget(QWidget):
         segmentation = add_derived(
             self.viewer, "labels", prediction.segmentation, image,
             f"{image.name} segmentation from slices {stamp}", "segmentation",
-            colormap={1: "magenta", None: "transparent"})
+            colormap=SEGMENTATION_COLOURS)
         segmentation.contour = 2
         record = dataclasses.replace(result, source=image.unique_id)
         record.layers.update(probability=probability.unique_id,
@@ -253,9 +240,6 @@ class SlicesWidget(QWidget):
         text = str(self.start_from.value).strip()
         return Path(text).expanduser() if text not in ("", ".") else None
 
-    def _unlabelled(self) -> int | None:
-        return int(self.unlabelled.value) or None
-
     def _layers(self, kind: str):
         from napari.layers import Image, Labels
 
@@ -266,58 +250,23 @@ class SlicesWidget(QWidget):
                     and layer_metadata(layer).get("role") is None]
         return choices
 
-    def _axes(self, _widget=None):
-        image = self.image.value if hasattr(self, "image") else None
-        ndim = image.ndim if image is not None and image.ndim in (2, 3) else 3
-        return [(f"{name} ({axis})", axis) for axis, name in enumerate(AXES[ndim])]
-
     # ---------------------------------------------------------------- viewer events
     def _layers_changed(self, *_) -> None:
         self.form.reset_choices()
         self._watch_painting()
 
-    def _image_changed(self, *_) -> None:
-        self.axis.reset_choices()
-        self._follow_viewer()
-
-    def _follow_viewer(self, *_) -> None:
-        image = self.image.value
-        if image is not None and image.ndim in (2, 3):
-            self.axis.value = sliced_axis(self.viewer, image.ndim)
-        self.update_count()
-
     def _watch_painting(self, *_) -> None:
-        layer = self.painted.value
-        if layer is not self._watched:
-            self._unwatch()
-            if layer is not None:
-                layer.events.paint.connect(self.update_count)
-                layer.events.data.connect(self.update_count)
-            self._watched = layer
+        self.slice_controls.watch(self.painted.value)
         self.update_count()
-
-    def _unwatch(self) -> None:
-        if self._watched is not None:
-            self._watched.events.paint.disconnect(self.update_count)
-            self._watched.events.data.disconnect(self.update_count)
-            self._watched = None
 
     def _on_closed(self) -> None:
         if self.job is not None:
             self.job.cancel()
-        self._unwatch()
+        self.slice_controls.close()
         for event in self._layer_events:
             event.disconnect(self._layers_changed)
-        self.viewer.dims.events.order.disconnect(self._follow_viewer)
 
     def _tell(self, message: str) -> None:
         show_warning(f"Segment from my slices: {message}")
         self.status.setText(message)
 
-
-def sliced_axis(viewer: napari.Viewer, ndim: int) -> int:
-    """The array axis of an ``ndim``-D layer that ``viewer`` slices through (its last axis not
-    displayed), or 0 when every axis is displayed."""
-    shift = viewer.dims.ndim - ndim
-    hidden = [axis - shift for axis in viewer.dims.not_displayed if axis >= shift]
-    return hidden[-1] if hidden else 0

@@ -25,6 +25,7 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -37,10 +38,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import AnnotationError
 from ..layer_metadata import affine_kwargs
 from ._controls import LayerChooser, folder_edit
 from ._layers import add_derived, spacing_of
 from ._lifetime import Lifetime
+from ._painted import PaintedSlices
 from ._plot import LossPlot
 from ._state import ViewerState
 
@@ -113,6 +116,7 @@ class TrainWidget(QWidget):
         self._preview_source: Layer | None = None
         self._started = 0.0
         self._running: dict = {}  # "held_out": whether validation uses held-out pairs
+        self.counted = ""  # what counts of the painted slices, per labels layer ("" if dense)
 
         layout = QVBoxLayout(self)
         self.start_button = QPushButton("Start training")
@@ -160,6 +164,7 @@ class TrainWidget(QWidget):
         row.addWidget(remove)
         form.addRow(row)
         form.addRow(self.pairs)
+        self._sparse_rows(form)
         self.folder = folder_edit("A folder with imagesTr/ and labelsTr/ NIfTI files of equal "
                                   "names", label="folder",
                                   placeholder="folder holding imagesTr/ and labelsTr/")
@@ -167,6 +172,53 @@ class TrainWidget(QWidget):
         self.source_tabs.addTab(self.folder.native, "folder")
         QVBoxLayout(box).addWidget(self.source_tabs)
         return box
+
+    def _sparse_rows(self, form: QFormLayout) -> None:
+        """"labels are painted slices along …": the option, its axis and unlabelled value, and
+        what counts of the chosen labels layer (updated as the user paints)."""
+        self.sparse = QCheckBox("labels are painted slices")
+        self.sparse.setToolTip("Tick when the labels are painted on a few slices only: slices "
+                               "along the axis below that hold paint count as fully annotated "
+                               "(0 = background there), every other slice as unlabelled")
+        self.slice_controls = PaintedSlices(self.viewer, self.image_choice.layer,
+                                            self._update_count)
+        self.sparse_count = QLabel()
+        self.sparse_count.setWordWrap(True)
+        axis, unlabelled = self.slice_controls.axis, self.slice_controls.unlabelled
+        form.addRow(self.sparse)
+        form.addRow(axis.label, axis.native)
+        form.addRow(unlabelled.label, unlabelled.native)
+        form.addRow(self.sparse_count)
+        self.sparse.toggled.connect(self._show_sparse)
+        self.image_choice.layer_changed.connect(lambda _: self.slice_controls.follow_image())
+        self.labels_choice.layer_changed.connect(self._watch_labels)
+        self.slice_controls.follow_image()
+        self._watch_labels(self.labels_choice.layer())
+        self._show_sparse(False)
+
+    def _show_sparse(self, sparse: bool) -> None:
+        for control in (self.slice_controls.axis, self.slice_controls.unlabelled):
+            control.enabled = sparse
+        self.sparse_count.setVisible(sparse)
+        self._update_count()
+
+    def _watch_labels(self, layer) -> None:
+        self.slice_controls.watch(layer)
+        self._update_count()
+
+    def _update_count(self) -> None:
+        if self.sparse.isChecked():
+            self.sparse_count.setText(self.slice_controls.count(self.labels_choice.layer()))
+
+    def _painted_labels(self, layer: Layer):
+        """The training labels of a Labels layer painted on slices and what counts of them
+        (:meth:`PaintedSlices.labels`; AnnotationError naming the layer if it cannot train)."""
+        from ..core.train.config import DEFAULTS
+
+        try:
+            return self.slice_controls.labels(np.asarray(layer.data), DEFAULTS.ignore_value)
+        except AnnotationError as error:
+            raise AnnotationError(f"labels {layer.name!r}: {error}") from None
 
     def _settings_box(self) -> QGroupBox:
         """The settings: a magicgui form built from :class:`TrainConfig`'s fields (their types
@@ -259,7 +311,8 @@ class TrainWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("step %v of %m")
         self.start_button.setText("Stop training")
-        self.status.setText("loading data and building the model …")
+        counted = f"painted slices: {self.counted}; " if self.counted else ""
+        self.status.setText(f"{counted}loading data and building the model …")
         self._started = time.perf_counter()
 
         running = self._running = {}  # the task must not reference the widget itself
@@ -302,6 +355,7 @@ class TrainWidget(QWidget):
         folder = Path(self.checkpoint_dir.value).expanduser()
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"checkpoint folder {folder} is a file")
+        self.counted = ""
         values = self.settings.asdict()
         kind = values["kind"]
         checkpoint = folder / f"difftt_{kind}_{time.strftime('%Y%m%d-%H%M%S')}.pt"
@@ -333,12 +387,17 @@ class TrainWidget(QWidget):
             if image is None or labels is None:
                 raise ValueError("open an Image and a Labels layer (or choose a folder of data)")
             pairs = [Pair(image, labels)]
-        samples = []
+        samples, counts = [], []
         for pair in pairs:
             for layer in (pair.image, pair.labels):
                 if layer not in self.viewer.layers:
                     raise ValueError(f"layer {layer.name!r} was closed; remove its pair")
-            samples.append(layer_sample(pair.image, pair.labels))
+            labels = None
+            if self.sparse.isChecked():
+                labels, counted = self._painted_labels(pair.labels)
+                counts.append(f"'{pair.labels.name}': {counted.text}")
+            samples.append(layer_sample(pair.image, pair.labels, labels))
+        self.counted = "; ".join(counts)
         if len({sample.image.ndim for sample in samples}) > 1:
             raise ValueError("training pairs mix 2D and 3D images; use one kind")
         train, val = split_validation(samples)
@@ -499,8 +558,9 @@ def check_patch(patch: tuple[int, ...], samples) -> None:
                 f"({' × '.join(map(str, shape))}); choose a patch of at most its size")
 
 
-def layer_sample(image: Layer, labels: Layer):
-    """A :class:`core.data.Sample` from an Image and a Labels layer (copied, normalised).
+def layer_sample(image: Layer, labels: Layer, training_labels: np.ndarray | None = None):
+    """A :class:`core.data.Sample` from an Image and a Labels layer (copied, normalised);
+    ``training_labels`` ``(*S)`` replace the layer's data (painted slices made training labels).
 
     Raises ValueError naming the layer for RGB, multiscale and 4D+ images; shapes and label
     values are checked by :func:`core.data.array_sample`.
@@ -517,7 +577,8 @@ def layer_sample(image: Layer, labels: Layer):
             f"image {image.name!r} is {image.ndim}D; Train needs a 2D or 3D volume "
             "(split time series or channels into separate layers)"
         )
-    return sample(image.data, labels.data, spacing_of(image), image.name, DEFAULTS.ignore_value)
+    data = labels.data if training_labels is None else training_labels
+    return sample(image.data, data, spacing_of(image), image.name, DEFAULTS.ignore_value)
 
 
 def _load_folder(images: Path, labels: Path) -> list:

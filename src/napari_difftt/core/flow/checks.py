@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 
 __all__ = [
@@ -14,7 +11,6 @@ __all__ = [
     "check_field",
     "check_image",
     "check_same_field",
-    "check_spacing",
     "check_squarings",
 ]
 
@@ -109,11 +105,3 @@ def check_squarings(squarings: object) -> int:
     if not 0 <= squarings <= 20:
         raise ValueError(f"squarings must be in 0..20, got {squarings}")
     return squarings
-
-
-def check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
-    """``spacing`` as ``ndim`` floats (mm per axis), each finite and positive; else ValueError."""
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be {ndim} positive numbers (mm per axis), got {spacing!r}")
-    return spacing
