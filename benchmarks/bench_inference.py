@@ -97,7 +97,8 @@ def main() -> None:
             cells = [f"{medians[name, mode]:.3f} s ({medians[name, mode] / medians[unet, mode]:.3f}"
                      " ×)" for mode in MODES]
             print(f"| {name} | {loaded.model.width} | {' | '.join(cells)} |")
-        flow = predict_volume(bundled.model, image).flow
+        prediction = predict_volume(bundled.model, image)
+        flow = prediction.flow
         upsampling = []
         for _ in range(args.repeats):
             started = time.perf_counter()
@@ -105,7 +106,7 @@ def main() -> None:
             upsampling.append(time.perf_counter() - started)
         print(f"Flow explorer, on demand: the bundled model's {flow.pieces} + 1 velocities "
               f"upsampled to {size}³ in {statistics.median(upsampling):.3f} s (median)")
-        folds = fold_test_times(predict_volume(bundled.model, image).displacement, args.repeats)
+        folds = fold_test_times(prediction.displacement, args.repeats)
         print("Fold tests of the topology report (median s; in cache-sized slabs / the volume "
               "in one piece): " + ", ".join(f"{scheme} {sliced:.3f} / {whole:.3f} "
                                             f"({whole / sliced:.2f} ×)"

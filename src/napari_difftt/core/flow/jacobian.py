@@ -90,12 +90,8 @@ def _det_of_columns(columns: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(columns) == 2:
         a, b = columns
         return a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1]
-    a, b, c = columns  # a · (b × c)
-    return (
-        a[:, 0] * (b[:, 1] * c[:, 2] - c[:, 1] * b[:, 2])
-        - b[:, 0] * (a[:, 1] * c[:, 2] - c[:, 1] * a[:, 2])
-        + c[:, 0] * (a[:, 1] * b[:, 2] - b[:, 1] * a[:, 2])
-    )
+    a, b, c = columns
+    return _dot(a, _cross(b, c))
 
 
 def _central_det(displacement: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ class Trainer:
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        self.config = config
+        self._log = log if log is not None else (lambda message: None)
         self.train = list(train)
         self.val = list(val)
         if config.painted_axis is not None:
@@ -124,12 +124,11 @@ class Trainer:
                           for s in self.train]
         _check_samples("train", self.train, config.ndim, config.ignore_value)
         _check_samples("val", self.val, config.ndim, config.ignore_value)
+        self.config = config = sparse_lattice(config, self.train, self._log)
         if config.checkpoint is not None:
             check_output_file(config.checkpoint, overwrite=True, what="checkpoint")
         self.ddp = Distributed()
         self.device = self.ddp.place(resolve_device(config.device))
-        self._log = log if log is not None else (lambda message: None)
-        self.config = config = sparse_lattice(config, self.train, self._log)
         self._stop = threading.Event()
         self._resume = Path(resume) if resume is not None else None
         if resume is not None and config.init is not None:
