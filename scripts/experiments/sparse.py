@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=6, help="3D test volumes (default 6)")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
     args = parser.parse_args()
@@ -135,7 +136,7 @@ def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, di
     if row == "bch_tuned":
         settings["init"] = str(default_checkpoint(ndim))
     config = TrainConfig(iterations=args.iterations, patch_size=train[0].image.shape,
-                         width=args.width, lr=1e-3, seed=0, device="cpu", **settings)
+                         width=args.width, lr=args.lr, seed=0, device="cpu", **settings)
     trainer, result, seconds = train_timed(row, config, train)
     model = trainer.model
     cases = {row: [], "unet_post": []}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from napari_difftt.core.flow import grid as grid_module
 from napari_difftt.core.flow.grid import (
+    affine_of_index,
     compose,
     identity,
     normalised_identity,
@@ -340,3 +341,20 @@ def test_squared_length_is_the_channel_norm_squared(channels):
     field = torch.randn(2, channels, 5, 6, 7, dtype=torch.float64)
     expected = field.norm(dim=1, keepdim=True) ** 2
     torch.testing.assert_close(squared_length(field), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("batches", [(1, 1), (2, 2), (1, 3), (3, 1)])
+def test_affine_of_index_is_the_matrix_times_the_moved_index(batches):
+    generator = torch.Generator().manual_seed(2)
+    shape = (4, 5, 6)
+    matrix = torch.randn(batches[0], 2, 3, dtype=torch.float64, generator=generator)
+    bias = torch.randn(batches[0], 2, dtype=torch.float64, generator=generator)
+    u = torch.randn(batches[1], 3, *shape, dtype=torch.float64, generator=generator)
+    index = identity(shape, dtype=torch.float64)[None]
+    expected = torch.einsum("bij,bj...->bi...", matrix, index) + bias.view(-1, 2, 1, 1, 1)
+    torch.testing.assert_close(affine_of_index(matrix, bias, shape), expected)
+    moved = torch.einsum("bij,bj...->bi...", matrix, index + u) + bias.view(-1, 2, 1, 1, 1)
+    torch.testing.assert_close(affine_of_index(matrix, bias, shape, u), moved)
+    assert torch.autograd.gradcheck(lambda m, b, d: affine_of_index(m, b, shape, d),
+                                    (matrix.requires_grad_(), bias.requires_grad_(),
+                                     u.requires_grad_()))

@@ -52,9 +52,10 @@ def test_untrained_flow_model_predicts_the_global_prior_cropped_back(bch_checkpo
     assert velocities.shape == (4, 3, 20, 23, 17)
     # padding to 32 × 32 × 32 must not move the prior: it is the unpadded volume's function
     expected = loaded.model.prior.on_grid((20, 23, 17))[0, 0].detach().numpy()
-    np.testing.assert_array_equal(prediction.prior, expected)
-    np.testing.assert_array_equal(prediction.probability, expected)
-    np.testing.assert_array_equal(prediction.segmentation, (expected > 0.5).astype(np.uint8))
+    # (to float rounding: the padded grid's index map differs from the unpadded one's)
+    np.testing.assert_allclose(prediction.prior, expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(prediction.probability, expected, atol=1e-6, rtol=0)
+    assert np.mean(prediction.segmentation != (expected > 0.5)) < 1e-3
     assert not prediction.displacement.any()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from napari_difftt.core.nets import ConvBlock, FeatureCNN, UNet
+from napari_difftt.core.nets import ConvBlock, FeatureCNN, UNet, pointwise
 
 
 @pytest.mark.parametrize(("ndim", "shape"), [(2, (32, 48)), (3, (16, 32, 16))])
@@ -72,3 +73,16 @@ def test_conv_block_and_feature_cnn_shapes():
     assert ConvBlock(3, 2, 6)(torch.randn(1, 2, 5, 6, 7)).shape == (1, 6, 5, 6, 7)
     cnn = FeatureCNN(2, in_channels=1, features=10, width=4, levels=3)
     assert cnn(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_pointwise_is_the_1x1_convolution_with_its_gradients(ndim):
+    torch.manual_seed(0)
+    layer = pointwise(ndim, 3, 2).double()
+    assert isinstance(layer, torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)
+    assert layer.weight.shape == (2, 3, *([1] * ndim))  # a 1×1 convolution's checkpoint keys
+    x = torch.randn(2, 3, *([5] * ndim), dtype=torch.float64, requires_grad=True)
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    torch.testing.assert_close(layer(x), conv(x, layer.weight, layer.bias))
+    assert torch.autograd.gradcheck(layer, (x,))
+    torch.testing.assert_close(layer(x[0]), conv(x[0], layer.weight, layer.bias))  # unbatched

@@ -14,6 +14,7 @@ from napari_difftt.core.prior import (
     ImagePrior,
     fit_to_mask,
     from_world,
+    grid_axes,
     grid_coordinates,
     prior_from_dict,
     rotation_matrix,
@@ -149,6 +150,26 @@ def test_patch_equals_full_volume_prior():
     # a patch hanging over the edge (negative offset, inference padding) is still the same function
     padded = prior.on_grid((16, 16, 16), offset=(-2, -3, -1), full_shape=(12, 10, 14))
     torch.testing.assert_close(padded[:, :, 2:14, 3:13, 1:15], full)
+
+
+@pytest.mark.parametrize("parameterisation", ["fixed", "diag", "full"])
+@pytest.mark.parametrize("displaced", [False, True])
+def test_on_grid_is_the_prior_at_the_grid_coordinates(parameterisation, displaced):
+    prior = GeneralisedGaussianPrior(3, mean=[0.1, -0.2, 0.05], radii=[0.4, 0.3, 0.5],
+                                     rotation=rotation_matrix([20, -10, 35], 3), beta=3.0,
+                                     parameterisation=parameterisation)
+    shape, offset, full = (6, 5, 7), (-2, 3, 1), (11, 9, 13)
+    u = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(3)) if displaced else None
+    direct = prior(grid_coordinates(shape, offset, full, u))
+    torch.testing.assert_close(prior.on_grid(shape, offset, full, u), direct, atol=1e-6, rtol=0)
+
+
+def test_grid_axes_are_the_planes_of_the_grid_coordinates():
+    shape, offset, full = (4, 6, 5), (-1, 2, 3), (9, 8, 12)
+    axes = grid_axes(shape, offset, full, dtype=torch.float64)
+    coords = grid_coordinates(shape, offset, full, dtype=torch.float64)
+    meshed = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+    torch.testing.assert_close(meshed, coords)
 
 
 def test_displacement_is_in_local_voxels():

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .nets import Pointwise
+
 __all__ = ["MAX_FLOPS", "Interruptible", "count_convolutions"]
 
 MAX_FLOPS = 2e9  # multiply-adds per convolution slab: ~0.1–0.3 s on two CPU cores
@@ -86,5 +88,7 @@ class Interruptible(TorchFunctionMode):
 
 
 def count_convolutions(module: torch.nn.Module) -> int:
-    """Number of 2D/3D convolution modules in ``module`` (the progress total of one pass)."""
-    return sum(isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d) for m in module.modules())
+    """Number of 2D/3D convolution modules in ``module`` that call ``F.conv2d``/``F.conv3d``
+    (the progress total of one pass; :class:`~napari_difftt.core.nets.Pointwise` ones do not)."""
+    return sum(isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d) and not isinstance(m, Pointwise)
+               for m in module.modules())

@@ -27,14 +27,15 @@ from torch import nn
 
 from .flow import exp, gradient_penalty, integrate
 from .flow.checks import check_device, check_image, check_squarings
+from .flow.grid import affine_of_index
 from .flow.velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 from .nets import UNet
-from .pose import MomentPose, apply_pose, boundary_force
+from .pose import MomentPose, boundary_force
 from .prior import (
     DEFAULT_BETA,
     GeneralisedGaussianPrior,
     ImagePrior,
-    grid_coordinates,
+    grid_axes,
     prior_from_dict,
 )
 
@@ -172,15 +173,14 @@ class TemplateTransformer(nn.Module):
         features = self.net.features(torch.cat([image, prior], dim=1))
         if self.kind == "unet":
             return TemplateResult(torch.sigmoid(self.net.head(features)), prior, None, None, None)
-        pose = pose_mask = force = None
+        pose = pose_mask = force = posed = None
         if self.pose_head is not None:
-            where = grid_coordinates(shape, offset, full_shape, device=image.device,
-                                     dtype=image.dtype)
-            pose, pose_mask = self.pose_head(features, where, prior, template.mean)
-            posed = apply_pose(pose, where.expand(batch, *where.shape[1:]), template.mean)
-            prior = template(posed)
-            force = boundary_force(pose_mask, prior, posed, pose, template,
-                                   tuple(full_shape or shape))
+            axes = grid_axes(shape, offset, full_shape, device=image.device, dtype=image.dtype)
+            pose, pose_mask = self.pose_head(features, axes, prior, template.mean)
+            posed = template.index_whitening(shape, offset, full_shape, pose)  # S∘A on the grid
+            white = affine_of_index(*posed, shape)
+            prior = template.probability(white)
+            force = boundary_force(pose_mask, prior, white, posed[0])
         # the 1×1 head commutes with the space's block means: pool the width channels first
         space = self.velocity_space
         raw = self.net.head(space.pool(features))
@@ -200,20 +200,12 @@ class TemplateTransformer(nn.Module):
             flow = integrate(velocities, self.method, self.bch_order, self.squarings)
             coarse, velocity = flow.displacement, flow.velocity
         displacement = self.velocity_space.to_fine(coarse, shape)
-        probability = self._prior_at(template, shape, offset, full_shape, displacement, pose)
+        if posed is None:
+            probability = template.on_grid(shape, offset, full_shape, displacement)
+        else:
+            probability = template.probability(affine_of_index(*posed, shape, displacement))
         return TemplateResult(probability, prior, velocities, velocity, displacement, pose,
                               pose_mask)
-
-    @staticmethod
-    def _prior_at(template, shape, offset, full_shape, displacement, pose) -> torch.Tensor:
-        """S(A(Φ(x))) ``(B, 1, *shape)``: the prior ``template`` at the grid moved by
-        ``displacement`` (voxels, or None) and then by ``pose`` (or None)."""
-        if pose is None:
-            return template.on_grid(shape, offset, full_shape, displacement)
-        coords = grid_coordinates(shape, offset, full_shape, displacement, device=pose.device,
-                                  dtype=pose.dtype)
-        coords = coords.expand(pose.shape[0], *coords.shape[1:])
-        return template(apply_pose(pose, coords, template.mean))
 
     def regularisation(self, result: TemplateResult) -> torch.Tensor:
         """λ · mean over voxels of ‖∇u‖² (Frobenius, voxel units) of the displacement; 0 for unet

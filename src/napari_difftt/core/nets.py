@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DIVISOR", "ConvBlock", "FeatureCNN", "UNet", "check_divisible"]
+__all__ = [
+    "DIVISOR", "ConvBlock", "FeatureCNN", "Pointwise", "UNet", "check_divisible", "pointwise",
+]
 
 LEVELS = 4
 DIVISOR = 2**LEVELS  # every spatial size must be a multiple of this
@@ -56,7 +58,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             ConvBlock(ndim, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(LEVELS))
         )
-        self.head = _conv(ndim)(widths[0], out_channels, 1)
+        self.head = pointwise(ndim, widths[0], out_channels)
         if zero_head:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -126,6 +128,35 @@ def check_divisible(x: torch.Tensor, ndim: int, channels: int) -> None:
             f"the U-Net needs every spatial size to be a multiple of {DIVISOR} (and at least "
             f"{DIVISOR}); got {tuple(x.shape[2:])}: pad to {needed} (inference pads automatically)"
         )
+
+
+class Pointwise:
+    """A 1×1 convolution computed as one matrix product over the voxels, with the parameters
+    (and checkpoint keys) of the convolution it stands for: ATen's CPU convolution takes ~60×
+    longer for the few channels of these heads (118 ms against 2 ms for 4 → 1 channels at 128³
+    on two threads). Mixed into :class:`torch.nn.Conv2d` / ``Conv3d`` by :func:`pointwise`."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+        if x.ndim != weight.ndim:  # unbatched input: ATen's own path
+            return super()._conv_forward(x, weight, bias)
+        out = torch.matmul(weight.flatten(1), x.flatten(2))  # (B, out, voxels)
+        if bias is not None:
+            out = out + bias.view(1, -1, 1)
+        return out.view(x.shape[0], -1, *x.shape[2:])
+
+
+class _Pointwise2d(Pointwise, nn.Conv2d):
+    pass
+
+
+class _Pointwise3d(Pointwise, nn.Conv3d):
+    pass
+
+
+def pointwise(ndim: int, in_channels: int, out_channels: int) -> nn.Module:
+    """A 1×1 convolution ``(B, in, *S)`` → ``(B, out, *S)`` (:class:`Pointwise`)."""
+    return (_Pointwise2d if ndim == 2 else _Pointwise3d)(in_channels, out_channels, 1)
 
 
 def _conv(ndim: int) -> type[nn.Module]:

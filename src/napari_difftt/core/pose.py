@@ -19,13 +19,16 @@ piece, to the network's velocities before their bound (``TemplateTransformer(pos
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import torch
 from torch import nn
 
-from .flow.grid import normalised_per_voxel, squared_length
+from .flow.grid import squared_length
+from .nets import pointwise
 from .prior import GeneralisedGaussianPrior
 
-__all__ = ["MASK_GAIN", "MomentPose", "apply_pose", "boundary_force", "posed_prior"]
+__all__ = ["MASK_GAIN", "MomentPose", "boundary_force", "posed_prior"]
 
 # The prior map is clamped to [ε, 1 − ε] before its logit (±2.2), and the mask head's output is
 # scaled by a gain: Adam moves each weight by about lr per step, so without them a few hundred
@@ -38,31 +41,31 @@ _NORMAL_EPS = 1e-8
 
 
 class MomentPose(nn.Module):
-    """Features ``(B, C, *S)``, their normalised coordinates ``(1, n, *S)``, the prior on the grid
+    """Features ``(B, C, *S)``, the normalised coordinates of their grid's planes (one ``(S_k,)``
+    tensor per axis, :func:`~napari_difftt.core.prior.grid_axes`), the prior on the grid
     ``(1, 1, *S)`` and the prior's centre ``(n,)`` → (pose ``(B, n + 1, n + 1)``, the homogeneous
     matrix of A; soft mask ``(B, 1, *S)``), as in the module docstring."""
 
     def __init__(self, ndim: int, channels: int) -> None:
         super().__init__()
         self.ndim = ndim
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        self.head = conv(channels, 1, 1)
+        self.head = pointwise(ndim, channels, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor, prior: torch.Tensor,
-                centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, axes: tuple[torch.Tensor, ...],
+                prior: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = prior.to(features.dtype).clamp(_P_EPS, 1 - _P_EPS)
         mask = torch.sigmoid(MASK_GAIN * self.head(features) + torch.logit(p))
-        return self.pose_of(mask, coords, p, centre), mask
+        return self.pose_of(mask, axes, p, centre), mask
 
-    def pose_of(self, mask: torch.Tensor, coords: torch.Tensor, p: torch.Tensor,
+    def pose_of(self, mask: torch.Tensor, axes: tuple[torch.Tensor, ...], p: torch.Tensor,
                 centre: torch.Tensor) -> torch.Tensor:
         """The pose ``(B, n + 1, n + 1)`` mapping ``mask``'s moment ellipsoid onto ``p``'s,
         written about ``centre`` c: A(y) = c + E (y − c) + s."""
         n = self.ndim
-        mean_m, factor_m = _moments(mask, coords)
-        mean_p, factor_p = _moments(p.expand_as(mask), coords)
+        mean_m, factor_m = _moments(mask, axes)
+        mean_p, factor_p = _moments(p, axes)  # a batch of one is broadcast
         stretch = factor_p @ torch.linalg.inv(factor_m)
         centre = centre.to(mask.dtype)
         shift = mean_p - centre + torch.einsum("bij,bj->bi", stretch, centre - mean_m)
@@ -72,35 +75,21 @@ class MomentPose(nn.Module):
         return pose
 
 
-def apply_pose(pose: torch.Tensor, coords: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """A(y) = c + E (y − c) + s for normalised ``coords`` ``(B, n, *S)``, ``pose``
-    ``(B, n + 1, n + 1)`` = [[E, s], [0, 1]] and ``centre`` c ``(n,)`` → ``(B, n, *S)``."""
-    n = coords.shape[1]
-    spatial = (1,) * (coords.ndim - 2)
-    centre = centre.to(coords.dtype).view(1, n, *spatial)
-    pose = pose.to(coords.dtype)
-    moved = torch.einsum("bij,bj...->bi...", pose[:, :n, :n], coords - centre)
-    return moved + centre + pose[:, :n, n].view(-1, n, *spatial)
-
-
-def boundary_force(mask: torch.Tensor, prior: torch.Tensor, posed: torch.Tensor,
-                   pose: torch.Tensor, shape: GeneralisedGaussianPrior,
-                   full_shape: tuple[int, ...]) -> torch.Tensor:
+def boundary_force(mask: torch.Tensor, prior: torch.Tensor, white: torch.Tensor,
+                   matrix: torch.Tensor) -> torch.Tensor:
     """(m − p) times the unit inward normal of the posed prior's ellipsoids, per voxel
     ``(B, n, *S)`` (voxel axes, |·| ≤ 1): where the soft mask ``m`` ``(B, 1, *S)`` says organ and
     the posed prior ``p`` ``(B, 1, *S)`` does not, a displacement along it pulls the coordinates
     towards the prior's centre, so S(A(Φ(x))) grows there; where m < p it shrinks. The normal is
-    analytic: ∇_y d² ∝ Eᵀ Σ⁻¹ (A(y) − μ) at the posed coordinates ``posed`` ``(B, n, *S)``, taken
-    to the voxel axes of a volume of ``full_shape``."""
-    n = posed.shape[1]
-    spatial = (1,) * (posed.ndim - 2)
-    precision = torch.linalg.inv(shape.covariance).to(posed.dtype)
-    offset = posed - shape.mean.to(posed.dtype).view(1, n, *spatial)
-    outward = torch.einsum("bji,jk,bk...->bi...", pose[:, :n, :n].to(posed.dtype), precision,
-                           offset)
-    outward = outward * posed.new_tensor(normalised_per_voxel(full_shape)).view(1, n, *spatial)
-    inward = -outward / squared_length(outward).clamp_min(_NORMAL_EPS**2).sqrt()
-    return (mask - prior) * inward
+    analytic: the posed prior's whitened offsets are ``white`` = M i + b ``(B, n, *S)`` at voxel
+    index i with ``matrix`` M ``(B, n, n)``
+    (:meth:`~napari_difftt.core.prior.GeneralisedGaussianPrior.index_whitening`), so
+    ∇_i d² = 2 Mᵀ white."""
+    batch, spatial = max(len(matrix), len(white)), white.shape[1:]
+    outward = torch.bmm(matrix.to(white.dtype).transpose(1, 2).expand(batch, -1, -1),
+                        white.expand(batch, *spatial).flatten(2)).view(batch, *spatial)
+    size = squared_length(outward).clamp_min(_NORMAL_EPS**2).rsqrt()
+    return outward * ((prior - mask) * size)
 
 
 def posed_prior(prior: GeneralisedGaussianPrior, pose: torch.Tensor) -> GeneralisedGaussianPrior:
@@ -118,17 +107,33 @@ def posed_prior(prior: GeneralisedGaussianPrior, pose: torch.Tensor) -> Generali
     )
 
 
-def _moments(weights: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(weights: torch.Tensor,
+             axes: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroid ``(B, n)`` and Cholesky factor ``(B, n, n)`` of the second central moment of
-    the confident part of a probability map ``weights`` ``(B, 1, *S)`` at ``coords``
-    ``(1, n, *S)`` (plus a small ridge). Each voxel weighs max(p − ½, 0): the faint remainder of
-    a soft mask over a whole volume would otherwise outweigh the organ."""
-    n = coords.shape[1]
-    w = (weights - 0.5).clamp_min(0).flatten(2)  # (B, 1, V)
-    y = coords.to(weights.dtype).flatten(2)  # (1, n, V)
-    mass = w.sum(-1).clamp_min(_MASS_EPS)  # (B, 1)
-    mean = (w * y).sum(-1) / mass  # (B, n)
-    centred = y - mean.unsqueeze(-1)  # (B, n, V)
-    second = torch.einsum("bkv,blv->bkl", centred * w, centred) / mass.unsqueeze(-1)
+    the confident part of a probability map ``weights`` ``(B, 1, *S)`` on the grid whose planes
+    sit at ``axes`` (one ``(S_k,)`` tensor per axis), plus a small ridge. Each voxel weighs
+    max(p − ½, 0): the faint remainder of a soft mask over a whole volume would otherwise
+    outweigh the organ. The grid is separable, so the moments come from the map's sums over
+    all axes but two (one pass each) instead of n² products at every voxel."""
+    n = len(axes)
+    w = (weights[:, 0] - 0.5).clamp_min(0)  # (B, *S)
+    axes = [a.to(w.dtype) for a in axes]
+    pairs = {(i, j): w.sum([1 + k for k in range(n) if k not in (i, j)]) if n > 2 else w
+             for i, j in combinations(range(n), 2)}  # (B, S_i, S_j)
+    singles = [pairs[0, 1].sum(2), *(pairs[0, k].sum(1) for k in range(1, n))]  # (B, S_k)
+    mass = singles[0].sum(1).clamp_min(_MASS_EPS)  # (B,)
+    mean = torch.stack([m @ a for m, a in zip(singles, axes, strict=True)], 1) / mass[:, None]
+    rows = []
+    for i in range(n):
+        row = []
+        for j in range(n):
+            if i == j:
+                row.append(singles[i] @ axes[i].square())
+            else:
+                low, high = min(i, j), max(i, j)
+                row.append(torch.einsum("bkl,k,l->b", pairs[low, high], axes[low], axes[high]))
+        rows.append(torch.stack(row, 1))
+    raw = torch.stack(rows, 1) / mass[:, None, None]  # E[y yᵀ]
+    second = raw - mean[:, :, None] * mean[:, None, :]
     ridge = _RIDGE * torch.eye(n, dtype=weights.dtype, device=weights.device)
     return mean, torch.linalg.cholesky(second + ridge)

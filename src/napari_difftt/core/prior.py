@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from .flow.checks import check_field
-from .flow.grid import identity, normalised_per_voxel, sample, squared_length
+from .flow.grid import affine_of_index, identity, normalised_per_voxel, sample, squared_length
 
 __all__ = [
     "DEFAULT_BETA",
@@ -40,6 +40,7 @@ __all__ = [
     "fit_to_mask",
     "from_display",
     "from_world",
+    "grid_axes",
     "grid_coordinates",
     "prior_from_dict",
     "rotation_matrix",
@@ -81,10 +82,17 @@ class _Prior(nn.Module):
 
         See :func:`grid_coordinates` for ``offset``, ``full_shape`` and ``displacement``.
         """
+        if displacement is not None:
+            _check_displacement(displacement, _shape("shape", shape))
+            device, dtype = displacement.device, displacement.dtype
         like = self._reference()
-        coords = grid_coordinates(shape, offset, full_shape, displacement,
-                                  device=device or like.device, dtype=dtype or like.dtype)
-        return self(coords)
+        return self._on_grid(shape, offset, full_shape, displacement, device or like.device,
+                             dtype or like.dtype)
+
+    def _on_grid(self, shape, offset, full_shape, displacement, device, dtype) -> torch.Tensor:
+        """:meth:`on_grid` with its arguments checked and the device and dtype resolved."""
+        return self(grid_coordinates(shape, offset, full_shape, displacement, device=device,
+                                     dtype=dtype))
 
 
 class GeneralisedGaussianPrior(_Prior):
@@ -196,9 +204,52 @@ class GeneralisedGaussianPrior(_Prior):
         """p at normalised ``coords`` ``(B, n, *S)`` (array order) → ``(B, 1, *S)`` in (0, 1]."""
         _check_coords(coords, self.ndim)
         centred = coords - self.mean.view(1, -1, *([1] * self.ndim)).to(coords.dtype)
-        white = torch.einsum("ij,bj...->bi...", self._whitening().to(coords.dtype), centred)
+        return self.probability(
+            torch.einsum("ij,bj...->bi...", self._whitening().to(coords.dtype), centred)
+        )
+
+    def probability(self, white: torch.Tensor) -> torch.Tensor:
+        """p from whitened offsets W (x − μ) ``(B, n, *S)`` (d² = their squared length) →
+        ``(B, 1, *S)`` in (0, 1]."""
         d2 = squared_length(white).clamp_min(_MIN_D2)
-        return torch.exp(-d2.pow(self.beta.to(coords.dtype)) * _LN2)
+        return torch.exp(-d2.pow(self.beta.to(white.dtype)) * _LN2)
+
+    def _on_grid(self, shape, offset, full_shape, displacement, device, dtype) -> torch.Tensor:
+        """One affine map of the voxel index (:meth:`index_whitening`): no coordinate grid."""
+        matrix, bias = self.index_whitening(shape, offset, full_shape, device=device, dtype=dtype)
+        return self.probability(affine_of_index(matrix, bias, shape, displacement))
+
+    def index_whitening(
+        self,
+        shape: Sequence[int],
+        offset: Sequence[int] | None = None,
+        full_shape: Sequence[int] | None = None,
+        pose: torch.Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M ``(B, n, n)``, b ``(B, n)``) with W (A(y(i)) − μ) = M i + b, where i is the local
+        voxel index of a grid of ``shape`` at ``offset`` in a volume of ``full_shape`` and y(i)
+        its normalised coordinates (:func:`grid_coordinates`), so d² = ‖M i + b‖² and
+        ∇_i d² = 2 Mᵀ (M i + b) in voxel units. ``pose`` ``(B, n + 1, n + 1)`` = [[E, s], [0, 1]]
+        is A(y) = μ + E (y − μ) + s (:mod:`core.pose`; its device and dtype win); None is the
+        identity, B = 1."""
+        scale, shift = _index_map(shape, offset, full_shape)
+        if pose is not None:
+            device, dtype = pose.device, pose.dtype
+        like = self._reference()
+        device, dtype = device or like.device, dtype or like.dtype
+        whitening = self._whitening().to(device, dtype)
+        centred = torch.tensor(shift, device=device, dtype=dtype) - self.mean.to(device, dtype)
+        if pose is None:
+            linear, moved = whitening[None], centred[None]
+        else:  # W (E (y − μ) + s) with y = scale · i + shift
+            n = self.ndim
+            linear = whitening @ pose[:, :n, :n]
+            moved = torch.einsum("bij,j->bi", pose[:, :n, :n], centred) + pose[:, :n, n]
+        matrix = linear * torch.tensor(scale, device=device, dtype=dtype)
+        return matrix, torch.einsum("ij,bj->bi", whitening, moved)
 
     def _reference(self) -> torch.Tensor:
         return self.log_beta
@@ -311,22 +362,58 @@ def grid_coordinates(
     """
     shape = _shape("shape", shape)
     n = len(shape)
-    offset = (0,) * n if offset is None else tuple(int(o) for o in offset)
-    full_shape = shape if full_shape is None else _shape("full_shape", full_shape)
-    if len(offset) != n or len(full_shape) != n:
-        raise ValueError(f"offset {offset} and full_shape {full_shape} need {n} entries like shape")
+    offset, full_shape = _placement(shape, offset, full_shape)
     if displacement is not None:
-        check_field("displacement", displacement)
-        if tuple(displacement.shape[2:]) != shape:
-            raise ValueError(
-                f"displacement {tuple(displacement.shape)} must have spatial shape {shape}"
-            )
+        _check_displacement(displacement, shape)
         device, dtype = displacement.device, displacement.dtype
     index = identity(shape, device=device, dtype=dtype).unsqueeze(0)
     shift = index.new_tensor(offset).view(1, n, *([1] * n))
     index = index + shift if displacement is None else index + shift + displacement
     scale = index.new_tensor(normalised_per_voxel(full_shape))
     return index * scale.view(1, n, *([1] * n)) - 1.0
+
+
+def grid_axes(
+    shape: Sequence[int],
+    offset: Sequence[int] | None = None,
+    full_shape: Sequence[int] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """The normalised coordinate of each plane of a grid, one ``(S_k,)`` tensor per axis k:
+    :func:`grid_coordinates` (without a displacement) is their meshgrid."""
+    scale, shift = _index_map(shape, offset, full_shape)
+    return tuple(torch.arange(size, device=device, dtype=dtype or torch.get_default_dtype())
+                 * step + start for size, step, start in zip(_shape("shape", shape), scale, shift,
+                                                              strict=True))
+
+
+def _placement(shape: tuple[int, ...], offset, full_shape) -> tuple[tuple[int, ...],
+                                                                     tuple[int, ...]]:
+    """``offset`` and ``full_shape`` of :func:`grid_coordinates` with their defaults, checked."""
+    n = len(shape)
+    offset = (0,) * n if offset is None else tuple(int(o) for o in offset)
+    full_shape = shape if full_shape is None else _shape("full_shape", full_shape)
+    if len(offset) != n or len(full_shape) != n:
+        raise ValueError(f"offset {offset} and full_shape {full_shape} need {n} entries like shape")
+    return offset, full_shape
+
+
+def _index_map(shape, offset, full_shape) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(scale, shift) per axis with y = scale · i + shift: the normalised coordinate y of local
+    voxel index i on a grid of :func:`grid_coordinates`."""
+    offset, full_shape = _placement(_shape("shape", shape), offset, full_shape)
+    scale = normalised_per_voxel(full_shape)
+    return scale, tuple(o * step - 1.0 for o, step in zip(offset, scale, strict=True))
+
+
+def _check_displacement(displacement: torch.Tensor, shape: tuple[int, ...]) -> None:
+    check_field("displacement", displacement)
+    if tuple(displacement.shape[2:]) != shape:
+        raise ValueError(
+            f"displacement {tuple(displacement.shape)} must have spatial shape {shape}"
+        )
 
 
 def rotation_matrix(angles_deg: float | Sequence[float], ndim: int) -> np.ndarray:

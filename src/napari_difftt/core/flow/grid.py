@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .checks import check_field, check_image, check_same_field
 
 __all__ = [
+    "affine_of_index",
     "compose",
     "compose_unchecked",
     "identity",
@@ -86,6 +87,33 @@ def normalised_per_voxel(shape: Sequence[int]) -> tuple[float, ...]:
     if min(shape, default=0) < 2:
         raise ValueError(f"normalised coordinates need >= 2 voxels per axis, got {shape}")
     return tuple(2.0 / (size - 1) for size in shape)
+
+
+def affine_of_index(
+    matrix: torch.Tensor,
+    bias: torch.Tensor,
+    shape: Sequence[int],
+    displacement: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """M (i + u(i)) + b at every voxel index i of a grid of ``shape`` → ``(B, m, *shape)``.
+
+    ``matrix`` M ``(B, m, n)``, ``bias`` b ``(B, m)``, ``displacement`` u ``(B, n, *shape)``
+    voxels or None (a batch of 1 on either side is broadcast). Without u it is a sum of n
+    one-axis terms, written once at full size; u adds one batched matrix product.
+    """
+    n = len(shape)
+    batch, m = matrix.shape[:2]
+    out = bias.reshape(batch, m, *([1] * n))
+    for axis, size in enumerate(shape):
+        index = torch.arange(size, device=matrix.device, dtype=matrix.dtype)
+        column = matrix[:, :, axis].reshape(batch, m, *([1] * n))
+        out = out + column * index.view(*([1] * axis), size, *([1] * (n - axis - 1)))
+    if displacement is None:
+        return out
+    batch = max(batch, displacement.shape[0])
+    moved = torch.baddbmm(out.flatten(2), matrix.expand(batch, m, n),
+                          displacement.expand(batch, *displacement.shape[1:]).flatten(2))
+    return moved.view(batch, m, *shape)
 
 
 def squared_length(field: torch.Tensor) -> torch.Tensor:
