@@ -65,7 +65,7 @@ class MomentPose(nn.Module):
         written about ``centre`` c: A(y) = c + E (y − c) + s."""
         n = self.ndim
         mean_m, factor_m = _moments(mask, axes)
-        mean_p, factor_p = _moments(p, axes)  # a batch of one is broadcast
+        mean_p, factor_p = _moments(p[:1], axes)  # one prior for the batch: broadcast below
         stretch = factor_p @ torch.linalg.inv(factor_m)
         centre = centre.to(mask.dtype)
         shift = mean_p - centre + torch.einsum("bij,bj->bi", stretch, centre - mean_m)
