@@ -28,6 +28,7 @@ import numpy as np
 
 from .core.paths import is_nifti, nifti_stem
 from .core.progress import Progress
+from .errors import Cancelled
 
 if TYPE_CHECKING:
     import torch
@@ -689,8 +690,13 @@ def _predict(loaded: LoadedModel, image: np.ndarray, prior, progress: Progress |
         report(1 + min(done, convolutions), total, f"network: {done} of {convolutions} layers")
 
     with Interruptible(should_stop, convolved):
-        return predict_volume(loaded.model, image, device=loaded.device, progress=stage,
-                              should_stop=should_stop, prior=prior)
+        prediction = predict_volume(loaded.model, image, device=loaded.device, progress=stage,
+                                    should_stop=should_stop, prior=prior, topology=False)
+    # the topology report outside the mode: its fold tests are a few hundred small operations
+    # (cache-sized slabs), each of which the mode would poll (benchmarks/bench_inference.py)
+    if should_stop():
+        raise Cancelled("prediction cancelled before the topology report")
+    return prediction.with_topology()
 
 
 def _deformed_prior(prior, pose: np.ndarray | None) -> dict:

@@ -33,6 +33,26 @@ def test_slabs_equal_the_whole_convolution(ndim, padding):
     assert mode.convolutions == 1 and len(calls) > 5  # many slabs, each checked
 
 
+def test_onednn_convolutions_are_split_and_counted_like_atens():
+    from napari_difftt.core.nets import convolution
+
+    torch.manual_seed(0)
+    layer = convolution(3, 3, 4, 3, padding=1)
+    x = torch.randn(1, 3, 23, 9, 7)
+    with torch.inference_mode():
+        expected = layer(x)
+        polls: list[int] = []
+
+        def never() -> bool:
+            polls.append(1)
+            return False
+
+        with Interruptible(never, max_flops=1e3) as mode:
+            got = layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert mode.convolutions == 1 and len(polls) > 5  # many slabs, each checked
+
+
 def test_stop_raises_cancelled_at_the_next_operation_and_only_in_its_thread():
     stop = threading.Event()
     other: list[float] = []

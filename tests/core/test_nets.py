@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_difftt.core.nets import ConvBlock, FeatureCNN, UNet, pointwise
+from napari_difftt.core.nets import ConvBlock, FeatureCNN, UNet, convolution, pointwise
 
 
 @pytest.mark.parametrize(("ndim", "shape"), [(2, (32, 48)), (3, (16, 32, 16))])
@@ -86,3 +86,28 @@ def test_pointwise_is_the_1x1_convolution_with_its_gradients(ndim):
     torch.testing.assert_close(layer(x), conv(x, layer.weight, layer.bias))
     assert torch.autograd.gradcheck(layer, (x,))
     torch.testing.assert_close(layer(x[0]), conv(x[0], layer.weight, layer.bias))  # unbatched
+
+
+@pytest.mark.parametrize(("ndim", "batch"), [(2, 1), (3, 1), (3, 2)])
+def test_onednn_convolution_is_atens_with_its_gradients(ndim, batch):
+    """The 3×3 convolutions of the networks: float32 on the CPU through oneDNN (ATen's slow
+    native kernel for a batch of one is the one it replaces) equal to ATen's convolution in
+    value and gradient; float64 takes ATen's path (gradcheck); nn.Conv's checkpoint keys."""
+    torch.manual_seed(0)
+    layer = convolution(ndim, 4, 3, 3, padding=1)
+    reference = (torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)(4, 3, 3, padding=1)
+    assert layer.state_dict().keys() == reference.state_dict().keys()
+    reference.load_state_dict(layer.state_dict())
+    # (1, 4, 8, 8, 8): channels × first two sizes = 256 ≤ 20480, ATen's native kernel
+    x = torch.randn(batch, 4, *([8] * ndim), requires_grad=True)
+    got, expected = layer(x), reference(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), (x, layer.weight, layer.bias))
+    wanted = torch.autograd.grad(expected.square().sum(), (x, reference.weight, reference.bias))
+    for a, b in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    small = convolution(ndim, 2, 2, 3, padding=1).double()
+    assert torch.autograd.gradcheck(small, (torch.randn(1, 2, *([4] * ndim), dtype=torch.float64,
+                                                        requires_grad=True),))
+    view = torch.randn(1, 4, *([9] * ndim))[:, :, 1:]  # a non-contiguous slab, as Interruptible
+    torch.testing.assert_close(layer(view), reference(view), rtol=1e-5, atol=1e-5)

@@ -51,6 +51,23 @@ def test_closed_form_values():
     torch.testing.assert_close(value, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_far_tail_is_the_smallest_normal_number_not_subnormal(dtype):
+    """Far outside the shape p stops at the dtype's smallest normal number (a CPU's exp is slow
+    on subnormal results); where the closed form is a normal number it is unchanged."""
+    prior = GeneralisedGaussianPrior(2, radii=[0.1, 0.1], beta=4.0, parameterisation="full",
+                                     train_beta=True).to(dtype)
+    # d² = 100 · r²: r = 0.1 gives d² = 1 (p = ½); r = 1 gives d² = 100 (p = 2^-(10^4) → 0)
+    offsets = torch.tensor([[0.1, 0.0], [0.0, 0.15], [1.0, 0.0], [3.0, 3.0]], dtype=dtype)
+    value = _points(prior, offsets)
+    tiny = torch.finfo(dtype).tiny
+    assert float(value[0]) == pytest.approx(0.5)
+    assert float(value[1]) == pytest.approx(2.0 ** -(2.25**4), rel=1e-5)
+    assert (value[2:] >= tiny).all() and (value[2:] <= 2 * tiny).all()
+    value.sum().backward()  # the floor has no gradient, and gives no NaN
+    assert all(torch.isfinite(p.grad).all() for p in prior.parameters() if p.grad is not None)
+
+
 def test_default_is_centred_with_half_extent_radii():
     prior = GeneralisedGaussianPrior(3)
     torch.testing.assert_close(prior.covariance, torch.eye(3) * 0.25)

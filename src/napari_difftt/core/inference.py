@@ -89,6 +89,13 @@ class Prediction(NamedTuple):
     topology: dict | None = None  # core.metrics.topology_report of segmentation and displacement
     pose: np.ndarray | None = None  # (n + 1, n + 1) the model's pose of the prior (core.pose)
 
+    def with_topology(self) -> Prediction:
+        """This prediction with :attr:`topology` filled: :func:`core.metrics.topology_report`
+        of its segmentation and displacement."""
+        from .metrics import topology_report
+
+        return self._replace(topology=topology_report(self.segmentation, self.displacement))
+
 
 def default_checkpoint(ndim: int = 3) -> Path:
     """Path of the bundled pretrained model for ``ndim``-D images (3: ``DEFAULT_CHECKPOINT``,
@@ -230,11 +237,7 @@ def predict_volume(
         None if displacement is None else displacement[0], flow, unwarped[0, 0], pose=pose,
     )
     if topology:
-        from .metrics import topology_report
-
-        prediction = prediction._replace(
-            topology=topology_report(prediction.segmentation, prediction.displacement)
-        )
+        prediction = prediction.with_topology()
     if progress is not None:
         progress(total, total, "done")
     return prediction

@@ -4,9 +4,10 @@
 of the thread that entered it). Inside it every torch operation first polls ``should_stop()``
 and raises :class:`~napari_difftt.core.inference.Cancelled` when it returns True, so a cancel
 takes effect after the operation running at that moment instead of after a whole forward pass.
-Convolutions too large to finish quickly (more than ``max_flops`` multiply-adds) are computed in
-slabs along the first spatial axis, each slab with the halo its kernel needs, so they can be
-interrupted too; the result equals the unsplit convolution to float rounding. ``on_conv(done)``
+Convolutions (``F.conv2d``/``F.conv3d`` and the oneDNN ones of :class:`core.nets.OneDNN`) too
+large to finish quickly (more than ``max_flops`` multiply-adds) are computed in slabs along
+the first spatial axis, each slab with the halo its kernel needs, so they can be interrupted
+too; the result equals the unsplit convolution to float rounding. ``on_conv(done)``
 is called after each convolution with the number finished so far (a progress count: a U-Net's
 forward pass runs each of its convolution modules once).
 """
@@ -46,8 +47,13 @@ class Interruptible(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self._check()
-        if func in _CONVS:
-            result = self._convolution(func, _CONVS[func], *args, **kwargs)
+        if func in _CONVS or func is torch.mkldnn_convolution:
+            if func is torch.mkldnn_convolution:  # core.nets.OneDNN: (…, padding, stride, …)
+                x, weight, bias, padding, stride, dilation, groups = args
+                result = self._convolution(_onednn, weight.ndim - 2, x, weight, bias, stride,
+                                           padding, dilation, groups)
+            else:
+                result = self._convolution(func, _CONVS[func], *args, **kwargs)
             self.convolutions += 1
             if self.on_conv is not None:
                 self.on_conv(self.convolutions)
@@ -87,8 +93,15 @@ class Interruptible(TorchFunctionMode):
         return torch.cat(pieces, dim=2)
 
 
+def _onednn(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    """``torch.mkldnn_convolution`` with ``F.conv3d``'s argument order (a slab is a view)."""
+    return torch.mkldnn_convolution(x.contiguous(), weight, bias, padding, stride, dilation,
+                                    groups)
+
+
 def count_convolutions(module: torch.nn.Module) -> int:
-    """Number of 2D/3D convolution modules in ``module`` that call ``F.conv2d``/``F.conv3d``
-    (the progress total of one pass; :class:`~napari_difftt.core.nets.Pointwise` ones do not)."""
+    """Number of 2D/3D convolution modules in ``module`` that call ``F.conv2d``/``F.conv3d`` or
+    oneDNN's (:class:`~napari_difftt.core.nets.OneDNN`): the progress total of one pass;
+    :class:`~napari_difftt.core.nets.Pointwise` ones (matrix products) do not count."""
     return sum(isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d) and not isinstance(m, Pointwise)
                for m in module.modules())
