@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed (data stay the same)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help="TrainConfig fields for every row, e.g. pose_loss=3 keep_prior=true")
     args = parser.parse_args()
     if args.dataset == "report":
         return report(args.out)
@@ -136,6 +138,7 @@ def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, di
         settings["velocity_lattice"] = 2  # the dense default, which sparse runs do not take
     if row == "bch_tuned":
         settings["init"] = str(default_checkpoint(ndim))
+    settings.update(overrides(args.set))
     config = TrainConfig(iterations=args.iterations, patch_size=train[0].image.shape,
                          width=args.width, lr=args.lr, seed=args.seed, device="cpu", **settings)
     trainer, result, seconds = train_timed(row, config, train)
@@ -155,6 +158,17 @@ def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, di
                    "prior": prior.to_dict() if prior is not None else None,
                    "machine": machine()}
             for name, found in cases.items() if found}
+
+
+def overrides(pairs: list[str]) -> dict:
+    """``["pose_loss=3", "keep_prior=true"]`` → ``{"pose_loss": 3, "keep_prior": True}``."""
+    settings = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or field not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"--set takes FIELD=JSON with a TrainConfig field, got {pair!r}")
+        settings[field] = json.loads(value)
+    return settings
 
 
 def score(segmentation, displacement, topology, sample: Sample) -> dict:
