@@ -74,3 +74,17 @@ def test_a_stop_keeps_the_checkpoint_and_segments_nothing(flat, tmp_path):
     run = fine_tune(flat[0], flat[1], 0, tmp_path / "tuned.pt", minutes=5.0, device="cpu")
     finished = list(run.events(should_stop=lambda: True))[-1]
     assert finished.stopped and finished.result is None and finished.checkpoint.is_file()
+
+
+def test_the_prior_is_refitted_to_the_slices_unless_kept(flat, tmp_path):
+    from napari_difftt.core.io import load_checkpoint
+
+    bundled = load_checkpoint(default_checkpoint(2), map_location="cpu")["prior"]["mean"]
+    refit = fine_tune(flat[0], flat[1], 0, tmp_path / "refit.pt", device="cpu")
+    kept = fine_tune(flat[0], flat[1], 0, tmp_path / "kept.pt", device="cpu", keep_prior=True)
+    assert not refit.trainer.config.keep_prior and kept.trainer.config.keep_prior
+    for run in (refit, kept):  # stopped at once: the model is built, nothing trained
+        assert list(run.events(should_stop=lambda: True))[-1].stopped
+    kept_mean = kept.trainer.model.prior.mean.detach()
+    np.testing.assert_allclose(kept_mean, bundled, atol=1e-4)  # the weights are float16
+    assert not np.allclose(refit.trainer.model.prior.mean.detach(), bundled, atol=1e-3)

@@ -44,6 +44,8 @@ def main() -> None:
                         help="largest training patch edge (measuring FINE_TUNE's default)")
     parser.add_argument("--lr", type=float, default=FINE_TUNE["lr"],
                         help="learning rate (measuring FINE_TUNE's default)")
+    parser.add_argument("--keep-prior", action="store_true",
+                        help="keep the bundled prior instead of re-fitting it to the slices")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         run = fine_tune(volume, paint(phantom.labels, slices), 0, Path(folder) / "tuned.pt",
-                        minutes=args.minutes, device="cpu")
+                        minutes=args.minutes, device="cpu", keep_prior=args.keep_prior)
         finished = list(run.events())[-1]
         wall = time.perf_counter() - started
     after = finished.result
@@ -65,7 +67,7 @@ def main() -> None:
         "size": args.size, "organ": args.organ, "seed": args.seed, "slices": list(slices),
         "counted": finished.counted.text, "minutes_budget": args.minutes,
         "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
-        "lr": args.lr,
+        "lr": args.lr, "keep_prior": args.keep_prior,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,
