@@ -99,7 +99,6 @@ def test_two_threads_predict_with_different_priors_on_one_loaded_model(checkpoin
     assert not np.allclose(alone[0].prediction.prior, alone[1].prediction.prior)
 
 
-
 def test_the_cancellable_path_reports_the_same_topology_and_stops_before_it(checkpoint, phantom):
     """With ``should_stop`` the topology report runs after the interruptible forward pass: the
     same report as without, and a Stop pressed once the pass is over cancels it."""
@@ -119,6 +118,7 @@ def test_the_cancellable_path_reports_the_same_topology_and_stops_before_it(chec
     with pytest.raises(Cancelled, match="before the topology report"):
         pipeline.segment(phantom.image, loaded, progress=progress,
                          should_stop=lambda: bool(finished))
+
 
 def test_export_writes_the_one_contract(result, phantom, tmp_path):
     written = pipeline.export(result, tmp_path, "case",

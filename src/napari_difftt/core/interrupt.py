@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .nets import Pointwise
+from .nets import Pointwise, onednn_convolution
 
 __all__ = ["MAX_FLOPS", "Interruptible", "count_convolutions"]
 
@@ -47,18 +47,18 @@ class Interruptible(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self._check()
-        if func in _CONVS or func is torch.mkldnn_convolution:
-            if func is torch.mkldnn_convolution:  # core.nets.OneDNN: (…, padding, stride, …)
-                x, weight, bias, padding, stride, dilation, groups = args
-                result = self._convolution(_onednn, weight.ndim - 2, x, weight, bias, stride,
-                                           padding, dilation, groups)
-            else:
-                result = self._convolution(func, _CONVS[func], *args, **kwargs)
-            self.convolutions += 1
-            if self.on_conv is not None:
-                self.on_conv(self.convolutions)
-            return result
-        return func(*args, **kwargs)
+        if func is torch.mkldnn_convolution:  # core.nets.OneDNN: (…, padding, stride, …)
+            x, weight, bias, padding, stride, dilation, groups = args
+            result = self._convolution(onednn_convolution, weight.ndim - 2, x, weight, bias,
+                                       stride, padding, dilation, groups)
+        elif func in _CONVS:
+            result = self._convolution(func, _CONVS[func], *args, **kwargs)
+        else:
+            return func(*args, **kwargs)
+        self.convolutions += 1
+        if self.on_conv is not None:
+            self.on_conv(self.convolutions)
+        return result
 
     def _check(self) -> None:
         if self.should_stop():
@@ -91,12 +91,6 @@ class Interruptible(TorchFunctionMode):
                 part = F.pad(part, (0, 0) * (ndim - 1) + (before, after))
             pieces.append(func(part, weight, bias, stride, inner, dilation, groups))
         return torch.cat(pieces, dim=2)
-
-
-def _onednn(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    """``torch.mkldnn_convolution`` with ``F.conv3d``'s argument order (a slab is a view)."""
-    return torch.mkldnn_convolution(x.contiguous(), weight, bias, padding, stride, dilation,
-                                    groups)
 
 
 def count_convolutions(module: torch.nn.Module) -> int:

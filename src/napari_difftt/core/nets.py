@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = [
     "DIVISOR", "ConvBlock", "FeatureCNN", "OneDNN", "Pointwise", "UNet", "check_divisible",
-    "convolution", "pointwise",
+    "convolution", "onednn_convolution", "pointwise",
 ]
 
 LEVELS = 4
@@ -173,8 +173,16 @@ class OneDNN:
                       bias: torch.Tensor | None) -> torch.Tensor:
         if not _takes_onednn(x, weight, self.padding_mode, self.padding):
             return super()._conv_forward(x, weight, bias)
-        return torch.mkldnn_convolution(x.contiguous(), weight, bias, self.padding, self.stride,
-                                        self.dilation, self.groups)
+        return onednn_convolution(x, weight, bias, self.stride, self.padding, self.dilation,
+                                  self.groups)
+
+
+def onednn_convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       stride, padding, dilation, groups: int) -> torch.Tensor:
+    """oneDNN's convolution with ``F.conv3d``'s argument order (``x`` may be a view, e.g. one
+    of :class:`~napari_difftt.core.interrupt.Interruptible`'s slabs)."""
+    return torch.mkldnn_convolution(x.contiguous(), weight, bias, padding, stride, dilation,
+                                    groups)
 
 
 def _takes_onednn(x: torch.Tensor, weight: torch.Tensor, padding_mode: str, padding) -> bool:

@@ -61,6 +61,7 @@ def _log_smallest_normal(dtype: torch.dtype) -> float:
     which changes no value by more than the dtype's smallest normal number."""
     return float(math.ceil(math.log(torch.finfo(dtype).tiny)))
 
+
 # β of the priors the template transformers start from (library, CLI, Train widget): a flat
 # top and a sharp edge, so fitting a sharp organ boundary needs no extreme compression of the
 # map there; chosen by measurement (docs/RESULTS.md, "the prior's shape").
