@@ -46,6 +46,8 @@ def main() -> None:
                         help="learning rate (measuring FINE_TUNE's default)")
     parser.add_argument("--keep-prior", action="store_true",
                         help="keep the bundled prior instead of re-fitting it to the slices")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="train on the patches as they are (default: TrainConfig's rule)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +59,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         run = fine_tune(volume, paint(phantom.labels, slices), 0, Path(folder) / "tuned.pt",
-                        minutes=args.minutes, device="cpu", keep_prior=args.keep_prior)
+                        minutes=args.minutes, device="cpu", keep_prior=args.keep_prior,
+                        mirror=False if args.no_mirror else None)
         finished = list(run.events())[-1]
         wall = time.perf_counter() - started
     after = finished.result
@@ -67,7 +70,7 @@ def main() -> None:
         "size": args.size, "organ": args.organ, "seed": args.seed, "slices": list(slices),
         "counted": finished.counted.text, "minutes_budget": args.minutes,
         "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
-        "lr": args.lr, "keep_prior": args.keep_prior,
+        "lr": args.lr, "keep_prior": args.keep_prior, "mirror": run.trainer.config.mirror,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,

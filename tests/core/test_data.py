@@ -10,10 +10,12 @@ import pytest
 from scipy import ndimage
 
 from napari_difftt.core.data import (
+    Patch,
     Sample,
     array_sample,
     load_nifti_folder,
     make_phantom,
+    mirrored,
     normalise_intensity,
     parse_size,
     sample_patch,
@@ -175,6 +177,38 @@ def test_patch_pads_small_volumes_with_zeros_and_ignore():
             index = (local[0] + z, local[1] + x)
             assert patch.image[0][local] == sample.image[index]
             assert patch.labels[0][local] == sample.labels[index]
+
+
+def _crop(volume: np.ndarray, offset, size, fill) -> np.ndarray:
+    """The (1, *size) crop of ``volume`` at ``offset``, ``fill`` outside it."""
+    out = np.full(size, fill, dtype=volume.dtype)
+    source = tuple(slice(max(o, 0), min(o + p, n))
+                   for o, p, n in zip(offset, size, volume.shape, strict=True))
+    target = tuple(slice(s.start - o, s.stop - o) for s, o in zip(source, offset, strict=True))
+    out[target] = volume[source]
+    return out[None]
+
+
+@pytest.mark.parametrize("shape", [(7, 6, 9), (3, 5, 9)])  # cropped; padded along axis 0
+def test_mirrored_is_the_same_patch_of_the_mirrored_volume(shape):
+    sample = _coded_sample(shape)
+    rng = np.random.default_rng(1)
+    flips = set()
+    combinations = [tuple(k for k in range(3) if bits >> k & 1) for bits in range(8)]
+    for _ in range(40):
+        patch = sample_patch(sample, (4, 5, 6), rng)
+        out = mirrored(patch, rng)
+        assert out.full_shape == patch.full_shape
+        # the coded image's values are distinct: one set of flipped axes explains the patch
+        (axes,) = [a for a in combinations if np.array_equal(
+            out.image, _crop(np.flip(sample.image, a), out.offset, (4, 5, 6), 0.0))]
+        np.testing.assert_array_equal(
+            out.labels, _crop(np.flip(sample.labels, axes), out.offset, (4, 5, 6), 255))
+        assert all(out.offset[k] == patch.offset[k] for k in range(3) if k not in axes)
+        flips.add(axes)
+    assert len(flips) == 8  # every combination of the three axes is drawn
+    unlabelled = Patch(patch.image, None, patch.offset, patch.full_shape)
+    assert all(mirrored(unlabelled, rng).labels is None for _ in range(4))
 
 
 def test_patch_without_labels_and_errors():

@@ -147,8 +147,10 @@ def test_stop_saves_a_checkpoint_before_returning(tmp_path):
 
 def test_sparse_annotations_train_without_nan_and_the_loss_sees_only_the_labelled_slice(tmp_path):
     samples = _samples(1, sparse=True)
-    # no pose level: its mask's loss would add to the one this test computes
-    trainer = Trainer(_config(tmp_path, iterations=3, patch_size=SHAPE, pose=False), samples)
+    # no pose level: its mask's loss would add to the one this test computes; no mirroring:
+    # a mirrored first patch would move the labelled slice away from where it was fitted
+    trainer = Trainer(_config(tmp_path, iterations=3, patch_size=SHAPE, pose=False,
+                              mirror=False), samples)
     result = trainer.run()
     assert np.isfinite([h["loss"] for h in result.history]).all()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -221,6 +223,58 @@ def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path)
     (tmp_path / "model.pt").mkdir()
     with pytest.raises(OutputPathError, match=r"checkpoint .*model\.pt is a folder"):
         Trainer(_config(tmp_path), _samples(1))
+
+
+def test_mirroring_is_decided_by_the_measured_rule_and_recorded():
+    """None mirrors whole-volume patches of a fine-tune or of sparse labels, nothing else; an
+    explicit choice is kept; the record says what the run did; a run recorded before the field
+    existed did not mirror."""
+    from napari_difftt.core.train.trainer import resolve_mirror
+
+    dense, sparse = _samples(1), _samples(1, sparse=True)
+    messages = []
+
+    def decided(samples, patch=SHAPE, **fields):
+        config = TrainConfig(patch_size=patch, **fields)
+        return resolve_mirror(config, samples, messages.append).mirror
+
+    assert TrainConfig().mirror is None
+    assert decided(dense, init="model.pt") is True
+    assert decided(sparse) is True
+    assert decided(dense) is False
+    assert decided(sparse, kind="unet") is False
+    assert decided(sparse, init="model.pt", mirror=False) is False
+    assert decided(dense, mirror=True) is True
+    assert not messages
+    assert decided(sparse, patch=(16, 16, 16)) is False  # sub-volume patches of (16, 32, 32)
+    assert "not mirrored" in messages[-1]
+    assert TrainConfig(mirror=True).to_dict()["mirror"] is True
+    old = {k: v for k, v in TrainConfig(init="model.pt").to_dict().items() if k != "mirror"}
+    assert TrainConfig.from_dict(old).mirror is False
+    with pytest.raises(ValueError, match="mirror must be True, False or None"):
+        TrainConfig(mirror="yes")
+
+
+def test_mirrored_training_steps_see_flipped_patches(tmp_path, monkeypatch):
+    """A fresh run on dense labels (mirror None) never mirrors; mirror=True passes every patch
+    through core.data.mirrored, which flips some of them."""
+    from napari_difftt.core.train import trainer as module
+
+    flipped = []
+    original = module.mirrored
+
+    def recording(patch, rng):
+        out = original(patch, rng)
+        flipped.append(not np.array_equal(out.image, patch.image))
+        return out
+
+    monkeypatch.setattr(module, "mirrored", recording)
+    for mirror, steps in ((None, 0), (True, 6)):
+        flipped.clear()
+        Trainer(_config(tmp_path, iterations=6, mirror=mirror, checkpoint=None),
+                _samples(1)).run()
+        assert len(flipped) == steps
+    assert any(flipped)
 
 
 def test_cli_train_options_are_the_config_fields_with_its_defaults():

@@ -101,6 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(run, "--patch-size", "patch size D H W (3D) or H W (2D) in voxels", type=int,
             nargs="+", metavar="N")
     _option(run, "--batch-size", "patches per step", type=int)
+    run.add_argument("--mirror", action=_TypedSwitch, default=None,
+                     help="flip each training patch along each axis with probability 1/2 (not "
+                     "for data whose sides differ); default: on for whole-volume patches with "
+                     "--init or sparse labels, off otherwise, as measured in docs/RESULTS.md")
     _option(run, "--lr", "Adam learning rate", type=float)
     _option(run, "--seed", "random seed", type=int)
     _option(run, "--device", "auto | cpu | cuda | cuda:N | mps")

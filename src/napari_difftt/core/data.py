@@ -30,6 +30,7 @@ __all__ = [
     "label_values_outside",
     "load_nifti_folder",
     "make_phantom",
+    "mirrored",
     "normalise_intensity",
     "parse_size",
     "resample",
@@ -204,6 +205,21 @@ def sample_patch(
         labels = np.full((1, *size), ignore_value, dtype=np.uint8)
         labels[(0, *target)] = sample.labels[source]
     return Patch(image, labels, offset, full_shape)
+
+
+def mirrored(patch: Patch, rng: np.random.Generator) -> Patch:
+    """``patch`` flipped along each spatial axis with probability ½ (image and labels alike):
+    the same patch of the volume mirrored along those axes, so its offset is mirrored too
+    (S − offset − P) and offset + local index stays the volume index — what the prior and
+    the pose level are evaluated at. The training augmentation of ``TrainConfig.mirror``."""
+    axes = tuple(k for k in range(patch.image.ndim - 1) if rng.random() < 0.5)
+    if not axes:
+        return patch
+    flip = tuple(1 + k for k in axes)
+    sizes = zip(patch.offset, patch.image.shape[1:], patch.full_shape, strict=True)
+    offset = tuple(n - o - p if k in axes else o for k, (o, p, n) in enumerate(sizes))
+    labels = None if patch.labels is None else np.flip(patch.labels, flip).copy()
+    return Patch(np.flip(patch.image, flip).copy(), labels, offset, patch.full_shape)
 
 
 def load_nifti_folder(

@@ -147,8 +147,8 @@ def _is(value: object, types: Types) -> bool:
 
 def _default_types(default: object) -> Types:
     """The types a training config value may have, from its default."""
-    if default is None:
-        return (int, float, str, None)
+    if default is None:  # an optional setting (a path, a budget, a tri-state switch)
+        return (bool, int, float, str, None)
     if isinstance(default, bool):
         return FLAG
     if isinstance(default, list | tuple):

@@ -31,7 +31,7 @@ PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training mask
 BCH_ORDERS = (1, 2, 3, 4)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
-LATER_FIELDS = ("pose", "pose_loss")
+LATER_FIELDS = ("pose", "pose_loss", "mirror")
 
 
 @dataclass
@@ -64,6 +64,10 @@ class TrainConfig:
     smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
     pose_loss: float = 1.0  # weight of the BCE of the moment pose's soft mask (core.pose)
     pose: bool = True  # the pose level: an affine map per image placing the prior (core.pose)
+    # flip each training patch along each axis with probability ½; None: the Trainer decides
+    # (core.train.resolve_mirror: whole-volume patches of a fine-tune or of sparse labels;
+    # docs/RESULTS.md, "Mirrored patches")
+    mirror: bool | None = None
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -112,8 +116,12 @@ class TrainConfig:
             raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
         if not self.pose_loss >= 0:
             raise ValueError(f"pose_loss must be >= 0, got {self.pose_loss!r}")
-        if not isinstance(self.pose, bool):
-            raise ValueError(f"pose must be True or False, got {self.pose!r}")
+        for name in ("pose", "keep_prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.mirror is not None and not isinstance(self.mirror, bool):
+            raise ValueError(f"mirror must be True, False or None (on when fine-tuning), got "
+                             f"{self.mirror!r}")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise ValueError(f"minutes must be a positive number of minutes (the time budget), "
                              f"got {self.minutes!r}; leave it out to train for iterations only")
@@ -151,9 +159,10 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
-        # a run recorded before the pose level existed had none, whatever today's default; one
-        # recorded with no B-spline lattice had VelocitySpace's (DEFAULT_LATTICE), not today's
-        recorded = {"pose": False, **data}
+        # a run recorded before the pose level (or mirroring) existed had none, whatever
+        # today's default; one recorded with no B-spline lattice had VelocitySpace's
+        # (DEFAULT_LATTICE), not today's
+        recorded = {"pose": False, "mirror": False, **data}
         if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
             recorded["velocity_lattice"] = DEFAULT_LATTICE
         return cls(**{**recorded, **overrides})
