@@ -48,6 +48,8 @@ def main() -> None:
                         help="keep the bundled prior instead of re-fitting it to the slices")
     parser.add_argument("--no-mirror", action="store_true",
                         help="train on the patches as they are (default: TrainConfig's rule)")
+    parser.add_argument("--no-image-depth", action="store_true",
+                        help="fit the prior to the slices alone (default: TrainConfig's rule)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,7 +62,8 @@ def main() -> None:
         started = time.perf_counter()
         run = fine_tune(volume, paint(phantom.labels, slices), 0, Path(folder) / "tuned.pt",
                         minutes=args.minutes, device="cpu", keep_prior=args.keep_prior,
-                        mirror=False if args.no_mirror else None)
+                        mirror=False if args.no_mirror else None,
+                        image_depth=False if args.no_image_depth else None)
         finished = list(run.events())[-1]
         wall = time.perf_counter() - started
     after = finished.result
@@ -71,6 +74,7 @@ def main() -> None:
         "counted": finished.counted.text, "minutes_budget": args.minutes,
         "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
         "lr": args.lr, "keep_prior": args.keep_prior, "mirror": run.trainer.config.mirror,
+        "image_depth": run.trainer.config.image_depth,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,

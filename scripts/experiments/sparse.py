@@ -152,7 +152,7 @@ def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, di
             cleaned = largest_filled(prediction.segmentation)
             cases["unet_post"].append(score(cleaned, None, topology_report(cleaned), sample))
     prior = getattr(model, "prior", None)
-    return {name: {"row": name, "config": config.to_dict(), "train_volumes": len(train),
+    return {name: {"row": name, "config": trainer.config.to_dict(), "train_volumes": len(train),
                    "labelled_fraction": labelled_fraction(train), "train_seconds": seconds,
                    "final_loss": result.loss, "cases": found, "summary": summarise(found),
                    "prior": prior.to_dict() if prior is not None else None,

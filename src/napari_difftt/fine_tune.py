@@ -114,6 +114,7 @@ def fine_tune(
     seed: int = 0,
     keep_prior: bool = False,
     mirror: bool | None = None,
+    image_depth: bool | None = None,
 ) -> FineTune:
     """Check everything and prepare fine-tuning on ``volume``'s ``painted`` slices along
     ``axis``; :meth:`FineTune.events` runs it. Nothing runs or is written here.
@@ -121,8 +122,9 @@ def fine_tune(
     ``out`` is the checkpoint file to write (an existing file is refused, never replaced);
     ``checkpoint`` the model to start from (None: the bundled one for the volume's
     dimensionality); ``keep_prior`` keeps its prior instead of re-fitting it to the slices
-    (docs/RESULTS.md, "Keeping the bundled model's prior"); ``mirror`` is TrainConfig's (None:
-    mirrored patches, the fine-tuning default). Raises AnnotationError (the
+    (docs/RESULTS.md, "Keeping the bundled model's prior"); ``mirror`` and ``image_depth`` are
+    TrainConfig's (None: mirrored patches, and the prior as deep as the organ in the image: the
+    fine-tuning defaults). Raises AnnotationError (the
     painting), ValueError (shapes, ``minutes`` ≤ 0), IncompatibleCheckpoint (another kind or
     dimensionality), FileExistsError (``out``).
     """
@@ -144,6 +146,7 @@ def fine_tune(
         kind=_kind_of(init), iterations=FINE_TUNE["iterations"], minutes=minutes,
         lr=FINE_TUNE["lr"], patch_size=_patch(image.shape), device=device, seed=seed,
         init=str(init), checkpoint=str(out), keep_prior=keep_prior, mirror=mirror,
+        image_depth=image_depth,
     )
     sample = array_sample(image, labels.labels, volume.spacing, "painted", labels.ignore_value)
     trainer = Trainer(config, [sample])  # refuses an init of another kind or dimensionality

@@ -43,7 +43,8 @@ def test_sparse_labels_fit_the_prior_to_their_slices(tmp_path):
     sample = _sample(4, slices=3)
     trainer = Trainer(_config(tmp_path, iterations=1, prior="fixed"), [sample])
     trainer.run()
-    expected = fit_to_slices(sample.labels, 0, sample.spacing)
+    expected = fit_to_slices(sample.labels, 0, sample.spacing)  # fresh: the slices alone
+    assert trainer.config.image_depth is False
     np.testing.assert_allclose(trainer.model.prior.mean.detach(), expected.mean, atol=1e-5)
     np.testing.assert_allclose(trainer.model.prior.covariance.detach(), expected.covariance,
                                atol=1e-5)
@@ -69,8 +70,22 @@ def test_init_warm_starts_the_network_and_refits_the_prior(tmp_path, trained):
     for key, value in trainer.model.state_dict().items():
         if key.startswith("net."):
             torch.testing.assert_close(value, first["state_dict"][key], atol=1e-6, rtol=0)
-    refit = fit_to_slices(sample.labels, 0, sample.spacing)
+    # fine-tuning re-fits the prior to the slices, as deep as the organ in the image
+    refit = fit_to_slices(sample.labels, 0, sample.spacing, image=sample.image)
+    slices_only = fit_to_slices(sample.labels, 0, sample.spacing)
     np.testing.assert_allclose(trainer.model.prior.mean.detach(), refit.mean, atol=1e-5)
+    np.testing.assert_allclose(trainer.model.prior.covariance.detach(), refit.covariance,
+                               atol=1e-5)
+    assert refit.covariance[0, 0] > slices_only.covariance[0, 0] + 1e-3
+    assert trainer.config.image_depth is True  # recorded in the checkpoint as decided
+    forced = Trainer(_config(tmp_path, "forced.pt", init=trained, image_depth=False,
+                             prior="fixed", iterations=1, lr=1e-12), [sample])
+    forced.run()
+    np.testing.assert_allclose(forced.model.prior.covariance.detach(), slices_only.covariance,
+                               atol=1e-5)
+    assert TrainConfig.from_dict({"kind": "bch"}).image_depth is False  # recorded before it
+    with pytest.raises(ValueError, match="image_depth must be True, False or None"):
+        TrainConfig(image_depth="yes")
     assert float(trainer.model.prior.beta) == pytest.approx(first["prior"]["beta"])
 
     kept = Trainer(_config(tmp_path, "kept.pt", init=trained, keep_prior=True, iterations=1,

@@ -8,6 +8,7 @@ import pytest
 from napari_difftt.core.data import make_phantom
 from napari_difftt.core.prior import fit_to_mask
 from napari_difftt.core.slices import (
+    DEPTH_RANGE,
     annotated_axis,
     evenly_spaced_slices,
     fit_to_slices,
@@ -106,6 +107,72 @@ def test_every_slice_painted_gives_the_dense_fit(organ):
     dense, sparse = fit_to_mask(organ), fit_to_slices(every, 0)
     np.testing.assert_allclose(sparse.mean.numpy(), dense.mean.numpy(), atol=1e-6)
     np.testing.assert_allclose(sparse.covariance.numpy(), dense.covariance.numpy(), atol=0.01)
+
+
+def _spheroid(depth: float, width: float, centre: float = 20.0, shape=(40, 32, 32)):
+    """A bright solid spheroid (radius ``depth`` voxels along axis 0, ``width`` in-plane) in
+    Gaussian noise, and its mask."""
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float64)
+    mask = ((zz - centre) / depth) ** 2 + ((yy - 16) ** 2 + (xx - 16) ** 2) / width**2 <= 1
+    image = mask + np.random.default_rng(0).normal(0.0, 0.2, shape)
+    return image.astype(np.float32), mask.astype(np.uint8)
+
+
+def _through_plane(prior, shape) -> tuple[float, float]:
+    """(centre, radius) of ``prior`` along axis 0, in voxels."""
+    half = (shape[0] - 1) / 2
+    return (prior.mean[0].item() * half + half, prior.covariance[0, 0].item() ** 0.5 * half)
+
+
+def test_one_slice_reads_the_organs_depth_off_the_image():
+    image, mask = _spheroid(depth=12.0, width=7.0)  # twice as deep as wide
+    labels = painted_slices(paint(mask, (20,)), 0).labels
+    centre, radius = _through_plane(fit_to_slices(labels, 0, image=image), mask.shape)
+    dense = _through_plane(fit_to_mask(mask), mask.shape)
+    assert radius == pytest.approx(dense[1], rel=0.1) and centre == pytest.approx(20.0, abs=0.5)
+    # without the image the organ is taken to be as deep as it is wide
+    assert _through_plane(fit_to_slices(labels, 0), mask.shape)[1] == pytest.approx(7.0, rel=0.1)
+
+
+def test_several_slices_are_deepened_to_the_image_never_below_the_slabs():
+    image, mask = _spheroid(depth=12.0, width=7.0)
+    labels = painted_slices(paint(mask, evenly_spaced_slices(mask, 3)), 0).labels
+    slabs, deepened = fit_to_slices(labels, 0), fit_to_slices(labels, 0, image=image)
+    dense = _through_plane(fit_to_mask(mask), mask.shape)[1]
+    slab_radius = _through_plane(slabs, mask.shape)[1]
+    assert slab_radius < 0.95 * dense  # the slabs stop short of the tips
+    assert _through_plane(deepened, mask.shape)[1] == pytest.approx(dense, rel=0.05)
+    np.testing.assert_allclose(deepened.mean.numpy(), slabs.mean.numpy())  # centre kept
+    np.testing.assert_allclose(deepened.covariance.numpy()[1:, 1:],
+                               slabs.covariance.numpy()[1:, 1:])  # in-plane kept
+    # an image that shows the organ on the painted slices only: no deeper than one slice
+    shallow = np.where(labels == 1, 1.0, 0.0).astype(np.float32)
+    np.testing.assert_allclose(fit_to_slices(labels, 0, image=shallow).covariance.numpy(),
+                               slabs.covariance.numpy())
+
+
+def test_the_depth_off_the_image_is_bounded_and_follows_an_off_centre_slice():
+    image, mask = _spheroid(depth=12.0, width=7.0)
+    labels = painted_slices(paint(mask, (14,)), 0).labels  # 6 voxels above the centre
+    centre, radius = _through_plane(fit_to_slices(labels, 0, image=image), mask.shape)
+    assert 14.0 < centre <= 14.0 + radius / 2 + 1e-6  # towards the organ, at most r / 2
+    column = image.copy()
+    column[:, 12:20, 12:20] = 1.0  # a bright tube through the section, as deep as the volume
+    labels = painted_slices(paint(mask, (20,)), 0).labels
+    inplane = _through_plane(fit_to_slices(labels, 0), mask.shape)[1]
+    deep = _through_plane(fit_to_slices(labels, 0, image=column), mask.shape)[1]
+    assert deep == pytest.approx(DEPTH_RANGE[1] * inplane, rel=1e-6)
+
+
+def test_an_image_that_does_not_show_the_organ_leaves_the_isotropic_depth():
+    _, mask = _spheroid(depth=12.0, width=7.0)
+    labels = painted_slices(paint(mask, (20,)), 0).labels
+    noise = np.random.default_rng(1).normal(size=mask.shape).astype(np.float32)
+    with_noise, without = fit_to_slices(labels, 0, image=noise), fit_to_slices(labels, 0)
+    np.testing.assert_allclose(with_noise.covariance.numpy(), without.covariance.numpy())
+    np.testing.assert_allclose(with_noise.mean.numpy(), without.mean.numpy())
+    with pytest.raises(ValueError, match="differ in shape"):
+        fit_to_slices(labels, 0, image=noise[:-1])
 
 
 def test_one_slice_takes_the_through_plane_radius_in_mm():

@@ -86,9 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", metavar="CKPT", help="warm-start the network from this checkpoint (same "
         "--model kind and dimensionality), or 'bundled': the bundled model of the patches' "
         "dimensionality (the best start on painted slices, docs/RESULTS.md); the prior is "
-        "re-fitted to the training labels unless --keep-prior. Not with --resume")
+        "re-fitted to the training labels (painted slices: as deep as the organ in the image) "
+        "unless --keep-prior. Not with --resume")
     tune.add_argument("--keep-prior", action="store_true",
                       help="with --init: keep its prior instead of re-fitting it")
+    tune.add_argument("--image-depth", action=_TypedSwitch, default=None,
+                      help="painted slices: make the prior as deep as the organ seen in the "
+                      "image; default: with --init, as measured in docs/RESULTS.md")
     _option(tune, "--minutes", "time budget of the training steps; the run ends at it or at "
             "--iterations, whichever comes first, and the cosine schedule anneals lr to 0 over "
             "it", type=float, metavar="M")

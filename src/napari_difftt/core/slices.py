@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import AnnotationError
 from .prior import GeneralisedGaussianPrior
 
 __all__ = [
     "AXIS_NAMES",
+    "DEPTH_RANGE",
     "SliceLabels",
     "annotated_axis",
     "axis_name",
@@ -41,6 +43,10 @@ __all__ = [
 # how axes are named to the user, array order (z, y, x) in 3D and (rows, columns) in 2D
 AXIS_NAMES = {3: ("z", "y", "x"), 2: ("rows", "columns")}
 TWO_AXES_SLICES = 3  # slices along the chosen axis whose paint lies in one slice of another
+# with an image, the organ's depth is read off it (:func:`fit_to_slices`, _depth_from_image)
+DEPTH_SMOOTHING = 1.0  # voxels, σ of the Gaussian before the intensity threshold
+DEPTH_AGREEMENT = 0.9  # the threshold must reproduce this fraction of the painted slices
+DEPTH_RANGE = (0.5, 2.0)  # the image's through-plane radius, bounded × the slices' fit
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +155,7 @@ def fit_to_slices(
     spacing: Sequence[float] | None = None,
     ignore_value: int = 255,
     beta: float = 1.0,
+    image: np.ndarray | None = None,
     **kwargs,
 ) -> GeneralisedGaussianPrior:
     """A prior whose ½-contour fits the organ seen in the annotated slices of ``labels``.
@@ -163,10 +170,16 @@ def fit_to_slices(
       :func:`core.prior.fit_to_mask`. The centroid's drift across slices gives the tilt.
     * One slice: in-plane μ and Σ from the section (an (n−1)-ellipsoid: factor n + 1),
       through-plane μ at the slice and the radius equal to the in-plane radii's geometric mean
-      in mm (an organ as deep as it is wide; the bundled models' priors are isotropic too).
+      in mm (an organ as deep as it is wide).
+    * With an ``image`` ``(*S)`` whose intensities separate the painted organ from the painted
+      slices' background, the organ is as deep as the organ-like region through the sections
+      (:func:`_depth_from_image`): the through-plane radius is that region's, bounded to
+      :data:`DEPTH_RANGE` × the radius above and never below the slabs'; one slice also
+      takes the region's through-plane centre (within half the radius of the slice).
 
-    Chosen by measurement on phantoms and lobed organs (scripts/experiments/sparse_prior.py,
-    docs/RESULTS.md). ``kwargs`` go to :class:`GeneralisedGaussianPrior`.
+    Chosen by measurement on phantoms, lobed organs and 2D silhouettes
+    (scripts/experiments/sparse_prior.py, docs/RESULTS.md). ``kwargs`` go to
+    :class:`GeneralisedGaussianPrior`.
     """
     labels = np.asarray(labels)
     ndim = labels.ndim
@@ -182,22 +195,26 @@ def fit_to_slices(
         mean, covariance = _one_slice(points, axis, spacing)
     else:
         mean, covariance = _slab_moments(points, axis, slices)
+    if image is not None:
+        _deepen(mean, covariance, labels, np.asarray(image), axis, slices)
     scale = np.asarray([2.0 / (n - 1) for n in labels.shape])  # voxel → normalised
     return GeneralisedGaussianPrior(ndim, mean=mean * scale - 1.0,
                                     covariance=covariance * np.outer(scale, scale), beta=beta,
                                     **kwargs)
 
 
-def slice_fits(samples: Sequence, ignore_value: int = 255) -> list[GeneralisedGaussianPrior]:
+def slice_fits(samples: Sequence, ignore_value: int = 255,
+               images: bool = False) -> list[GeneralisedGaussianPrior]:
     """:func:`fit_to_slices` of every sparsely labelled sample (``Sample``: labels with
     unlabelled voxels and at least ``ndim + 1`` organ voxels), its axis by
-    :func:`annotated_axis`."""
+    :func:`annotated_axis`; ``images``: deepened to the organ seen in each sample's image."""
     fits = []
     for sample in samples:
         axis = annotated_axis(sample.labels, ignore_value)
         if axis is None or np.count_nonzero(sample.labels == 1) <= sample.labels.ndim:
             continue
-        fits.append(fit_to_slices(sample.labels, axis, sample.spacing, ignore_value))
+        fits.append(fit_to_slices(sample.labels, axis, sample.spacing, ignore_value,
+                                  image=sample.image if images else None))
     return fits
 
 
@@ -280,6 +297,66 @@ def _one_slice(points: np.ndarray, axis: int, spacing: np.ndarray):
     radius_mm = float(np.prod(np.linalg.eigvalsh(in_mm)) ** (1.0 / (2 * (ndim - 1))))
     covariance[axis, axis] = (radius_mm / spacing[axis]) ** 2
     return mean, covariance
+
+
+def _deepen(mean: np.ndarray, covariance: np.ndarray, labels: np.ndarray, image: np.ndarray,
+            axis: int, slices: np.ndarray) -> None:
+    """Deepen a slice fit (voxels, in place) to the organ seen in ``image`` where it separates
+    the organ (:func:`_depth_from_image`): the through-plane radius becomes the image's,
+    bounded by :data:`DEPTH_RANGE` × the fit's (one slice: × the in-plane radius) and, with
+    several slices, never below the slabs' own; one slice also takes the image's centre,
+    within half that radius of the slice."""
+    if image.shape != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
+    depth = _depth_from_image(image, labels, axis, slices)
+    if depth is None:
+        return
+    centre, radius = depth
+    fitted = float(np.sqrt(covariance[axis, axis]))
+    low = DEPTH_RANGE[0] * fitted if len(slices) == 1 else fitted
+    radius = float(np.clip(radius, low, DEPTH_RANGE[1] * fitted))
+    if len(slices) == 1:
+        mean[axis] = np.clip(centre, slices[0] - radius / 2, slices[0] + radius / 2)
+    covariance[axis, axis] = radius**2  # a larger diagonal keeps a tilted Σ positive definite
+
+
+def _depth_from_image(image: np.ndarray, labels: np.ndarray, axis: int,
+                      slices: np.ndarray) -> tuple[float, float] | None:
+    """(through-plane centre, radius) in voxels of the organ seen in ``image`` ``(*S)``
+    through the sections painted in ``slices`` of ``labels`` (1 organ, 0 background there).
+
+    The image, smoothed by :data:`DEPTH_SMOOTHING`, is thresholded half-way between the medians
+    of the painted slices' organ and background voxels; the organ-like voxels within the
+    sections' footprint (their union swept along ``axis``) that are face-connected to the
+    sections (the component holding most painted organ voxels) are the organ. Its
+    slice-area-weighted through-plane variance v gives the radius √((n + 2)·v), the moment
+    :func:`core.prior.fit_to_mask` takes of a dense mask. None when the threshold classifies
+    less than :data:`DEPTH_AGREEMENT` of the painted slices' labelled voxels right.
+    """
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), DEPTH_SMOOTHING)
+    planes, painted = np.take(smooth, slices, axis), np.take(labels, slices, axis)
+    organ, background = painted == 1, painted == 0
+    if not organ.any() or not background.any():
+        return None
+    inside, outside = float(np.median(planes[organ])), float(np.median(planes[background]))
+    threshold = (inside + outside) / 2
+    like = smooth >= threshold if inside > outside else smooth <= threshold
+    like_planes = np.take(like, slices, axis)
+    right = np.count_nonzero(like_planes[organ]) + np.count_nonzero(~like_planes[background])
+    if right < DEPTH_AGREEMENT * (np.count_nonzero(organ) + np.count_nonzero(background)):
+        return None
+    footprint = np.expand_dims(organ.any(axis=axis), axis)
+    components, _ = ndimage.label(like & footprint)
+    ids = np.take(components, slices, axis)[organ]
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return None
+    body = components == np.bincount(ids).argmax()
+    areas = body.sum(axis=tuple(a for a in range(labels.ndim) if a != axis)).astype(np.float64)
+    along = np.arange(len(areas), dtype=np.float64)
+    centre = float(areas @ along / areas.sum())
+    variance = float(areas @ (along - centre) ** 2 / areas.sum())
+    return centre, float(np.sqrt((labels.ndim + 2) * variance))
 
 
 def _slab_moments(points: np.ndarray, axis: int, slices: np.ndarray):

@@ -31,7 +31,7 @@ PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training mask
 BCH_ORDERS = (1, 2, 3, 4)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
-LATER_FIELDS = ("pose", "pose_loss", "mirror")
+LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth")
 
 
 @dataclass
@@ -68,6 +68,10 @@ class TrainConfig:
     # (core.train.resolve_mirror: whole-volume patches of a fine-tune or of sparse labels;
     # docs/RESULTS.md, "Mirrored patches")
     mirror: bool | None = None
+    # painted slices: deepen the slices' prior to the organ seen in the image
+    # (core.slices.fit_to_slices); None: when fine-tuning (``init``), as measured in
+    # docs/RESULTS.md, "The organ's depth from the image"
+    image_depth: bool | None = None
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -119,9 +123,11 @@ class TrainConfig:
         for name in ("pose", "keep_prior"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.mirror is not None and not isinstance(self.mirror, bool):
-            raise ValueError(f"mirror must be True, False or None (on when fine-tuning), got "
-                             f"{self.mirror!r}")
+        for name in ("mirror", "image_depth"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be True, False or None (on when fine-tuning), "
+                                 f"got {value!r}")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise ValueError(f"minutes must be a positive number of minutes (the time budget), "
                              f"got {self.minutes!r}; leave it out to train for iterations only")
@@ -159,10 +165,10 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
-        # a run recorded before the pose level (or mirroring) existed had none, whatever
+        # a run recorded before the pose level (mirroring, image depth) existed had none, whatever
         # today's default; one recorded with no B-spline lattice had VelocitySpace's
         # (DEFAULT_LATTICE), not today's
-        recorded = {"pose": False, "mirror": False, **data}
+        recorded = {"pose": False, "mirror": False, "image_depth": False, **data}
         if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
             recorded["velocity_lattice"] = DEFAULT_LATTICE
         return cls(**{**recorded, **overrides})

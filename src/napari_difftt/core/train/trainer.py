@@ -14,11 +14,13 @@ Fine-tuning and sparse labels (docs/RESULTS.md, "Sparse annotations"): ``init`` 
 network from a checkpoint of the same kind and dimensionality (its architecture and weights;
 the prior is re-fitted to the training labels unless ``keep_prior``); ``painted_axis`` turns
 each training label array into painted slices (:func:`core.slices.painted_slices`); sparse
-labels fit the prior by :func:`core.slices.fit_to_slices`. A time budget ``minutes`` ends the
-run when the training steps (validation and checkpoint writing excluded) have taken that long,
-or at ``iterations``, whichever comes first; the cosine then follows the progress
-f = max(step / iterations, seconds / budget): lr = lr₀ · ½(1 + cos πf), so it reaches 0 as the
-budget runs out.
+labels fit the prior by :func:`core.slices.fit_to_slices`, deepened to the organ seen in the
+image (``image_depth``; None: when fine-tuning, where docs/RESULTS.md, "The organ's depth from
+the image", measured it better; it cost fresh models on lobed organs). A time budget
+``minutes`` ends the run when the training steps (validation and checkpoint writing excluded)
+have taken that long, or at ``iterations``, whichever comes first; the cosine then follows the
+progress f = max(step / iterations, seconds / budget): lr = lr₀ · ½(1 + cos πf), so it
+reaches 0 as the budget runs out.
 
 Under ``torchrun`` (:class:`.distributed.Distributed`) each rank draws different patches
 (seed + rank) and only rank 0 validates, prints and writes checkpoints
@@ -125,7 +127,10 @@ class Trainer:
         _check_samples("train", self.train, config.ndim, config.ignore_value)
         _check_samples("val", self.val, config.ndim, config.ignore_value)
         config = sparse_lattice(config, self.train, self._log)
-        self.config = config = resolve_mirror(config, self.train, self._log)
+        config = resolve_mirror(config, self.train, self._log)
+        if config.image_depth is None:  # measured: helps fine-tuning, costs fresh lobed organs
+            config = replace(config, image_depth=config.init is not None)
+        self.config = config
         if config.checkpoint is not None:
             check_output_file(config.checkpoint, overwrite=True, what="checkpoint")
         self.ddp = Distributed()
@@ -288,7 +293,7 @@ class Trainer:
         """A fresh model, or the ``init`` checkpoint's with its prior re-fitted (or kept)."""
         config = self.config
         masks = prior_masks(self.train, config.ignore_value)
-        fits = slice_fits(self.train, config.ignore_value)
+        fits = slice_fits(self.train, config.ignore_value, images=config.image_depth)
         if self._init is None:
             return build_model(config, masks, fits=fits)
         model = TemplateTransformer.from_config(self._init["model"])
@@ -297,8 +302,11 @@ class Trainer:
             beta = getattr(model.prior, "beta", None)
             beta = config.prior_beta if beta is None else float(beta.detach())
             model.prior = fitted_prior(config, masks, fits, beta)
+        refit = "re-fitted to the training labels"
+        if fits and config.image_depth:
+            refit = "re-fitted to the painted slices, as deep as the organ in the images"
         self._log(f"warm start from {config.init}; prior "
-                  + ("kept" if config.keep_prior else "re-fitted to the training labels")
+                  + ("kept" if config.keep_prior else refit)
                   + ("; training patches mirrored" if config.mirror else ""))
         return model
 
