@@ -9,6 +9,9 @@ time from the start of fine-tuning to the segmentation (docs/PERFORMANCE.md):
 
     python scripts/experiments/single_volume.py --threads 2 --minutes 2 \\
         --out scripts/experiments/results/sparse/single64_lobed.json
+
+``--image`` and ``--labels`` take a NIfTI volume and its dense labels instead of a phantom
+(e.g. the real-anatomy brain of scripts/experiments/mni_brain.py); HD95 is then in mm.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 
 from napari_difftt.core.data import ORGANS, make_phantom
 from napari_difftt.core.inference import default_checkpoint
-from napari_difftt.core.io import Volume
+from napari_difftt.core.io import Volume, read_nifti
 from napari_difftt.core.metrics import evaluate_case
 from napari_difftt.core.slices import evenly_spaced_slices, paint
 from napari_difftt.fine_tune import FINE_TUNE, fine_tune
@@ -50,27 +53,38 @@ def main() -> None:
                         help="train on the patches as they are (default: TrainConfig's rule)")
     parser.add_argument("--no-image-depth", action="store_true",
                         help="fit the prior to the slices alone (default: TrainConfig's rule)")
+    parser.add_argument("--image", type=Path, help="a NIfTI volume instead of a phantom")
+    parser.add_argument("--labels", type=Path, help="its dense labels (NIfTI, non-zero = organ)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     FINE_TUNE.update(patch=args.patch, lr=args.lr)
-    phantom = make_phantom((args.size,) * 3, seed=args.seed, organ=args.organ)
-    volume = Volume(phantom.image, np.eye(4))
-    slices = evenly_spaced_slices(phantom.labels, args.slices)
-    before = segment(volume, default_checkpoint(3), truth=phantom.labels, device="cpu")
+    if (args.image is None) != (args.labels is None):
+        parser.error("--image and --labels go together")
+    if args.image is not None:
+        volume = read_nifti(args.image)
+        truth = (read_nifti(args.labels).array != 0).astype(np.uint8)
+        source = {"image": str(args.image), "labels": str(args.labels),
+                  "shape": list(volume.array.shape), "spacing": list(volume.spacing)}
+    else:
+        phantom = make_phantom((args.size,) * 3, seed=args.seed, organ=args.organ)
+        volume, truth = Volume(phantom.image, np.eye(4)), phantom.labels
+        source = {"size": args.size, "organ": args.organ, "seed": args.seed}
+    slices = evenly_spaced_slices(truth, args.slices)
+    before = segment(volume, default_checkpoint(3), truth=truth, device="cpu")
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        run = fine_tune(volume, paint(phantom.labels, slices), 0, Path(folder) / "tuned.pt",
+        run = fine_tune(volume, paint(truth, slices), 0, Path(folder) / "tuned.pt",
                         minutes=args.minutes, device="cpu", keep_prior=args.keep_prior,
                         mirror=False if args.no_mirror else None,
                         image_depth=False if args.no_image_depth else None)
         finished = list(run.events())[-1]
         wall = time.perf_counter() - started
     after = finished.result
-    metrics = evaluate_case(after.prediction.segmentation, phantom.labels, (1.0,) * 3,
+    metrics = evaluate_case(after.prediction.segmentation, truth, volume.spacing,
                             after.prediction.displacement, topology=after.topology)
     report = {
-        "size": args.size, "organ": args.organ, "seed": args.seed, "slices": list(slices),
+        **source, "slices": list(slices),
         "counted": finished.counted.text, "minutes_budget": args.minutes,
         "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
         "lr": args.lr, "keep_prior": args.keep_prior, "mirror": run.trainer.config.mirror,
