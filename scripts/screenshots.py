@@ -7,7 +7,9 @@ the shape prior; runs the bundled model against the ground truth; shows the flow
 its arrows; computes det J of Φ; trains a few steps; paints the organ on 3 slices and fine-tunes
 the bundled model on them for ``--minutes`` (Segment from my slices); opens Export; shows the
 Help tab (the reader preference it could set lives in this run's own settings file). Torch uses
-``--threads`` threads. Each
+``--threads`` threads. ``--brain FOLDER`` instead opens a volume of your own — ``image.nii.gz``
+and its dense ``labels.nii.gz`` (e.g. from scripts/experiments/mni_brain.py) — and takes only
+the Segment-from-my-slices shot of it, ``widget_slices_brain.png``. Each
 picture is ``viewer.screenshot(canvas_only=False)`` of the whole window, stored as a
 256-colour PNG to keep the README light.
 """
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--minutes", type=float, default=0.5,
                         help="fine-tuning budget of the Segment-from-my-slices shot")
+    parser.add_argument("--brain", type=Path,
+                        help="folder with image.nii.gz and labels.nii.gz: only its slices shot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     settings = tempfile.TemporaryDirectory()  # napari's settings for this run only
@@ -49,6 +53,11 @@ def main() -> None:
 
     viewer = napari.Viewer(title="napari-difftt", show=True)
     viewer.window.resize(*SCREEN)
+    if args.brain is not None:
+        _brain_shot(viewer, args.brain, args.minutes, args.out / "widget_slices_brain.png")
+        viewer.close()
+        settings.cleanup()
+        return
     viewer.open_sample("napari-difftt", "phantom_3d")
     _, tabs = viewer.window.add_plugin_dock_widget("napari-difftt", "All widgets (tabs)")
     viewer.dims.set_point(0, viewer.dims.range[0].start + 0.5 * _extent(viewer, 0))
@@ -92,7 +101,7 @@ def main() -> None:
         shots.append(_shot(viewer, args.out / "widget_train.png"))  # its preview is gone
 
         shots.append(_slices_shot(viewer, tabs, folder, args.minutes,
-                                  args.out / "widget_slices.png"))
+                                  args.out / "widget_slices.png", "phantom", "phantom labels"))
 
     tabs.show_tab("Export")
     shots.append(_shot(viewer, args.out / "widget_export.png"))
@@ -115,22 +124,35 @@ def _shot(viewer, path: Path) -> Path:
     return path
 
 
-def _slices_shot(viewer, tabs, folder: str, minutes: float, path: Path) -> Path:
-    """Paint the phantom's organ on 3 z slices, fine-tune for ``minutes``, show the result."""
+def _brain_shot(viewer, brain: Path, minutes: float, path: Path) -> None:
+    """Open ``brain``'s image and labels through the plugin's reader, take the slices shot."""
+    viewer.open([str(brain / "image.nii.gz"), str(brain / "labels.nii.gz")],
+                plugin="napari-difftt", stack=False)
+    image, labels = (layer.name for layer in viewer.layers)
+    _, tabs = viewer.window.add_plugin_dock_widget("napari-difftt", "All widgets (tabs)")
+    with tempfile.TemporaryDirectory() as folder:
+        print(f"{_slices_shot(viewer, tabs, folder, minutes, path, image, labels)}")
+
+
+def _slices_shot(viewer, tabs, folder: str, minutes: float, path: Path, image: str,
+                 truth: str) -> Path:
+    """Paint the organ of the Labels layer ``truth`` on 3 z slices, fine-tune the bundled
+    model on them and the Image layer ``image`` for ``minutes``, show the result."""
     import numpy as np
 
     from napari_difftt.core.slices import evenly_spaced_slices, paint
 
     _hide_roles(viewer, "probability", "segmentation")  # Run model's result
-    truth = viewer.layers["phantom labels"]
+    truth = viewer.layers[truth]
     truth.visible = False
     mask = np.asarray(truth.data)
     painted = viewer.add_labels(paint(mask, evenly_spaced_slices(mask, 3)), name="my slices",
-                                scale=truth.scale, translate=truth.translate, opacity=0.5)
+                                scale=truth.scale, translate=truth.translate,
+                                units=truth.units, opacity=0.5)
     viewer.dims.set_point(0, float(painted.data_to_world((evenly_spaced_slices(mask, 3)[1],
                                                           0, 0))[0]))
     slices = tabs.show_tab("Segment from my slices")
-    slices.image.value = viewer.layers["phantom"]
+    slices.image.value = viewer.layers[image]
     slices.painted.value = painted
     slices.minutes.value = minutes
     slices.device.value = "cpu"
