@@ -9,7 +9,7 @@ from napari_difftt.core.data import make_phantom
 from napari_difftt.core.inference import default_checkpoint
 from napari_difftt.core.io import Volume
 from napari_difftt.core.slices import evenly_spaced_slices, paint
-from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint
+from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint, VolumeError
 from napari_difftt.fine_tune import Finished, Step, count_slices, fine_tune
 
 
@@ -35,6 +35,7 @@ def test_count_says_what_counts(flat):
     ({"minutes": -2.0}, ValueError, "minutes must be a positive number"),
     ({"checkpoint": "3d"}, IncompatibleCheckpoint, "holds a 3D 'bch' model but this run trains a "
                                                    "2D 'bch' model"),
+    ({"image": "constant"}, VolumeError, "image 'painted' has no contrast: every voxel is 0.5"),
 ])
 def test_bad_input_is_refused_before_anything_runs(flat, tmp_path, bad, error, message):
     volume, painted, labels = flat
@@ -43,6 +44,8 @@ def test_bad_input_is_refused_before_anything_runs(flat, tmp_path, bad, error, m
                                                                      painted)
     if bad.get("checkpoint") == "3d":
         bad["checkpoint"] = default_checkpoint(3)
+    if bad.pop("image", None) == "constant":  # the user's value, not the normalised one
+        volume = Volume(np.full_like(volume.array, 0.5), volume.affine)
     out = tmp_path / "tuned.pt"
     with pytest.raises(error, match=message):
         fine_tune(volume, painted, 0, out, device="cpu", **bad)

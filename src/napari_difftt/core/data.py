@@ -272,7 +272,8 @@ def array_sample(
     """A :class:`Sample` from in-memory arrays ``(*S)`` (copied; the image intensity-normalised).
 
     The same checks as :func:`load_nifti_folder`: one shape, labels only 0, 1 and
-    ``ignore_value``; ValueError naming ``name`` otherwise.
+    ``ignore_value`` (ValueError naming ``name`` otherwise), an image there is something to
+    segment in (:func:`check_segmentable`: VolumeError).
     """
     _check_ignore_value(ignore_value)
     image, labels = np.asarray(image), np.asarray(labels)
@@ -287,6 +288,7 @@ def array_sample(
             f"labels of {name!r} hold values {bad[:5].tolist()}; one structure is segmented: use "
             f"0 (background), 1 (structure) and {ignore_value} (unlabelled)"
         )
+    check_segmentable(image, f"image {name!r}")  # before normalising: the user's values
     spacing = check_spacing(spacing, image.ndim)
     return Sample(normalise_intensity(image), labels.astype(np.uint8), spacing, name)
 
