@@ -178,12 +178,20 @@ def _extent(viewer, axis: int) -> float:
 
 
 def _settle(done=lambda: True, seconds: float = 900.0) -> None:
+    """Run Qt's event loop until ``done()`` (checked every 0.1 s) or ``seconds`` pass, then let
+    napari draw. A real event loop, as a user's napari runs: polling processEvents() instead
+    cost a fine-tune in the dock a quarter of its steps (docs/PERFORMANCE.md)."""
+    from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
     deadline = time.perf_counter() + seconds
-    while not done() and time.perf_counter() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.02)
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.timeout.connect(lambda: (done() or time.perf_counter() > deadline) and loop.quit())
+    timer.start(100)
+    if not done():
+        loop.exec_()
+    timer.stop()
     for _ in range(20):  # let napari draw
         QApplication.processEvents()
         time.sleep(0.02)

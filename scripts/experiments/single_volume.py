@@ -53,6 +53,9 @@ def main() -> None:
                         help="train on the patches as they are (default: TrainConfig's rule)")
     parser.add_argument("--no-image-depth", action="store_true",
                         help="fit the prior to the slices alone (default: TrainConfig's rule)")
+    parser.add_argument("--no-image-mask", action="store_true",
+                        help="one painted slice: the pose mask learns from it alone (default: "
+                        "TrainConfig's rule)")
     parser.add_argument("--image", type=Path, help="a NIfTI volume instead of a phantom")
     parser.add_argument("--labels", type=Path, help="its dense labels (NIfTI, non-zero = organ)")
     parser.add_argument("--out", type=Path)
@@ -77,7 +80,8 @@ def main() -> None:
         run = fine_tune(volume, paint(truth, slices), 0, Path(folder) / "tuned.pt",
                         minutes=args.minutes, device="cpu", keep_prior=args.keep_prior,
                         mirror=False if args.no_mirror else None,
-                        image_depth=False if args.no_image_depth else None)
+                        image_depth=False if args.no_image_depth else None,
+                        image_mask=False if args.no_image_mask else None)
         finished = list(run.events())[-1]
         wall = time.perf_counter() - started
     after = finished.result
@@ -89,6 +93,8 @@ def main() -> None:
         "threads": args.threads, "load_average": os.getloadavg(), "patch": args.patch,
         "lr": args.lr, "keep_prior": args.keep_prior, "mirror": run.trainer.config.mirror,
         "image_depth": run.trainer.config.image_depth,
+        "image_mask": run.trainer.config.image_mask,
+        "smoothness": run.trainer.config.smoothness,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,

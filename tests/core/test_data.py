@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -192,6 +193,9 @@ def _crop(volume: np.ndarray, offset, size, fill) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(7, 6, 9), (3, 5, 9)])  # cropped; padded along axis 0
 def test_mirrored_is_the_same_patch_of_the_mirrored_volume(shape):
     sample = _coded_sample(shape)
+    # the pose mask's targets travel with the labels: cropped and flipped alike
+    sample = replace(sample, mask_targets=(np.arange(np.prod(shape)).reshape(shape) % 3
+                                           ).astype(np.uint8))
     rng = np.random.default_rng(1)
     flips = set()
     combinations = [tuple(k for k in range(3) if bits >> k & 1) for bits in range(8)]
@@ -204,11 +208,15 @@ def test_mirrored_is_the_same_patch_of_the_mirrored_volume(shape):
             out.image, _crop(np.flip(sample.image, a), out.offset, (4, 5, 6), 0.0))]
         np.testing.assert_array_equal(
             out.labels, _crop(np.flip(sample.labels, axes), out.offset, (4, 5, 6), 255))
+        np.testing.assert_array_equal(
+            out.mask_targets, _crop(np.flip(sample.mask_targets, axes), out.offset, (4, 5, 6), 255))
         assert all(out.offset[k] == patch.offset[k] for k in range(3) if k not in axes)
         flips.add(axes)
     assert len(flips) == 8  # every combination of the three axes is drawn
     unlabelled = Patch(patch.image, None, patch.offset, patch.full_shape)
     assert all(mirrored(unlabelled, rng).labels is None for _ in range(4))
+    with pytest.raises(ValueError, match="mask_targets shape"):
+        sample_patch(replace(sample, mask_targets=sample.labels[:-1]), (4, 5, 6), rng)
 
 
 def test_patch_without_labels_and_errors():

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
-from napari_difftt.core.slices import evenly_spaced_slices, fit_to_slices, paint, painted_slices
+from napari_difftt.core.models import segmentation_loss
+from napari_difftt.core.slices import (
+    evenly_spaced_slices,
+    fit_to_slices,
+    image_mask_targets,
+    paint,
+    painted_slices,
+)
 from napari_difftt.core.train import TrainConfig, Trainer
+from napari_difftt.core.train.config import FINE_TUNE_SMOOTHNESS
 from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint
 
 SHAPE = (16, 32, 32)
@@ -44,7 +52,9 @@ def test_sparse_labels_fit_the_prior_to_their_slices(tmp_path):
     trainer = Trainer(_config(tmp_path, iterations=1, prior="fixed"), [sample])
     trainer.run()
     expected = fit_to_slices(sample.labels, 0, sample.spacing)  # fresh: the slices alone
-    assert trainer.config.image_depth is False
+    assert trainer.config.image_depth is False and trainer.config.image_mask is False
+    assert trainer.config.smoothness == 0.0 == trainer.model.smoothness  # a fresh model: λ = 0
+    assert trainer.train[0].mask_targets is None
     np.testing.assert_allclose(trainer.model.prior.mean.detach(), expected.mean, atol=1e-5)
     np.testing.assert_allclose(trainer.model.prior.covariance.detach(), expected.covariance,
                                atol=1e-5)
@@ -78,12 +88,22 @@ def test_init_warm_starts_the_network_and_refits_the_prior(tmp_path, trained):
                                atol=1e-5)
     assert refit.covariance[0, 0] > slices_only.covariance[0, 0] + 1e-3
     assert trainer.config.image_depth is True  # recorded in the checkpoint as decided
+    # fine-tuning penalises λ‖∇u‖² (the bundled model was trained with λ = 0)
+    assert trainer.config.smoothness == FINE_TUNE_SMOOTHNESS == trainer.model.smoothness > 0
+    # three slices: the pose mask learns from them alone (docs/RESULTS.md)
+    assert trainer.config.image_mask is True and trainer.train[0].mask_targets is None
     forced = Trainer(_config(tmp_path, "forced.pt", init=trained, image_depth=False,
                              prior="fixed", iterations=1, lr=1e-12), [sample])
     forced.run()
     np.testing.assert_allclose(forced.model.prior.covariance.detach(), slices_only.covariance,
                                atol=1e-5)
+    assert forced.config.image_mask is False
+    explicit = Trainer(_config(tmp_path, "explicit.pt", init=trained, smoothness=0.0), [sample])
+    assert explicit.config.smoothness == 0.0
+    with pytest.raises(ValueError, match="smoothness must be >= 0"):
+        TrainConfig(smoothness=-1.0)
     assert TrainConfig.from_dict({"kind": "bch"}).image_depth is False  # recorded before it
+    assert TrainConfig.from_dict({"kind": "bch"}).image_mask is False
     with pytest.raises(ValueError, match="image_depth must be True, False or None"):
         TrainConfig(image_depth="yes")
     assert float(trainer.model.prior.beta) == pytest.approx(first["prior"]["beta"])
@@ -154,3 +174,30 @@ def test_iterations_end_a_run_before_its_time_budget(tmp_path):
     trainer = Trainer(_config(tmp_path, iterations=3, minutes=60.0), [_sample(3)])
     result = trainer.run()
     assert result.step == 3 and not result.stopped
+
+
+def test_the_pose_loss_sees_the_mask_targets_and_the_segmentation_loss_the_labels(
+        tmp_path, trained, monkeypatch):
+    from napari_difftt.core.train import trainer as module
+
+    seen = []
+
+    def recording(probability, target, ignore_value=255):
+        seen.append(int((target != ignore_value).sum()))
+        return segmentation_loss(probability, target, ignore_value)
+
+    monkeypatch.setattr(module, "segmentation_loss", recording)
+    sample = _sample(7, slices=1)
+    trainer = Trainer(_config(tmp_path, init=trained, iterations=1, mirror=False,
+                              patch_size=SHAPE), [sample])  # the whole volume in the patch
+    targets = image_mask_targets(sample.labels, sample.image)
+    assert targets is not None
+    np.testing.assert_array_equal(trainer.train[0].mask_targets, targets)
+    trainer.run()
+    labelled, taught = seen
+    assert labelled == (sample.labels != 255).sum()
+    assert taught == (targets != 255).sum() > 2 * labelled
+    seen.clear()
+    Trainer(_config(tmp_path, "off.pt", init=trained, iterations=1, mirror=False,
+                    patch_size=SHAPE, image_mask=False), [sample]).run()
+    assert seen == [labelled, labelled]

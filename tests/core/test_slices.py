@@ -12,6 +12,7 @@ from napari_difftt.core.slices import (
     annotated_axis,
     evenly_spaced_slices,
     fit_to_slices,
+    image_mask_targets,
     paint,
     painted_slices,
 )
@@ -185,3 +186,34 @@ def test_one_slice_takes_the_through_plane_radius_in_mm():
     assert radii[1] == pytest.approx(8.0, rel=0.05) and radii[2] == pytest.approx(8.0, rel=0.05)
     assert radii[0] == pytest.approx(radii[1] / 2.0, rel=1e-6)  # 8 mm deep at 2 mm per voxel
     assert prior.mean.numpy()[0] * to_voxels[0] + to_voxels[0] == pytest.approx(10.0)
+
+
+def test_the_pose_mask_targets_are_the_organ_seen_in_the_image_off_the_slices():
+    image, mask = _spheroid(depth=12.0, width=7.0)
+    labels = painted_slices(paint(mask, (20,)), 0).labels
+    targets = image_mask_targets(labels, image)
+    known = labels != 255
+    np.testing.assert_array_equal(targets[known], labels[known])  # the painting wins
+    off = ~known
+    # off the slice: the organ's far sections are taught as organ, the dark voxels background
+    assert (targets[off] == 1).sum() > 0.9 * mask[off].sum()
+    assert np.mean(mask[off][targets[off] == 1]) > 0.97
+    assert np.mean(mask[off][targets[off] == 0] == 0) > 0.99
+    assert not targets[:2].any()  # the ends of the volume, beyond the organ: background
+    assert targets[10, 16, 16] == 1 and labels[10, 16, 16] == 255  # near the tip, not painted
+    # an organ-like structure off the painted organ's footprint is neither organ nor background
+    other = image.copy()
+    other[30:36, 0:5, 0:5] = 1.0
+    away = image_mask_targets(labels, other)
+    assert (away[31:35, 0:4, 0:4] == 255).all()  # its smoothed rim may read as background
+    np.testing.assert_array_equal(away[:, 8:24, 8:24], targets[:, 8:24, 8:24])
+
+
+def test_no_pose_mask_targets_for_dense_labels_or_an_image_that_does_not_show_the_organ():
+    image, mask = _spheroid(depth=12.0, width=7.0)
+    assert image_mask_targets(mask, image) is None  # dense: the labels already say it all
+    labels = painted_slices(paint(mask, (20,)), 0).labels
+    noise = np.random.default_rng(1).normal(size=mask.shape).astype(np.float32)
+    assert image_mask_targets(labels, noise) is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        image_mask_targets(labels, image[:-1])

@@ -29,7 +29,13 @@ BUNDLED = "bundled"  # --init bundled: the bundled model of the run's dimensiona
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``train``; every default and choice comes from :class:`TrainConfig`."""
-    from ..core.train.config import BCH_ORDERS, KINDS, PARAMETERISATIONS, PRIOR_INITS
+    from ..core.train.config import (
+        BCH_ORDERS,
+        FINE_TUNE_SMOOTHNESS,
+        KINDS,
+        PARAMETERISATIONS,
+        PRIOR_INITS,
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -75,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "sharper edge", type=float)
     _option(model, "--prior-init", "labels: fit μ, Σ to the training masks; centre: centred, "
             "radii 0.5", choices=PRIOR_INITS)
-    _option(model, "--smoothness", "weight of the λ‖∇u‖² penalty", type=float, metavar="LAMBDA")
+    model.add_argument("--smoothness", action=_Typed, type=float, default=None, metavar="LAMBDA",
+                       help="weight of the λ‖∇u‖² penalty (default 0, or "
+                       f"{FINE_TUNE_SMOOTHNESS:g} with --init, as measured in docs/RESULTS.md)")
     _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
             "linear velocity field, places the prior before the velocities deform it (flow "
             "models)", action=_TypedSwitch)
@@ -93,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--image-depth", action=_TypedSwitch, default=None,
                       help="painted slices: make the prior as deep as the organ seen in the "
                       "image; default: with --init, as measured in docs/RESULTS.md")
+    tune.add_argument("--image-mask", action=_TypedSwitch, default=None,
+                      help="a volume painted on one slice: the pose level's mask also learns "
+                      "the organ seen in the image off it; default: with the image depth")
     _option(tune, "--minutes", "time budget of the training steps; the run ends at it or at "
             "--iterations, whichever comes first, and the cosine schedule anneals lr to 0 over "
             "it", type=float, metavar="M")

@@ -64,6 +64,9 @@ class Sample:
     spacing: tuple[float, ...]  # mm per array axis
     name: str
     affine: np.ndarray | None = None  # (4, 4) index (z, y, x, 1) → world mm (after resampling)
+    # (*S) uint8 like labels: the pose level's mask targets where they differ from the labels
+    # (core.slices.image_mask_targets); None: the labels
+    mask_targets: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +77,7 @@ class Patch:
     labels: np.ndarray | None  # (1, *P) uint8, ignore_value where padded
     offset: tuple[int, ...]  # volume index of patch voxel 0 (negative where padded before)
     full_shape: tuple[int, ...]  # shape of the whole volume (*S)
+    mask_targets: np.ndarray | None = None  # (1, *P) uint8, the Sample's cropped alike
 
 
 def normalise_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
@@ -184,11 +188,11 @@ def sample_patch(
     _check_ignore_value(ignore_value)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     full_shape = tuple(sample.image.shape)
-    if sample.labels is not None and sample.labels.shape != sample.image.shape:
-        raise ValueError(
-            f"sample {sample.name!r}: image shape {full_shape} and labels shape "
-            f"{sample.labels.shape} differ"
-        )
+    for what in ("labels", "mask_targets"):
+        array = getattr(sample, what)
+        if array is not None and array.shape != full_shape:
+            raise ValueError(f"sample {sample.name!r}: image shape {full_shape} and {what} "
+                             f"shape {array.shape} differ")
     size = _check_patch_size(patch_size, len(full_shape))
     offset = tuple(
         int(rng.integers(0, n - p + 1)) if n >= p else -int(rng.integers(0, p - n + 1))
@@ -200,15 +204,20 @@ def sample_patch(
     target = tuple(slice(s.start - o, s.stop - o) for s, o in zip(source, offset, strict=True))
     image = np.zeros((1, *size), dtype=np.float32)
     image[(0, *target)] = sample.image[source]
-    labels = None
-    if sample.labels is not None:
-        labels = np.full((1, *size), ignore_value, dtype=np.uint8)
-        labels[(0, *target)] = sample.labels[source]
-    return Patch(image, labels, offset, full_shape)
+
+    def crop(array: np.ndarray | None) -> np.ndarray | None:
+        if array is None:
+            return None
+        cropped = np.full((1, *size), ignore_value, dtype=np.uint8)
+        cropped[(0, *target)] = array[source]
+        return cropped
+
+    return Patch(image, crop(sample.labels), offset, full_shape, crop(sample.mask_targets))
 
 
 def mirrored(patch: Patch, rng: np.random.Generator) -> Patch:
-    """``patch`` flipped along each spatial axis with probability ½ (image and labels alike):
+    """``patch`` flipped along each spatial axis with probability ½ (image, labels and mask
+    targets alike):
     the same patch of the volume mirrored along those axes, so its offset is mirrored too
     (S − offset − P) and offset + local index stays the volume index — what the prior and
     the pose level are evaluated at. The training augmentation of ``TrainConfig.mirror``."""
@@ -218,8 +227,12 @@ def mirrored(patch: Patch, rng: np.random.Generator) -> Patch:
     flip = tuple(1 + k for k in axes)
     sizes = zip(patch.offset, patch.image.shape[1:], patch.full_shape, strict=True)
     offset = tuple(n - o - p if k in axes else o for k, (o, p, n) in enumerate(sizes))
-    labels = None if patch.labels is None else np.flip(patch.labels, flip).copy()
-    return Patch(np.flip(patch.image, flip).copy(), labels, offset, patch.full_shape)
+
+    def flipped(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else np.flip(array, flip).copy()
+
+    return Patch(flipped(patch.image), flipped(patch.labels), offset, patch.full_shape,
+                 flipped(patch.mask_targets))
 
 
 def load_nifti_folder(

@@ -34,6 +34,7 @@ __all__ = [
     "axis_name",
     "evenly_spaced_slices",
     "fit_to_slices",
+    "image_mask_targets",
     "paint",
     "painted_sample",
     "painted_slices",
@@ -218,6 +219,35 @@ def slice_fits(samples: Sequence, ignore_value: int = 255,
     return fits
 
 
+def image_mask_targets(labels: np.ndarray, image: np.ndarray,
+                       ignore_value: int = 255) -> np.ndarray | None:
+    """Targets ``(*S)`` uint8 for the pose level's mask (core.pose) on sparse ``labels``: the
+    labels where they are known; on the unlabelled voxels 1 in the organ seen in ``image``
+    through the painted slices (:func:`_organ_in_image`, the region the organ's depth is read
+    from), 0 where the image is not organ-like, ``ignore_value`` elsewhere.
+
+    The mask learns from the painted sections only otherwise, which never show it the organ's
+    ends along the painted axis (docs/RESULTS.md, "The pose mask from the image"). None when
+    ``labels`` are not painted slices along one axis or the image does not separate them.
+    """
+    axis = annotated_axis(labels, ignore_value)
+    if axis is None:
+        return None
+    others = tuple(a for a in range(labels.ndim) if a != axis)
+    slices = np.flatnonzero((labels == 1).any(axis=others))
+    if image.shape != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
+    found = _organ_in_image(np.asarray(image), labels, axis, slices)
+    if found is None:
+        return None
+    organ, like = found
+    targets = labels.copy()
+    unlabelled = labels == ignore_value
+    targets[unlabelled & organ] = 1
+    targets[unlabelled & ~like] = 0
+    return targets
+
+
 def evenly_spaced_slices(mask: np.ndarray, count: int, axis: int = 0) -> tuple[int, ...]:
     """``count`` slice indices along ``axis`` through the organ of ``mask`` ``(*S)``, at
     j / (count + 1) of its extent, j = 1 … count (one slice: the middle; three: the quartiles)
@@ -323,15 +353,32 @@ def _deepen(mean: np.ndarray, covariance: np.ndarray, labels: np.ndarray, image:
 def _depth_from_image(image: np.ndarray, labels: np.ndarray, axis: int,
                       slices: np.ndarray) -> tuple[float, float] | None:
     """(through-plane centre, radius) in voxels of the organ seen in ``image`` ``(*S)``
-    through the sections painted in ``slices`` of ``labels`` (1 organ, 0 background there).
+    through the sections painted in ``slices`` of ``labels`` (1 organ, 0 background there):
+    the slice-area-weighted through-plane variance v of :func:`_organ_in_image`'s region gives
+    the radius √((n + 2)·v), the moment :func:`core.prior.fit_to_mask` takes of a dense mask.
+    None where that function finds no organ."""
+    found = _organ_in_image(image, labels, axis, slices)
+    if found is None:
+        return None
+    body = found[0]
+    areas = body.sum(axis=tuple(a for a in range(labels.ndim) if a != axis)).astype(np.float64)
+    along = np.arange(len(areas), dtype=np.float64)
+    centre = float(areas @ along / areas.sum())
+    variance = float(areas @ (along - centre) ** 2 / areas.sum())
+    return centre, float(np.sqrt((labels.ndim + 2) * variance))
+
+
+def _organ_in_image(image: np.ndarray, labels: np.ndarray, axis: int,
+                    slices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(organ, organ-like) ``(*S)`` bool: the organ seen in ``image`` through the sections
+    painted in ``slices`` of ``labels``, and every voxel whose intensity is organ-like.
 
     The image, smoothed by :data:`DEPTH_SMOOTHING`, is thresholded half-way between the medians
     of the painted slices' organ and background voxels; the organ-like voxels within the
     sections' footprint (their union swept along ``axis``) that are face-connected to the
-    sections (the component holding most painted organ voxels) are the organ. Its
-    slice-area-weighted through-plane variance v gives the radius √((n + 2)·v), the moment
-    :func:`core.prior.fit_to_mask` takes of a dense mask. None when the threshold classifies
-    less than :data:`DEPTH_AGREEMENT` of the painted slices' labelled voxels right.
+    sections (the component holding most painted organ voxels) are the organ. None when the
+    threshold classifies less than :data:`DEPTH_AGREEMENT` of the painted slices' labelled
+    voxels right.
     """
     smooth = ndimage.gaussian_filter(image.astype(np.float32), DEPTH_SMOOTHING)
     planes, painted = np.take(smooth, slices, axis), np.take(labels, slices, axis)
@@ -351,12 +398,7 @@ def _depth_from_image(image: np.ndarray, labels: np.ndarray, axis: int,
     ids = ids[ids > 0]
     if ids.size == 0:
         return None
-    body = components == np.bincount(ids).argmax()
-    areas = body.sum(axis=tuple(a for a in range(labels.ndim) if a != axis)).astype(np.float64)
-    along = np.arange(len(areas), dtype=np.float64)
-    centre = float(areas @ along / areas.sum())
-    variance = float(areas @ (along - centre) ** 2 / areas.sum())
-    return centre, float(np.sqrt((labels.ndim + 2) * variance))
+    return components == np.bincount(ids).argmax(), like
 
 
 def _slab_moments(points: np.ndarray, axis: int, slices: np.ndarray):

@@ -31,7 +31,8 @@ PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training mask
 BCH_ORDERS = (1, 2, 3, 4)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
-LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth")
+FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RESULTS.md)
+LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask")
 
 
 @dataclass
@@ -61,7 +62,9 @@ class TrainConfig:
     velocity_lattice: int | None = None
     velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
     alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
-    smoothness: float = 0.0  # λ of the λ‖∇u‖² penalty
+    # λ of the λ‖∇u‖² penalty; None: 0 for a fresh model, FINE_TUNE_SMOOTHNESS when
+    # fine-tuning (``init``), as measured in docs/RESULTS.md, "Smoothness when fine-tuning"
+    smoothness: float | None = None
     pose_loss: float = 1.0  # weight of the BCE of the moment pose's soft mask (core.pose)
     pose: bool = True  # the pose level: an affine map per image placing the prior (core.pose)
     # flip each training patch along each axis with probability ½; None: the Trainer decides
@@ -72,6 +75,10 @@ class TrainConfig:
     # (core.slices.fit_to_slices); None: when fine-tuning (``init``), as measured in
     # docs/RESULTS.md, "The organ's depth from the image"
     image_depth: bool | None = None
+    # a volume painted on one slice: the pose level's mask also learns the organ seen in the
+    # image off it (core.train.trainer.with_image_mask); None: with image_depth, as measured in
+    # docs/RESULTS.md, "The pose mask from the image"
+    image_mask: bool | None = None
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -116,14 +123,16 @@ class TrainConfig:
                              f"{self.ignore_value}")
         if not (math.isfinite(self.prior_beta) and self.prior_beta > 0):
             raise ValueError(f"prior_beta must be a positive number, got {self.prior_beta!r}")
-        if not self.smoothness >= 0:
-            raise ValueError(f"smoothness must be >= 0, got {self.smoothness!r}")
+        if self.smoothness is not None and not (
+                isinstance(self.smoothness, int | float) and self.smoothness >= 0):
+            raise ValueError(f"smoothness must be >= 0 (or None: 0, or {FINE_TUNE_SMOOTHNESS} "
+                             f"when fine-tuning), got {self.smoothness!r}")
         if not self.pose_loss >= 0:
             raise ValueError(f"pose_loss must be >= 0, got {self.pose_loss!r}")
         for name in ("pose", "keep_prior"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("mirror", "image_depth"):
+        for name in ("mirror", "image_depth", "image_mask"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be True, False or None (on when fine-tuning), "
@@ -165,10 +174,11 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
-        # a run recorded before the pose level (mirroring, image depth) existed had none, whatever
-        # today's default; one recorded with no B-spline lattice had VelocitySpace's
+        # a run recorded before the pose level (mirroring, image depth, image mask) existed had
+        # none, whatever today's default; one recorded with no B-spline lattice had VelocitySpace's
         # (DEFAULT_LATTICE), not today's
-        recorded = {"pose": False, "mirror": False, "image_depth": False, **data}
+        recorded = {"pose": False, "mirror": False, "image_depth": False, "image_mask": False,
+                    **data}
         if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
             recorded["velocity_lattice"] = DEFAULT_LATTICE
         return cls(**{**recorded, **overrides})
