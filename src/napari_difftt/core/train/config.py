@@ -29,9 +29,9 @@ __all__ = [
 
 PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training masks; centre: default
 BCH_ORDERS = (1, 2, 3, 4)
+FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RESULTS.md)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
-FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RESULTS.md)
 LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask")
 
 
