@@ -10,6 +10,7 @@ from napari_difftt.core.prior import fit_to_mask
 from napari_difftt.core.slices import (
     DEPTH_RANGE,
     annotated_axis,
+    annotated_slices,
     evenly_spaced_slices,
     fit_to_slices,
     image_mask_targets,
@@ -91,6 +92,15 @@ def test_annotated_axis_is_the_one_with_the_fewest_labelled_slices(organ):
     labels = painted_slices(paint(organ, [12, 20], axis=2), 2).labels
     assert annotated_axis(labels) == 2
     assert annotated_axis(organ) is None  # dense
+
+
+def test_annotated_slices_are_those_holding_organ_along_the_annotated_axis(organ):
+    labels = painted_slices(paint(organ, [12, 20], axis=2), 2).labels
+    labels[:, :, 20][labels[:, :, 20] == 1] = 0  # slice 20 labelled, but all background
+    axis, slices = annotated_slices(labels)
+    assert axis == 2 and slices.tolist() == [12]
+    assert annotated_slices(organ) is None  # dense
+    assert annotated_slices(np.full(organ.shape, 255, np.uint8)) is None  # nothing labelled
 
 
 def test_several_slices_fit_the_dense_prior_closely(organ):

@@ -31,6 +31,7 @@ __all__ = [
     "DEPTH_RANGE",
     "SliceLabels",
     "annotated_axis",
+    "annotated_slices",
     "axis_name",
     "evenly_spaced_slices",
     "fit_to_slices",
@@ -114,8 +115,7 @@ def painted_slices(
             f"along {name} (the other slices count as unlabelled)"
         )
     _refuse_two_axes(inside, axis)
-    others = tuple(a for a in range(painted.ndim) if a != axis)
-    annotated = np.flatnonzero(inside.any(axis=others))
+    annotated = _slices_holding(inside, axis)
     labels = np.full(painted.shape, ignore_value, dtype=np.uint8)
     index = [slice(None)] * painted.ndim
     index[axis] = annotated
@@ -145,9 +145,18 @@ def annotated_axis(labels: np.ndarray, ignore_value: int = 255) -> int | None:
     known = np.asarray(labels) != ignore_value
     if known.all() or not known.any():
         return None
-    counts = [int(np.count_nonzero(known.any(axis=tuple(b for b in range(known.ndim) if b != a))))
-              for a in range(known.ndim)]
-    return int(np.argmin(counts))
+    return int(np.argmin([len(_slices_holding(known, a)) for a in range(known.ndim)]))
+
+
+def annotated_slices(labels: np.ndarray,
+                     ignore_value: int = 255) -> tuple[int, np.ndarray] | None:
+    """(axis, slice indices ascending) of sparse ``labels`` ``(*S)``: the
+    :func:`annotated_axis` and the slices along it that hold organ voxels (label 1). None for
+    dense labels or no labelled voxel."""
+    axis = annotated_axis(labels, ignore_value)
+    if axis is None:
+        return None
+    return axis, _slices_holding(np.asarray(labels) == 1, axis)
 
 
 def fit_to_slices(
@@ -187,8 +196,7 @@ def fit_to_slices(
     axis = _check_axis(axis, ndim)
     spacing = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     inside = labels == 1
-    others = tuple(a for a in range(ndim) if a != axis)
-    slices = np.flatnonzero(inside.any(axis=others))
+    slices = _slices_holding(inside, axis)
     if len(slices) == 0:
         raise AnnotationError("the annotated slices hold no organ voxel to fit a prior to")
     points = np.argwhere(inside).astype(np.float64)  # (N, n) voxel indices
@@ -230,11 +238,10 @@ def image_mask_targets(labels: np.ndarray, image: np.ndarray,
     ends along the painted axis (docs/RESULTS.md, "The pose mask from the image"). None when
     ``labels`` are not painted slices along one axis or the image does not separate them.
     """
-    axis = annotated_axis(labels, ignore_value)
-    if axis is None:
+    annotated = annotated_slices(labels, ignore_value)
+    if annotated is None:
         return None
-    others = tuple(a for a in range(labels.ndim) if a != axis)
-    slices = np.flatnonzero((labels == 1).any(axis=others))
+    axis, slices = annotated
     if image.shape != labels.shape:
         raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
     found = _organ_in_image(np.asarray(image), labels, axis, slices)
@@ -254,7 +261,7 @@ def evenly_spaced_slices(mask: np.ndarray, count: int, axis: int = 0) -> tuple[i
     — how the experiments paint "1 and 3 slices" (docs/RESULTS.md)."""
     mask = np.asarray(mask) != 0
     axis = _check_axis(axis, mask.ndim)
-    present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    present = _slices_holding(mask, axis)
     if present.size == 0 or count < 1:
         raise AnnotationError(f"need an organ voxel and count >= 1, got count={count!r}")
     first, last = present[0], present[-1]
@@ -274,6 +281,11 @@ def paint(mask: np.ndarray, slices: Sequence[int], axis: int = 0) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _slices_holding(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Indices (ascending) of the slices along ``axis`` where bool ``mask`` ``(*S)`` is set."""
+    return np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
 
 
 def _check_axis(axis: int, ndim: int) -> int:

@@ -55,7 +55,7 @@ from ..io import check_output_file, encode_checkpoint, load_checkpoint, save_che
 from ..metrics import dice
 from ..models import TemplateTransformer, segmentation_loss
 from ..prior import GeneralisedGaussianPrior, fit_to_mask
-from ..slices import annotated_axis, image_mask_targets, painted_sample, slice_fits
+from ..slices import annotated_slices, image_mask_targets, painted_sample, slice_fits
 from .checkpoint import resumable, training_payload
 from .config import FINE_TUNE_SMOOTHNESS, TrainConfig
 from .distributed import Distributed
@@ -660,7 +660,8 @@ def with_image_mask(samples: Sequence[Sample], ignore_value: int,
     out, taught, single = [], 0, 0
     for sample in samples:
         targets = None
-        if _painted_slices(sample.labels, ignore_value) == 1:
+        annotated = annotated_slices(sample.labels, ignore_value)
+        if annotated is not None and len(annotated[1]) == 1:
             single += 1
             targets = image_mask_targets(sample.labels, sample.image, ignore_value)
             taught += targets is not None
@@ -669,16 +670,6 @@ def with_image_mask(samples: Sequence[Sample], ignore_value: int,
         log(f"pose mask: taught the organ seen in the image off the painted slice on {taught} "
             f"of {single} volume(s) painted on one slice")
     return out
-
-
-def _painted_slices(labels: np.ndarray, ignore_value: int) -> int:
-    """How many slices of sparse ``labels`` along their annotated axis hold organ voxels
-    (0 for dense labels)."""
-    axis = annotated_axis(labels, ignore_value)
-    if axis is None:
-        return 0
-    others = tuple(a for a in range(labels.ndim) if a != axis)
-    return int(np.count_nonzero((labels == 1).any(axis=others)))
 
 
 def prior_masks(samples: Sequence[Sample], ignore_value: int) -> list[np.ndarray]:
