@@ -78,10 +78,12 @@ def test_a_warm_start_on_painted_slices_ends_at_its_time_budget(painted_data, tm
     assert checkpoint["model"]["width"] == load_checkpoint(default_checkpoint(3))["model"]["width"]
     # fine-tuning teaches the pose mask the organ seen in the image, unless told not to
     assert config["image_depth"] is True and config["image_mask"] is True
+    assert config["image_segmentation"] is True
     assert config["smoothness"] == 0.1 == checkpoint["model"]["smoothness"]
     status, err = _run(capsys, "--data", str(root), "--out", str(tmp_path / "plain.pt"),
                        "--painted-axis", "0", "--init", "bundled", "--iterations", "1",
-                       "--no-image-mask", *TINY)
+                       "--no-image-mask", "--image-segmentation", *TINY)
     assert status == 0, err
     config = load_checkpoint(tmp_path / "plain.pt")["training"]["config"]
     assert config["image_depth"] is True and config["image_mask"] is False
+    assert config["image_segmentation"] is True

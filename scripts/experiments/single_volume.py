@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--no-image-mask", action="store_true",
                         help="one painted slice: the pose mask learns from it alone (default: "
                         "TrainConfig's rule)")
+    parser.add_argument("--no-image-segmentation", action="store_true",
+                        help="one painted slice: the segmentation learns from it alone "
+                        "(default: TrainConfig's rule)")
     parser.add_argument("--image", type=Path, help="a NIfTI volume instead of a phantom")
     parser.add_argument("--labels", type=Path, help="its dense labels (NIfTI, non-zero = organ)")
     parser.add_argument("--out", type=Path)
@@ -81,7 +84,8 @@ def main() -> None:
                         minutes=args.minutes, device="cpu", keep_prior=args.keep_prior,
                         mirror=False if args.no_mirror else None,
                         image_depth=False if args.no_image_depth else None,
-                        image_mask=False if args.no_image_mask else None)
+                        image_mask=False if args.no_image_mask else None,
+                        image_segmentation=False if args.no_image_segmentation else None)
         finished = list(run.events())[-1]
         wall = time.perf_counter() - started
     after = finished.result
@@ -94,6 +98,7 @@ def main() -> None:
         "lr": args.lr, "keep_prior": args.keep_prior, "mirror": run.trainer.config.mirror,
         "image_depth": run.trainer.config.image_depth,
         "image_mask": run.trainer.config.image_mask,
+        "image_segmentation": run.trainer.config.image_segmentation,
         "smoothness": run.trainer.config.smoothness,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],

@@ -116,6 +116,7 @@ def fine_tune(
     mirror: bool | None = None,
     image_depth: bool | None = None,
     image_mask: bool | None = None,
+    image_segmentation: bool | None = None,
 ) -> FineTune:
     """Check everything and prepare fine-tuning on ``volume``'s ``painted`` slices along
     ``axis``; :meth:`FineTune.events` runs it. Nothing runs or is written here.
@@ -123,11 +124,12 @@ def fine_tune(
     ``out`` is the checkpoint file to write (an existing file is refused, never replaced);
     ``checkpoint`` the model to start from (None: the bundled one for the volume's
     dimensionality); ``keep_prior`` keeps its prior instead of re-fitting it to the slices
-    (docs/RESULTS.md, "Keeping the bundled model's prior"); ``mirror``, ``image_depth`` and
-    ``image_mask`` are TrainConfig's (None: mirrored patches, the prior as deep as the organ in
-    the image and, on one painted slice, the pose mask taught that organ: the fine-tuning
-    defaults). Raises AnnotationError (the painting), ValueError (shapes, ``minutes`` ≤ 0),
-    IncompatibleCheckpoint (another kind or dimensionality), FileExistsError (``out``).
+    (docs/RESULTS.md, "Keeping the bundled model's prior"); ``mirror``, ``image_depth``,
+    ``image_mask`` and ``image_segmentation`` are TrainConfig's (None: mirrored patches, the
+    prior as deep as the organ in the image and, on one painted slice, the pose mask and the
+    segmentation taught that organ: the fine-tuning defaults). Raises AnnotationError (the
+    painting), ValueError (shapes, ``minutes`` ≤ 0), IncompatibleCheckpoint (another kind or
+    dimensionality), FileExistsError (``out``).
     """
     from .core.data import array_sample
     from .core.inference import default_checkpoint
@@ -147,7 +149,7 @@ def fine_tune(
         kind=_kind_of(init), iterations=FINE_TUNE["iterations"], minutes=minutes,
         lr=FINE_TUNE["lr"], patch_size=_patch(image.shape), device=device, seed=seed,
         init=str(init), checkpoint=str(out), keep_prior=keep_prior, mirror=mirror,
-        image_depth=image_depth, image_mask=image_mask,
+        image_depth=image_depth, image_mask=image_mask, image_segmentation=image_segmentation,
     )
     sample = array_sample(image, labels.labels, volume.spacing, "painted", labels.ignore_value)
     trainer = Trainer(config, [sample])  # refuses an init of another kind or dimensionality

@@ -193,9 +193,11 @@ def _crop(volume: np.ndarray, offset, size, fill) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(7, 6, 9), (3, 5, 9)])  # cropped; padded along axis 0
 def test_mirrored_is_the_same_patch_of_the_mirrored_volume(shape):
     sample = _coded_sample(shape)
-    # the pose mask's targets travel with the labels: cropped and flipped alike
-    sample = replace(sample, mask_targets=(np.arange(np.prod(shape)).reshape(shape) % 3
-                                           ).astype(np.uint8))
+    # the pose mask's and the segmentation's targets travel with the labels: cropped and
+    # flipped alike
+    coded = np.arange(np.prod(shape)).reshape(shape)
+    sample = replace(sample, mask_targets=(coded % 3).astype(np.uint8),
+                     segmentation_targets=(coded % 5).astype(np.uint8))
     rng = np.random.default_rng(1)
     flips = set()
     combinations = [tuple(k for k in range(3) if bits >> k & 1) for bits in range(8)]
@@ -210,6 +212,8 @@ def test_mirrored_is_the_same_patch_of_the_mirrored_volume(shape):
             out.labels, _crop(np.flip(sample.labels, axes), out.offset, (4, 5, 6), 255))
         np.testing.assert_array_equal(
             out.mask_targets, _crop(np.flip(sample.mask_targets, axes), out.offset, (4, 5, 6), 255))
+        np.testing.assert_array_equal(out.segmentation_targets, _crop(
+            np.flip(sample.segmentation_targets, axes), out.offset, (4, 5, 6), 255))
         assert all(out.offset[k] == patch.offset[k] for k in range(3) if k not in axes)
         flips.add(axes)
     assert len(flips) == 8  # every combination of the three axes is drawn
@@ -217,6 +221,8 @@ def test_mirrored_is_the_same_patch_of_the_mirrored_volume(shape):
     assert all(mirrored(unlabelled, rng).labels is None for _ in range(4))
     with pytest.raises(ValueError, match="mask_targets shape"):
         sample_patch(replace(sample, mask_targets=sample.labels[:-1]), (4, 5, 6), rng)
+    with pytest.raises(ValueError, match="segmentation_targets shape"):
+        sample_patch(replace(sample, segmentation_targets=sample.labels[:-1]), (4, 5, 6), rng)
 
 
 def test_patch_without_labels_and_errors():

@@ -14,6 +14,7 @@ from napari_difftt.core.slices import (
     evenly_spaced_slices,
     fit_to_slices,
     image_mask_targets,
+    image_segmentation_targets,
     paint,
     painted_slices,
 )
@@ -92,18 +93,23 @@ def test_init_warm_starts_the_network_and_refits_the_prior(tmp_path, trained):
     assert trainer.config.smoothness == FINE_TUNE_SMOOTHNESS == trainer.model.smoothness > 0
     # three slices: the pose mask learns from them alone (docs/RESULTS.md)
     assert trainer.config.image_mask is True and trainer.train[0].mask_targets is None
+    assert trainer.config.image_segmentation is True
+    assert trainer.train[0].segmentation_targets is None
     forced = Trainer(_config(tmp_path, "forced.pt", init=trained, image_depth=False,
                              prior="fixed", iterations=1, lr=1e-12), [sample])
     forced.run()
     np.testing.assert_allclose(forced.model.prior.covariance.detach(), slices_only.covariance,
                                atol=1e-5)
-    assert forced.config.image_mask is False
+    assert forced.config.image_mask is False and forced.config.image_segmentation is False
     explicit = Trainer(_config(tmp_path, "explicit.pt", init=trained, smoothness=0.0), [sample])
     assert explicit.config.smoothness == 0.0
     with pytest.raises(ValueError, match="smoothness must be >= 0"):
         TrainConfig(smoothness=-1.0)
     assert TrainConfig.from_dict({"kind": "bch"}).image_depth is False  # recorded before it
     assert TrainConfig.from_dict({"kind": "bch"}).image_mask is False
+    assert TrainConfig.from_dict({"kind": "bch"}).image_segmentation is False
+    with pytest.raises(ValueError, match="image_segmentation must be True, False or None"):
+        TrainConfig(image_segmentation=1)
     with pytest.raises(ValueError, match="image_depth must be True, False or None"):
         TrainConfig(image_depth="yes")
     assert float(trainer.model.prior.beta) == pytest.approx(first["prior"]["beta"])
@@ -176,7 +182,7 @@ def test_iterations_end_a_run_before_its_time_budget(tmp_path):
     assert result.step == 3 and not result.stopped
 
 
-def test_the_pose_loss_sees_the_mask_targets_and_the_segmentation_loss_the_labels(
+def test_one_slice_teaches_the_pose_mask_and_the_segmentation_the_organ_in_the_image(
         tmp_path, trained, monkeypatch):
     from napari_difftt.core.train import trainer as module
 
@@ -192,11 +198,26 @@ def test_the_pose_loss_sees_the_mask_targets_and_the_segmentation_loss_the_label
                               patch_size=SHAPE), [sample])  # the whole volume in the patch
     targets = image_mask_targets(sample.labels, sample.image)
     assert targets is not None
+    extra = image_segmentation_targets(targets, sample.labels)
     np.testing.assert_array_equal(trainer.train[0].mask_targets, targets)
+    np.testing.assert_array_equal(trainer.train[0].segmentation_targets, extra)
+    assert trainer.config.image_segmentation is True  # follows image_mask
     trainer.run()
-    labelled, taught = seen
+    labelled, off_slice, taught = seen
     assert labelled == (sample.labels != 255).sum()
-    assert taught == (targets != 255).sum() > 2 * labelled
+    assert off_slice == (extra != 255).sum() > labelled  # the segmentation, off the slice
+    assert taught == (targets != 255).sum() > off_slice + labelled  # the pose mask: no margin
+    seen.clear()
+    Trainer(_config(tmp_path, "pose.pt", init=trained, iterations=1, mirror=False,
+                    patch_size=SHAPE, image_segmentation=False), [sample]).run()
+    assert seen == [labelled, taught]
+    seen.clear()
+    alone = Trainer(_config(tmp_path, "seg.pt", init=trained, iterations=1, mirror=False,
+                            patch_size=SHAPE, image_mask=False, image_segmentation=True),
+                    [sample])
+    assert alone.train[0].mask_targets is None
+    alone.run()
+    assert seen == [labelled, off_slice, labelled]
     seen.clear()
     Trainer(_config(tmp_path, "off.pt", init=trained, iterations=1, mirror=False,
                     patch_size=SHAPE, image_mask=False), [sample]).run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_difftt.core.data import make_phantom
 from napari_difftt.core.prior import fit_to_mask
@@ -14,6 +15,7 @@ from napari_difftt.core.slices import (
     evenly_spaced_slices,
     fit_to_slices,
     image_mask_targets,
+    image_segmentation_targets,
     paint,
     painted_slices,
 )
@@ -217,6 +219,29 @@ def test_the_pose_mask_targets_are_the_organ_seen_in_the_image_off_the_slices():
     away = image_mask_targets(labels, other)
     assert (away[31:35, 0:4, 0:4] == 255).all()  # its smoothed rim may read as background
     np.testing.assert_array_equal(away[:, 8:24, 8:24], targets[:, 8:24, 8:24])
+
+
+def test_the_segmentation_targets_leave_the_painting_and_a_margin_round_the_organ_out():
+    image, mask = _spheroid(depth=12.0, width=7.0)
+    labels = painted_slices(paint(mask, (20,)), 0).labels
+    pose = image_mask_targets(labels, image)
+    targets = image_segmentation_targets(pose, labels)
+    assert (targets[labels != 255] == 255).all()  # the painted slice has its own loss term
+    off = labels == 255
+    np.testing.assert_array_equal(targets[off] == 1, pose[off] == 1)  # the same organ
+    # background only beyond the margin: every 0 is more than 2 voxels from the organ
+    organ = pose == 1
+    near = ndimage.binary_dilation(organ, iterations=2)
+    assert ((pose == 0) & near & off).any()  # there was background near the organ ...
+    assert not (targets[near] == 0).any()  # ... left unlabelled
+    assert ((targets == 0) == ((pose == 0) & ~near & off)).all()
+    hollow = pose.copy()
+    hollow[20:22, 15:17, 15:17] = 0  # a pocket inside the organ seen in the image
+    assert (image_segmentation_targets(hollow, labels, margin=0)[21, 15:17, 15:17] == 255).all()
+    with pytest.raises(ValueError, match="margin must be a whole number"):
+        image_segmentation_targets(pose, labels, margin=-1)
+    with pytest.raises(ValueError, match="differ in shape"):
+        image_segmentation_targets(pose[:-1], labels)
 
 
 def test_no_pose_mask_targets_for_dense_labels_or_an_image_that_does_not_show_the_organ():

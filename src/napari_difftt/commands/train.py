@@ -104,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--image-mask", action=_TypedSwitch, default=None,
                       help="a volume painted on one slice: the pose level's mask also learns "
                       "the organ seen in the image off it; default: with the image depth")
+    tune.add_argument("--image-segmentation", action=_TypedSwitch, default=None,
+                      help="... and the segmentation learns it too, leaving a margin of the "
+                      "image's organ out of the background; default: with --image-mask")
     _option(tune, "--minutes", "time budget of the training steps; the run ends at it or at "
             "--iterations, whichever comes first, and the cosine schedule anneals lr to 0 over "
             "it", type=float, metavar="M")

@@ -67,6 +67,9 @@ class Sample:
     # (*S) uint8 like labels: the pose level's mask targets where they differ from the labels
     # (core.slices.image_mask_targets); None: the labels
     mask_targets: np.ndarray | None = None
+    # (*S) uint8: a second target of the segmentation off the painted voxels
+    # (core.slices.image_segmentation_targets); None: the labels only
+    segmentation_targets: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +81,7 @@ class Patch:
     offset: tuple[int, ...]  # volume index of patch voxel 0 (negative where padded before)
     full_shape: tuple[int, ...]  # shape of the whole volume (*S)
     mask_targets: np.ndarray | None = None  # (1, *P) uint8, the Sample's cropped alike
+    segmentation_targets: np.ndarray | None = None  # (1, *P) uint8, likewise
 
 
 def normalise_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
@@ -188,7 +192,7 @@ def sample_patch(
     _check_ignore_value(ignore_value)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     full_shape = tuple(sample.image.shape)
-    for what in ("labels", "mask_targets"):
+    for what in ("labels", "mask_targets", "segmentation_targets"):
         array = getattr(sample, what)
         if array is not None and array.shape != full_shape:
             raise ValueError(f"sample {sample.name!r}: image shape {full_shape} and {what} "
@@ -212,11 +216,12 @@ def sample_patch(
         cropped[(0, *target)] = array[source]
         return cropped
 
-    return Patch(image, crop(sample.labels), offset, full_shape, crop(sample.mask_targets))
+    return Patch(image, crop(sample.labels), offset, full_shape, crop(sample.mask_targets),
+                 crop(sample.segmentation_targets))
 
 
 def mirrored(patch: Patch, rng: np.random.Generator) -> Patch:
-    """``patch`` flipped along each spatial axis with probability ½ (image, labels and mask
+    """``patch`` flipped along each spatial axis with probability ½ (image, labels and
     targets alike):
     the same patch of the volume mirrored along those axes, so its offset is mirrored too
     (S − offset − P) and offset + local index stays the volume index — what the prior and
@@ -232,7 +237,7 @@ def mirrored(patch: Patch, rng: np.random.Generator) -> Patch:
         return None if array is None else np.flip(array, flip).copy()
 
     return Patch(flipped(patch.image), flipped(patch.labels), offset, patch.full_shape,
-                 flipped(patch.mask_targets))
+                 flipped(patch.mask_targets), flipped(patch.segmentation_targets))
 
 
 def load_nifti_folder(

@@ -32,7 +32,8 @@ BCH_ORDERS = (1, 2, 3, 4)
 FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RESULTS.md)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
-LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask")
+LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
+                "image_segmentation")
 
 
 @dataclass
@@ -76,9 +77,12 @@ class TrainConfig:
     # docs/RESULTS.md, "The organ's depth from the image"
     image_depth: bool | None = None
     # a volume painted on one slice: the pose level's mask also learns the organ seen in the
-    # image off it (core.train.trainer.with_image_mask); None: with image_depth, as measured in
+    # image off it (core.train.trainer.with_image_targets); None: with image_depth, as measured in
     # docs/RESULTS.md, "The pose mask from the image"
     image_mask: bool | None = None
+    # ... and the segmentation learns it too (core.slices.image_segmentation_targets); None:
+    # with image_mask, as measured in docs/RESULTS.md, "The segmentation from the image"
+    image_segmentation: bool | None = None
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -132,7 +136,7 @@ class TrainConfig:
         for name in ("pose", "keep_prior"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("mirror", "image_depth", "image_mask"):
+        for name in ("mirror", "image_depth", "image_mask", "image_segmentation"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be True, False or None (on when fine-tuning), "
@@ -174,11 +178,11 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
-        # a run recorded before the pose level (mirroring, image depth, image mask) existed had
-        # none, whatever today's default; one recorded with no B-spline lattice had VelocitySpace's
-        # (DEFAULT_LATTICE), not today's
+        # a run recorded before the pose level (mirroring, the image's depth, mask, segmentation)
+        # existed had none, whatever today's default; one recorded with no B-spline lattice had
+        # VelocitySpace's (DEFAULT_LATTICE), not today's
         recorded = {"pose": False, "mirror": False, "image_depth": False, "image_mask": False,
-                    **data}
+                    "image_segmentation": False, **data}
         if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
             recorded["velocity_lattice"] = DEFAULT_LATTICE
         return cls(**{**recorded, **overrides})
