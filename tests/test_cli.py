@@ -105,7 +105,9 @@ def test_train_predict_evaluate_end_to_end(dataset, trained, tmp_path, capsys):
     probability = read_nifti(out / "phantom_002_prob.nii.gz")
     assert np.array_equal(segmentation.affine, source.affine)
     assert segmentation.array.shape == SHAPE and set(np.unique(segmentation.array)) <= {0, 1}
-    assert np.array_equal(segmentation.array, (probability.array > 0.5).astype(np.uint8))
+    threshold = checkpoint["model"]["threshold"]  # calibrated at the end of training
+    assert 0 < threshold < 1 and checkpoint["training"]["config"]["calibrate"] is True
+    assert np.array_equal(segmentation.array, (probability.array > threshold).astype(np.uint8))
     assert np.load(out / "phantom_002_displacement.npy").shape == (3, *SHAPE)
 
     report = tmp_path / "metrics.json"

@@ -76,6 +76,10 @@ ROWS.update({
     "pose_full_T8": {**_SPACE, "prior": "full", "pose": True, "pieces": 8},
     "pose_full_b32": {**_SPACE, "prior": "full", "pose": True, "alpha": 32.0},
     "pose_full_bs2": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2},
+    # the segmentation threshold calibrated on the training volumes (core.train.calibration)
+    "pose_full_bs2_cal": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
+                          "calibrate": True},
+    "unet_cal": {"kind": "unet", "calibrate": True},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 
@@ -98,9 +102,10 @@ def main() -> None:
     for row, settings in ROWS.items():
         if args.only is not None and row not in args.only:
             continue
-        kinds = ["unet"] if row == "unet" else args.models
+        kinds = ["unet"] if row.startswith("unet") else args.models
         for kind in kinds:
-            stem = f"{args.dataset}_{row}" if row == "unet" else f"{args.dataset}_{kind}_{row}"
+            stem = (f"{args.dataset}_{row}" if row.startswith("unet")
+                    else f"{args.dataset}_{kind}_{row}")
             path = args.out / f"{stem}.json"
             if path.exists():
                 print(f"{path} exists: skipped", flush=True)
@@ -147,7 +152,8 @@ def run(stem: str, settings: dict, train: list, test: list, args) -> dict:
     for sample in test:
         prediction = predict_volume(model, sample.image, normalise=False)
         cases.append({"name": sample.name, **score(prediction, sample)})
-    return {"config": config.to_dict(), "train_seconds": seconds, "final_loss": result.loss,
+    return {"config": trainer.config.to_dict(), "threshold": model.threshold,
+            "train_seconds": seconds, "final_loss": result.loss,
             "cases": cases, "summary": summarise(cases), "machine": machine()}
 
 

@@ -200,9 +200,9 @@ def segment(
     :class:`core.interrupt.Interruptible` (cancel between torch operations, progress per
     convolution) and True raises :class:`~napari_difftt.errors.Cancelled`. ``resample_mm``
     resamples the volume to that isotropic spacing for the network and the probability back
-    onto the volume's grid (linear, then > 0.5); the displacement and the topology report are
-    then the network grid's; "model" means the model's own (isotropic) training spacing
-    (:func:`isotropic_spacing`). ``source`` is recorded as :attr:`Result.source`.
+    onto the volume's grid (linear, then > the model's threshold); the displacement and the
+    topology report are then the network grid's; "model" means the model's own (isotropic)
+    training spacing (:func:`isotropic_spacing`). ``source`` is recorded as :attr:`Result.source`.
     An image that is not 2D/3D, has an axis of one voxel, no finite voxel or no contrast
     (constant) is refused first, naming its file (:class:`~napari_difftt.errors.VolumeError`).
     """
@@ -245,7 +245,8 @@ def segment(
         probability = resample_back(prediction.probability, spacing, volume.spacing,
                                     volume.array.shape)
         prediction = prediction._replace(
-            probability=probability, segmentation=(probability > 0.5).astype(np.uint8))
+            probability=probability,
+            segmentation=(probability > loaded.model.threshold).astype(np.uint8))
     metrics = None
     if truth is not None:
         from .core.metrics import evaluate_case

@@ -9,6 +9,7 @@ import pytest
 from difftt_helpers import record_of
 
 from napari_difftt.core.flow.frames import FlowFrames
+from napari_difftt.core.io import load_checkpoint
 from napari_difftt.layer_metadata import META_KEY
 from napari_difftt.pipeline import arrows
 from napari_difftt.widgets._state import ViewerState
@@ -408,7 +409,7 @@ def test_stop_while_building_shows_nothing(viewer, dock, predicted, qtbot, monke
     assert not widget.cancel_button.isEnabled()
 
 
-def test_the_default_path_ends_at_the_prediction(viewer, dock, predicted, qtbot):
+def test_the_default_path_ends_at_the_prediction(viewer, dock, predicted, tiny_checkpoint, qtbot):
     widget = dock("Flow explorer")
     assert widget.show_button.isEnabled()
     layer = _show(widget, qtbot)  # the default path and frame count
@@ -418,7 +419,9 @@ def test_the_default_path_ends_at_the_prediction(viewer, dock, predicted, qtbot)
     # t = 1 is the Φ that made the segmentation on screen
     np.testing.assert_allclose(layer.data.displacement(last), prediction.displacement, atol=1e-5)
     np.testing.assert_allclose(layer.data[last], prediction.probability, atol=1e-5)
-    np.testing.assert_array_equal(layer.data[last] > 0.5, prediction.segmentation.astype(bool))
+    threshold = load_checkpoint(tiny_checkpoint)["model"].get("threshold", 0.5)
+    np.testing.assert_array_equal(layer.data[last] > threshold,
+                                  prediction.segmentation.astype(bool))
     assert "stationary path" in widget.status.text()
     assert "t = 1 is the prediction's Φ" in widget.status.text()
     # the slider is labelled in t ∈ [0, 1], not in frame numbers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_difftt.core.io import load_checkpoint
 from napari_difftt.layer_metadata import META_KEY
 from napari_difftt.widgets._state import ViewerState
 
@@ -55,7 +56,8 @@ def test_prediction_layers_state_and_metrics(viewer, dock, tiny_phantom, tiny_ch
         assert layer.metadata[META_KEY]["source"] == "tiny"
         np.testing.assert_allclose(layer.metadata[META_KEY]["affine"],
                                    image.metadata[META_KEY]["affine"])
-    np.testing.assert_array_equal(segmentation.data, probability.data > 0.5)
+    threshold = load_checkpoint(tiny_checkpoint)["model"].get("threshold", 0.5)
+    np.testing.assert_array_equal(segmentation.data, probability.data > threshold)
 
     record = ViewerState.of(viewer).prediction
     assert record.source == image.unique_id and record.device == "cpu"

@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MM",
         help="resample each volume to this isotropic spacing in mm (or 'model': the model's "
         "training spacing) for the network; outputs are resampled back onto the input's grid "
-        "(linear probabilities, then > 0.5); the topology report is the network grid's. "
-        "Not with --jacobian",
+        "(linear probabilities, then > the model's threshold); the topology report is the "
+        "network grid's. Not with --jacobian",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -123,6 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="flip each training patch along each axis with probability 1/2 (not "
                      "for data whose sides differ); default: on for whole-volume patches with "
                      "--init or sparse labels, off otherwise, as measured in docs/RESULTS.md")
+    run.add_argument("--calibrate", action=_TypedSwitch, default=None,
+                     help="at the end, set the segmentation threshold to the level of the "
+                     "probability that fits the training labels best (every level keeps the "
+                     "topology); default: for a fresh flow model on dense labels, as measured "
+                     "in docs/RESULTS.md")
     _option(run, "--lr", "Adam learning rate", type=float)
     _option(run, "--seed", "random seed", type=int)
     _option(run, "--device", "auto | cpu | cuda | cuda:N | mps")

@@ -82,7 +82,7 @@ class CoarseFlow(NamedTuple):
 
 class Prediction(NamedTuple):
     probability: np.ndarray  # (*S) float32 in [0, 1]
-    segmentation: np.ndarray  # (*S) uint8, probability > 0.5
+    segmentation: np.ndarray  # (*S) uint8, probability > the model's threshold
     displacement: np.ndarray | None  # (n, *S) float32 voxels, Φ = id + u (None for unet)
     flow: CoarseFlow | None  # the velocities on the model's coarse grid (svf, bch)
     prior: np.ndarray  # (*S) float32, the unwarped prior
@@ -233,7 +233,7 @@ def predict_volume(
     probability = probability[0, 0]
     step(3, "thresholding")
     prediction = Prediction(
-        probability, (probability > 0.5).astype(np.uint8),
+        probability, (probability > model.threshold).astype(np.uint8),
         None if displacement is None else displacement[0], flow, unwarped[0, 0], pose=pose,
     )
     if topology:

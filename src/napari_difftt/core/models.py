@@ -78,6 +78,9 @@ class TemplateTransformer(nn.Module):
     places the prior, and the boundary force between that mask and the posed prior is added to
     the velocities with a learnt weight per piece; ``probability`` is then S(A(Φ(x))),
     ``prior`` the posed prior S∘A and ``pose_mask`` the soft mask (trained by its own loss).
+    ``threshold`` is the level of ``probability`` above which a voxel is segmented (0.5 unless
+    calibrated: :mod:`.train.calibration`); every level of the deformed prior keeps its
+    topology.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class TemplateTransformer(nn.Module):
         squarings: int | None = None,
         image_channels: int = 1,
         pose: bool = False,
+        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -114,6 +118,10 @@ class TemplateTransformer(nn.Module):
             raise ValueError(f"smoothness must be >= 0, got {smoothness!r}")
         if squarings is not None:
             check_squarings(squarings)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+                0 < threshold < 1):
+            raise ValueError(f"threshold must be a probability strictly between 0 and 1, got "
+                             f"{threshold!r}")
         prior = GeneralisedGaussianPrior(ndim, beta=DEFAULT_BETA) if prior is None else prior
         if getattr(prior, "ndim", None) != ndim:
             raise ValueError(f"prior is {getattr(prior, 'ndim', '?')}D but ndim={ndim}")
@@ -121,6 +129,7 @@ class TemplateTransformer(nn.Module):
         self.pieces = pieces if kind == "bch" else 1
         self.bch_order, self.velocity_space, self.width = bch_order, velocity, width
         self.smoothness, self.image_channels = float(smoothness), image_channels
+        self.threshold = float(threshold)  # segmentation = probability > threshold
         self.prior = prior
         out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
         self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet")
@@ -223,7 +232,7 @@ class TemplateTransformer(nn.Module):
             "velocity": self.velocity_space.to_dict(), "width": self.width,
             "smoothness": self.smoothness, "method": self.method,
             "squarings": self.squarings, "image_channels": self.image_channels,
-            "pose": self.pose_head is not None,
+            "pose": self.pose_head is not None, "threshold": self.threshold,
         }
 
     @classmethod
@@ -253,7 +262,7 @@ class TemplateTransformer(nn.Module):
             alpha = float(options.pop("alpha", LEGACY_SPACE.bound))
             options["velocity"] = VelocitySpace(factor=1, bound=alpha)
         known = {"kind", "ndim", "pieces", "bch_order", "velocity", "width", "smoothness",
-                 "method", "squarings", "image_channels", "pose"}
+                 "method", "squarings", "image_channels", "pose", "threshold"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"model config has unknown entries {unknown}")

@@ -31,8 +31,10 @@ TOP = {"model": TABLE, "state_dict": TABLE, "spacing": ARRAY, "training": TABLE,
        "versions": TABLE, "prior": (dict, None), "format": TEXT, "version": COUNT}
 MODEL = {"kind": TEXT, "ndim": COUNT, "prior": TABLE, "pieces": COUNT, "bch_order": COUNT,
          "velocity": TABLE, "alpha": NUMBER, "width": COUNT, "smoothness": NUMBER,
-         "method": TEXT, "squarings": (int, None), "image_channels": COUNT, "pose": FLAG}
-MODEL_OPTIONAL = ("pose",)  # configs written before the pose level have none
+         "method": TEXT, "squarings": (int, None), "image_channels": COUNT, "pose": FLAG,
+         "threshold": NUMBER}
+# configs written before the pose level, or before the calibrated threshold, have none
+MODEL_OPTIONAL = ("pose", "threshold")
 VELOCITY = {"parameterisation": TEXT, "factor": COUNT, "lattice": (int, None),
             "sigma": NUMBER, "bound": NUMBER}
 PRIORS = {

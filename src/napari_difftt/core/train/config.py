@@ -33,7 +33,7 @@ FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RE
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
 LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
-                "image_segmentation")
+                "image_segmentation", "calibrate")
 
 
 @dataclass
@@ -83,6 +83,10 @@ class TrainConfig:
     # ... and the segmentation learns it too (core.slices.image_segmentation_targets); None:
     # with image_mask, as measured in docs/RESULTS.md, "The segmentation from the image"
     image_segmentation: bool | None = None
+    # at the end, set the model's segmentation threshold to the level that fits the training
+    # labels best (core.train.calibration); None: for a fresh flow model on dense labels, as
+    # measured in docs/RESULTS.md, "The segmentation threshold"
+    calibrate: bool | None = None
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)
     val_every: int = 0  # steps between validations (0: only at the end, when val is given)
@@ -136,11 +140,12 @@ class TrainConfig:
         for name in ("pose", "keep_prior"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("mirror", "image_depth", "image_mask", "image_segmentation"):
+        for name in ("mirror", "image_depth", "image_mask", "image_segmentation", "calibrate"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{name} must be True, False or None (on when fine-tuning), "
-                                 f"got {value!r}")
+                when = ("for a fresh flow model on dense labels" if name == "calibrate"
+                        else "on when fine-tuning")
+                raise ValueError(f"{name} must be True, False or None ({when}), got {value!r}")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise ValueError(f"minutes must be a positive number of minutes (the time budget), "
                              f"got {self.minutes!r}; leave it out to train for iterations only")
@@ -182,7 +187,7 @@ class TrainConfig:
         # existed had none, whatever today's default; one recorded with no B-spline lattice had
         # VelocitySpace's (DEFAULT_LATTICE), not today's
         recorded = {"pose": False, "mirror": False, "image_depth": False, "image_mask": False,
-                    "image_segmentation": False, **data}
+                    "image_segmentation": False, "calibrate": False, **data}
         if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
             recorded["velocity_lattice"] = DEFAULT_LATTICE
         return cls(**{**recorded, **overrides})

@@ -62,6 +62,7 @@ from ..slices import (
     painted_sample,
     slice_fits,
 )
+from .calibration import calibrated_threshold
 from .checkpoint import resumable, training_payload
 from .config import FINE_TUNE_SMOOTHNESS, TrainConfig
 from .distributed import Distributed
@@ -140,6 +141,9 @@ class Trainer:
             config = replace(config, image_mask=config.image_depth)
         if config.image_segmentation is None:
             config = replace(config, image_segmentation=config.image_mask)
+        if config.calibrate is None:  # measured: fresh flow models on dense labels
+            config = replace(config, calibrate=config.kind != "unet" and config.init is None
+                             and _labelled_fraction(config, self.train) >= SPARSE_FRACTION)
         if config.smoothness is None:  # measured: keeps one-slice fine-tunes fold-free
             config = replace(config, smoothness=FINE_TUNE_SMOOTHNESS if config.init else 0.0)
         self.config = config
@@ -215,6 +219,8 @@ class Trainer:
                 record = {"step": self.step, "loss": loss}
                 val_dice = preview = None
                 last = self._finished()
+                if last and config.calibrate:
+                    self._calibrate()
                 if self.val and (last or (config.val_every and self.step % config.val_every == 0)):
                     val_dice, preview = self._validate()
                     record["val_dice"] = val_dice
@@ -417,6 +423,15 @@ class Trainer:
         if self.config.minutes is None:  # a time budget sets lr itself (_follow_budget)
             self.scheduler.step()
         return total / config.batch_size
+
+    def _calibrate(self) -> None:
+        """Set the model's threshold from the training volumes (:mod:`.calibration`); logs it."""
+        threshold = calibrated_threshold(self.model, self.train, self.config.ignore_value)
+        if threshold is None:
+            return
+        self._log(f"segmentation threshold {threshold:g}: the level of the probability that "
+                  f"fits the training labels best (was {self.model.threshold:g})")
+        self.model.threshold = threshold
 
     def _on_device(self, array: np.ndarray) -> torch.Tensor:
         """A patch's ``(1, *P)`` array as a ``(1, 1, *P)`` tensor on the training device."""

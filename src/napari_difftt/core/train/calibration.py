@@ -1,0 +1,60 @@
+"""The segmentation threshold of a trained flow model, read off its training volumes.
+
+A flow model's probability is the deformed prior, whose boundary is as soft as the prior's
+profile: trained with cross-entropy its ½-level sits inside the organ (at 64³ the segmentation
+held 76–82 % of the organ's volume, docs/RESULTS.md, "The segmentation threshold"). Any other
+level of the deformed prior is again a deformed ellipsoid, so thresholding elsewhere keeps the
+topology; the level that fits the training labels best is the model's ``threshold``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..data import Sample
+from ..inference import predict_volume
+
+__all__ = ["CALIBRATION_VOLUMES", "THRESHOLDS", "calibrated_threshold"]
+
+THRESHOLDS = tuple(round(0.2 + 0.05 * k, 2) for k in range(13))  # 0.2, 0.25, …, 0.8
+CALIBRATION_VOLUMES = 8  # the first training volumes with organ voxels the threshold is fitted to
+
+
+def calibrated_threshold(model: torch.nn.Module, samples: Sequence[Sample],
+                         ignore_value: int = 255) -> float | None:
+    """The level of :data:`THRESHOLDS` whose segmentation has the highest mean Dice over the
+    labelled voxels of the first :data:`CALIBRATION_VOLUMES` ``samples`` holding organ voxels,
+    each predicted whole (ties: the level nearest ½). None when no sample has organ voxels.
+    The model is left in the mode it was in."""
+    levels = np.asarray(THRESHOLDS)
+    scores = []
+    training = model.training
+    model.eval()
+    try:
+        for sample in samples:
+            if len(scores) == CALIBRATION_VOLUMES:
+                break
+            labels = sample.labels
+            if labels is None or not (labels == 1).any():
+                continue
+            probability = predict_volume(model, sample.image, normalise=False,
+                                         topology=False).probability
+            known = labels != ignore_value
+            inside, values = labels[known] == 1, probability[known]
+            organ = np.count_nonzero(inside)
+            dice = []
+            for level in levels:
+                chosen = values > level
+                dice.append(2 * np.count_nonzero(chosen & inside)
+                            / (np.count_nonzero(chosen) + organ))
+            scores.append(dice)
+    finally:
+        model.train(training)
+    if not scores:
+        return None
+    mean = np.mean(scores, axis=0)
+    best = np.flatnonzero(mean == mean.max())
+    return float(levels[best[np.argmin(np.abs(levels[best] - 0.5))]])
