@@ -122,6 +122,7 @@ class Result:
     seconds: float = 0.0  # wall time of segment()
     warning: str | None = None  # e.g. the volume's spacing differs from the training spacing
     source: str | None = None  # napari Layer.unique_id of the image layer it was computed from
+    threshold: float = 0.5  # the model's segmentation threshold: segmentation = probability > it
     # role ("probability", "segmentation", ...) → unique_id of the layers the GUI shows of it;
     # filled by the widget that adds them, on the GUI thread
     layers: dict[str, str] = field(default_factory=dict, compare=False)
@@ -258,7 +259,8 @@ def segment(
     name = "the image" if volume.path is None else str(volume.path)
     warning = spacing_mismatch(spacing, loaded.checkpoint.get("spacing"), name)
     return Result(prediction, volume, used_prior, loaded.model.kind, metrics, checkpoint,
-                  str(loaded.device), time.perf_counter() - start, warning, source)
+                  str(loaded.device), time.perf_counter() - start, warning, source,
+                  loaded.model.threshold)
 
 
 def isotropic_spacing(trained: Sequence[float] | None) -> float:

@@ -9,11 +9,12 @@ import torch
 
 from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
 from napari_difftt.core.inference import load_model, predict_volume
-from napari_difftt.core.io import load_checkpoint
+from napari_difftt.core.io import Volume, load_checkpoint
 from napari_difftt.core.models import TemplateTransformer
 from napari_difftt.core.prior import GeneralisedGaussianPrior
 from napari_difftt.core.train import TrainConfig, Trainer
 from napari_difftt.core.train.calibration import THRESHOLDS, calibrated_threshold
+from napari_difftt.pipeline import segment
 
 SHAPE = (16, 32, 32)
 
@@ -101,6 +102,29 @@ def test_a_fresh_flow_run_on_dense_labels_calibrates_and_saves_its_threshold(tmp
     assert saved["model"]["threshold"] == expected
     assert saved["training"]["config"]["calibrate"] is True
     assert load_model(result.checkpoint, device="cpu").model.threshold == expected
+    segmented = segment(Volume(samples[0].image, np.eye(4)), result.checkpoint, device="cpu")
+    assert segmented.threshold == expected  # the record says which level made the labels
+    np.testing.assert_array_equal(segmented.prediction.segmentation,
+                                  segmented.prediction.probability > expected)
+
+
+def test_with_validation_volumes_the_threshold_is_read_off_them(tmp_path, monkeypatch):
+    from napari_difftt.core.train import trainer as module
+
+    seen = []
+
+    def recording(model, samples, ignore_value=255):
+        seen.append([s.name for s in samples])
+        return 0.45
+
+    monkeypatch.setattr(module, "calibrated_threshold", recording)
+    train, val = _phantoms(2), _phantoms(3)[2:]
+    trainer = Trainer(_config(tmp_path), train, val)
+    trainer.run()
+    assert seen == [["c2"]] and trainer.model.threshold == 0.45
+    seen.clear()
+    Trainer(_config(tmp_path, checkpoint=str(tmp_path / "plain.pt")), train).run()
+    assert seen == [["c0", "c1"]]
 
 
 def test_the_rule_leaves_u_nets_sparse_labels_and_fine_tunes_at_one_half(tmp_path):

@@ -125,9 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "--init or sparse labels, off otherwise, as measured in docs/RESULTS.md")
     run.add_argument("--calibrate", action=_TypedSwitch, default=None,
                      help="at the end, set the segmentation threshold to the level of the "
-                     "probability that fits the training labels best (every level keeps the "
-                     "topology); default: for a fresh flow model on dense labels, as measured "
-                     "in docs/RESULTS.md")
+                     "probability that fits the validation (else training) labels best "
+                     "(every level keeps the topology); default: for a fresh flow model on "
+                     "dense labels, as measured in docs/RESULTS.md")
     _option(run, "--lr", "Adam learning rate", type=float)
     _option(run, "--seed", "random seed", type=int)
     _option(run, "--device", "auto | cpu | cuda | cuda:N | mps")

@@ -287,6 +287,8 @@ class RunModelWidget(QWidget):
         self.metrics.setText(format_metrics(result.metrics) if result.metrics else "")
         self.topology.setText(format_topology(result.topology) if result.topology else "")
         text = f"done in {result.seconds:.1f} s on {result.device}"
+        if result.threshold != 0.5:
+            text += f"; segmented where the probability > {result.threshold:g} (calibrated)"
         if self._resampled:
             text += (", resampled to the model's training spacing for the network and back "
                      "onto the image's grid")

@@ -1,10 +1,11 @@
-"""The segmentation threshold of a trained flow model, read off its training volumes.
+"""The segmentation threshold of a trained flow model, read off labelled volumes.
 
 A flow model's probability is the deformed prior, whose boundary is as soft as the prior's
 profile: trained with cross-entropy its ½-level sits inside the organ (at 64³ the segmentation
 held 76–82 % of the organ's volume, docs/RESULTS.md, "The segmentation threshold"). Any other
 level of the deformed prior is again a deformed ellipsoid, so thresholding elsewhere keeps the
-topology; the level that fits the training labels best is the model's ``threshold``.
+topology; the level that fits the validation labels (or, with none, the training labels)
+best is the model's ``threshold``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..inference import predict_volume
 __all__ = ["CALIBRATION_VOLUMES", "THRESHOLDS", "calibrated_threshold"]
 
 THRESHOLDS = tuple(round(0.2 + 0.05 * k, 2) for k in range(13))  # 0.2, 0.25, …, 0.8
-CALIBRATION_VOLUMES = 8  # the first training volumes with organ voxels the threshold is fitted to
+CALIBRATION_VOLUMES = 8  # the first volumes with organ voxels the threshold is fitted to
 
 
 def calibrated_threshold(model: torch.nn.Module, samples: Sequence[Sample],

@@ -83,9 +83,10 @@ class TrainConfig:
     # ... and the segmentation learns it too (core.slices.image_segmentation_targets); None:
     # with image_mask, as measured in docs/RESULTS.md, "The segmentation from the image"
     image_segmentation: bool | None = None
-    # at the end, set the model's segmentation threshold to the level that fits the training
-    # labels best (core.train.calibration); None: for a fresh flow model on dense labels, as
-    # measured in docs/RESULTS.md, "The segmentation threshold"
+    # at the end, set the model's segmentation threshold to the level that fits the validation
+    # labels (or, with none, the training labels) best (core.train.calibration); None: for a
+    # fresh flow model on dense labels, as measured in docs/RESULTS.md, "The segmentation
+    # threshold"
     calibrate: bool | None = None
     checkpoint: str | None = None  # path of the checkpoint file (None: nothing written)
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: only the final one)

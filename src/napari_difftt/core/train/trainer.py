@@ -425,12 +425,15 @@ class Trainer:
         return total / config.batch_size
 
     def _calibrate(self) -> None:
-        """Set the model's threshold from the training volumes (:mod:`.calibration`); logs it."""
-        threshold = calibrated_threshold(self.model, self.train, self.config.ignore_value)
+        """Set the model's threshold (:mod:`.calibration`) from the validation volumes, or the
+        training volumes when there are none; logs it."""
+        volumes, which = (self.val, "validation") if self.val else (self.train, "training")
+        self._log(f"calibrating the segmentation threshold on the {which} volumes …")
+        threshold = calibrated_threshold(self.model, volumes, self.config.ignore_value)
         if threshold is None:
             return
         self._log(f"segmentation threshold {threshold:g}: the level of the probability that "
-                  f"fits the training labels best (was {self.model.threshold:g})")
+                  f"fits the {which} labels best (was {self.model.threshold:g})")
         self.model.threshold = threshold
 
     def _on_device(self, array: np.ndarray) -> torch.Tensor:
