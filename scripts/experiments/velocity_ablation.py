@@ -82,6 +82,17 @@ ROWS.update({
     "pose_full_bs2_half": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
                            "calibrate": False},  # the ½ threshold, now that calibrating is default
     "unet_cal": {"kind": "unet", "calibrate": True},
+    # session 10, the 2D HD95 gap: finer integration grids and the prior's kurtosis
+    "pose_full_k1_bs2": {**_SPACE, "prior": "full", "pose": True, "velocity_factor": 1,
+                         "velocity_lattice": 2},
+    "pose_full_k1_bs1": {**_SPACE, "prior": "full", "pose": True, "velocity_factor": 1,
+                         "velocity_lattice": 1},
+    "pose_full_bs2_beta2": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
+                            "prior_beta": 2.0},
+    "pose_full_bs2_beta8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
+                            "prior_beta": 8.0},
+    "pose_full_bs2_T8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
+                         "pieces": 8},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "napari_difftt.commands.train",
     "predict": "napari_difftt.commands.predict",
     "evaluate": "napari_difftt.commands.evaluate",
+    "calibrate": "napari_difftt.commands.calibrate",
     "stn-bench": "napari_difftt.commands.stn_bench",
     "bench": "napari_difftt.commands.bench",
     "demo": "napari_difftt.commands.demo",
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
     parser = argparse.ArgumentParser(
         prog="napari-difftt",
-        description="Diffeomorphic Template Transformers: train, predict, evaluate, bench, demo.",
+        description="Diffeomorphic Template Transformers: train, predict, evaluate, calibrate, "
+        "bench, demo.",
     )
     parser.add_argument("--version", action="version", version=f"napari-difftt {__version__}")
     parser.add_argument("--debug", action="store_true",

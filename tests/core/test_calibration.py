@@ -139,3 +139,23 @@ def test_the_rule_leaves_u_nets_sparse_labels_and_fine_tunes_at_one_half(tmp_pat
     assert TrainConfig.from_dict({"kind": "bch"}).calibrate is False  # recorded before it
     with pytest.raises(ValueError, match="calibrate must be True, False or None"):
         TrainConfig(calibrate="yes")
+
+
+def test_a_warm_start_drops_the_inits_calibrated_level_unless_it_calibrates(tmp_path,
+                                                                           monkeypatch):
+    from napari_difftt.core.train import trainer as module
+
+    level = iter([0.3, 0.35])  # the init's calibration (the bundled 2D model's), then the tune's
+    monkeypatch.setattr(module, "calibrated_threshold", lambda *args, **kwargs: next(level))
+    first = Trainer(_config(tmp_path), _phantoms(1)).run().checkpoint
+    assert load_model(first, device="cpu").model.threshold == 0.3
+    logs = []
+    tuned = Trainer(_config(tmp_path, init=str(first), checkpoint=str(tmp_path / "tuned.pt")),
+                    _phantoms(1), log=logs.append)
+    saved = tuned.run().checkpoint
+    assert tuned.model.threshold == 0.5 and load_model(saved, device="cpu").model.threshold == 0.5
+    assert any("threshold 0.3 reset to 0.5" in line for line in logs)
+    again = Trainer(_config(tmp_path, init=str(first), calibrate=True,
+                            checkpoint=str(tmp_path / "again.pt")), _phantoms(1))
+    again.run()
+    assert again.model.threshold == 0.35

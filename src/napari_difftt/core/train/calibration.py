@@ -18,7 +18,8 @@ import torch
 from ..data import Sample
 from ..inference import predict_volume
 
-__all__ = ["CALIBRATION_VOLUMES", "THRESHOLDS", "calibrated_threshold"]
+__all__ = ["CALIBRATION_VOLUMES", "THRESHOLDS", "best_level", "calibrated_threshold",
+           "level_dice"]
 
 THRESHOLDS = tuple(round(0.2 + 0.05 * k, 2) for k in range(13))  # 0.2, 0.25, …, 0.8
 CALIBRATION_VOLUMES = 8  # the first volumes with organ voxels the threshold is fitted to
@@ -30,8 +31,18 @@ def calibrated_threshold(model: torch.nn.Module, samples: Sequence[Sample],
     labelled voxels of the first :data:`CALIBRATION_VOLUMES` ``samples`` holding organ voxels,
     each predicted whole (ties: the level nearest ½). None when no sample has organ voxels.
     The model is left in the mode it was in."""
+    dice, _ = level_dice(model, samples, ignore_value)
+    return None if dice is None else best_level(dice)
+
+
+def level_dice(model: torch.nn.Module, samples: Sequence[Sample],
+               ignore_value: int = 255) -> tuple[np.ndarray | None, list[str]]:
+    """Mean Dice ``(len(THRESHOLDS),)`` of each level over the labelled voxels of the first
+    :data:`CALIBRATION_VOLUMES` ``samples`` holding organ voxels (predicted whole, in eval
+    mode; the model's mode is restored), and those samples' names; ``(None, [])`` when no
+    sample has organ voxels."""
     levels = np.asarray(THRESHOLDS)
-    scores = []
+    scores, names = [], []
     training = model.training
     model.eval()
     try:
@@ -52,10 +63,14 @@ def calibrated_threshold(model: torch.nn.Module, samples: Sequence[Sample],
                 dice.append(2 * np.count_nonzero(chosen & inside)
                             / (np.count_nonzero(chosen) + organ))
             scores.append(dice)
+            names.append(sample.name)
     finally:
         model.train(training)
-    if not scores:
-        return None
-    mean = np.mean(scores, axis=0)
-    best = np.flatnonzero(mean == mean.max())
+    return (np.mean(scores, axis=0) if scores else None), names
+
+
+def best_level(dice: np.ndarray) -> float:
+    """The level of :data:`THRESHOLDS` with the highest ``dice`` (ties: the one nearest ½)."""
+    levels = np.asarray(THRESHOLDS)
+    best = np.flatnonzero(dice == dice.max())
     return float(levels[best[np.argmin(np.abs(levels[best] - 0.5))]])

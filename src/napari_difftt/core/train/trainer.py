@@ -321,6 +321,9 @@ class Trainer:
         model = TemplateTransformer.from_config(self._init["model"])
         model.load_state_dict(self._init["state_dict"])
         model.smoothness = config.smoothness  # a weight of this run's loss, not architecture
+        # the init's calibrated level fitted its own weights; training moves them (measured:
+        # one painted row inheriting the bundled 2D model's 0.3 lost 0.01 Dice, docs/RESULTS.md)
+        inherited, model.threshold = model.threshold, 0.5
         if not config.keep_prior:
             beta = getattr(model.prior, "beta", None)
             beta = config.prior_beta if beta is None else float(beta.detach())
@@ -330,7 +333,9 @@ class Trainer:
             refit = "re-fitted to the painted slices, as deep as the organ in the images"
         self._log(f"warm start from {config.init}; prior "
                   + ("kept" if config.keep_prior else refit)
-                  + ("; training patches mirrored" if config.mirror else ""))
+                  + ("; training patches mirrored" if config.mirror else "")
+                  + (f"; segmentation threshold {inherited:g} reset to 0.5"
+                     if inherited != 0.5 else ""))
         return model
 
     def _load_resume(self) -> dict:
