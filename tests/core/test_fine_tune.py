@@ -222,3 +222,34 @@ def test_one_slice_teaches_the_pose_mask_and_the_segmentation_the_organ_in_the_i
     Trainer(_config(tmp_path, "off.pt", init=trained, iterations=1, mirror=False,
                     patch_size=SHAPE, image_mask=False), [sample]).run()
     assert seen == [labelled, labelled]
+
+
+def test_a_fine_tune_reads_its_init_in_the_runs_velocity_space(tmp_path):
+    from napari_difftt.core.flow.velocity import DEFAULT_SPACE, VelocitySpace
+    from napari_difftt.core.io import load_checkpoint
+    from napari_difftt.core.train.config import FINE_TUNE_BOUND
+
+    coarse = Trainer(_config(tmp_path, "coarse.pt", velocity_factor=4, iterations=1),
+                     [_sample(0)]).run().checkpoint
+    assert load_checkpoint(coarse)["model"]["velocity"] == VelocitySpace(
+        "bspline", 4, 4, 0.0, DEFAULT_SPACE.bound).to_dict()
+    logs = []
+    tuned = Trainer(_config(tmp_path, init=str(coarse), iterations=1, lr=1e-12),
+                    [_sample(3, slices=1)], log=logs.append)
+    saved = load_checkpoint(tuned.run().checkpoint)
+    expected = VelocitySpace("bspline", 2, 2, 0.0, FINE_TUNE_BOUND)  # measured: docs/RESULTS.md
+    assert tuned.model.velocity_space == expected
+    assert saved["model"]["velocity"] == expected.to_dict()
+    assert saved["training"]["config"]["alpha"] == FINE_TUNE_BOUND  # recorded as resolved
+    assert any(f"velocities bspline, factor 2, lattice 2, bound {FINE_TUNE_BOUND:g} voxels (the "
+               "init's: bspline, factor 4, lattice 4, bound 16 voxels)" in line for line in logs)
+    first = load_checkpoint(coarse)["state_dict"]
+    for key, value in tuned.model.state_dict().items():  # the same weights, read anew
+        if key.startswith("net."):
+            torch.testing.assert_close(value, first[key], atol=1e-6, rtol=0)
+    explicit = Trainer(_config(tmp_path, "explicit.pt", init=str(coarse), alpha=12.0,
+                               velocity_lattice=4, iterations=1), [_sample(3, slices=1)])
+    explicit.run()
+    assert explicit.model.velocity_space == VelocitySpace("bspline", 2, 4, 0.0, 12.0)
+    assert TrainConfig().velocity_space().bound == DEFAULT_SPACE.bound  # a fresh model: 16
+    assert TrainConfig().to_dict()["alpha"] == DEFAULT_SPACE.bound

@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument(
         "--init", metavar="CKPT", help="warm-start the network from this checkpoint (same "
         "--model kind and dimensionality), or 'bundled': the bundled model of the patches' "
-        "dimensionality (the best start on painted slices, docs/RESULTS.md); the prior is "
+        "dimensionality (the best start on painted slices, docs/RESULTS.md); its velocities "
+        "are read in this run's velocity space (--velocity…, --alpha); the prior is "
         "re-fitted to the training labels (painted slices: as deep as the organ in the image) "
         "unless --keep-prior. Not with --resume")
     tune.add_argument("--keep-prior", action="store_true",
@@ -194,6 +195,7 @@ def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     """Options of :class:`core.velocity.VelocitySpace`, defaults from :class:`TrainConfig`."""
     from ..core.flow.velocity import DEFAULT_SPACE, FACTORS, SPACE_KINDS
     from ..core.train.config import DEFAULTS as default
+    from ..core.train.config import FINE_TUNE_BOUND
 
     group.add_argument(
         "--velocity", action=_Typed, choices=SPACE_KINDS, default=default.velocity,
@@ -221,7 +223,8 @@ def add_velocity_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--alpha", action=_Typed, type=float, default=default.alpha, metavar="VOXELS",
-        help=f"largest velocity of one piece in image voxels (default {default.alpha:g})",
+        help=f"largest velocity of one piece in image voxels (default {DEFAULT_SPACE.bound:g}, "
+        f"or {FINE_TUNE_BOUND:g} with --init, as measured in docs/RESULTS.md)",
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
 PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training masks; centre: default
 BCH_ORDERS = (1, 2, 3, 4)
 FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RESULTS.md)
+FINE_TUNE_BOUND = 6.0  # bound (image voxels) of a fine-tune left at alpha=None (docs/RESULTS.md)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
 LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
@@ -56,13 +57,17 @@ class TrainConfig:
     width: int = 8
     pieces: int = 4
     bch_order: int = 2
-    # where velocities live (core.velocity.VelocitySpace; defaults from its ablation)
+    # where velocities live (core.velocity.VelocitySpace; defaults from its ablation); a
+    # fine-tune (``init``) takes them too: the space holds no weights (docs/RESULTS.md, "The
+    # fine-tune's velocity space"; runs recorded before kept their init's)
     velocity: str = DEFAULT_SPACE.parameterisation  # dense | bspline
     velocity_factor: int = DEFAULT_SPACE.factor  # image voxels per coarse voxel: 1, 2 or 4
     # B-spline control spacing, voxels (None: DEFAULT_SPACE's, or the factor where coarser)
     velocity_lattice: int | None = None
     velocity_sigma: float = DEFAULT_SPACE.sigma  # Gaussian smoothing, coarse voxels
-    alpha: float = DEFAULT_SPACE.bound  # bound of each velocity, image voxels
+    # bound of each velocity, image voxels; None: DEFAULT_SPACE's (16) for a fresh model,
+    # FINE_TUNE_BOUND when fine-tuning
+    alpha: float | None = None
     # λ of the λ‖∇u‖² penalty; None: 0 for a fresh model, FINE_TUNE_SMOOTHNESS when
     # fine-tuning (``init``), as measured in docs/RESULTS.md, "Smoothness when fine-tuning"
     smoothness: float | None = None
@@ -162,8 +167,11 @@ class TrainConfig:
         lattice = self.velocity_lattice
         if self.velocity == "bspline" and lattice is None:
             lattice = max(DEFAULT_SPACE.lattice, self.velocity_factor)
+        bound = self.alpha
+        if bound is None:
+            bound = FINE_TUNE_BOUND if self.init is not None else DEFAULT_SPACE.bound
         return VelocitySpace(self.velocity, self.velocity_factor, lattice, self.velocity_sigma,
-                             self.alpha)
+                             bound)
 
     @property
     def ndim(self) -> int:
@@ -172,7 +180,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain dict (lists instead of tuples) for checkpoints and JSON."""
         data = asdict(self)
-        data["velocity_lattice"] = self.velocity_space().lattice  # recorded as resolved
+        space = self.velocity_space()
+        data["velocity_lattice"], data["alpha"] = space.lattice, space.bound  # as resolved
         data["patch_size"] = list(self.patch_size)
         data["betas"] = list(self.betas)
         return data

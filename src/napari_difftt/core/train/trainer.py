@@ -11,8 +11,9 @@ Validation predicts whole volumes (:func:`core.inference.predict_volume`) and re
 coefficient.
 
 Fine-tuning and sparse labels (docs/RESULTS.md, "Sparse annotations"): ``init`` warm-starts the
-network from a checkpoint of the same kind and dimensionality (its architecture and weights;
-the prior is re-fitted to the training labels unless ``keep_prior``); ``painted_axis`` turns
+network from a checkpoint of the same kind and dimensionality (its architecture and weights,
+read in this run's velocity space, which holds no weights; the prior is re-fitted to the
+training labels unless ``keep_prior``); ``painted_axis`` turns
 each training label array into painted slices (:func:`core.slices.painted_slices`); sparse
 labels fit the prior by :func:`core.slices.fit_to_slices`, deepened to the organ seen in the
 image (``image_depth``; None: when fine-tuning, where docs/RESULTS.md, "The organ's depth from
@@ -49,7 +50,7 @@ from ...errors import CheckpointError, IncompatibleCheckpoint, NoForegroundWarni
 from ..atomic import check_space, lifted_file_size_limit, remove_stale_temporaries
 from ..data import Patch, Sample, check_segmentable, mirrored, sample_patch
 from ..device import resolve_device
-from ..flow.velocity import DEFAULT_LATTICE
+from ..flow.velocity import DEFAULT_LATTICE, VelocitySpace
 from ..inference import predict_volume
 from ..io import check_output_file, encode_checkpoint, load_checkpoint, save_checkpoint
 from ..metrics import dice
@@ -321,6 +322,8 @@ class Trainer:
         model = TemplateTransformer.from_config(self._init["model"])
         model.load_state_dict(self._init["state_dict"])
         model.smoothness = config.smoothness  # a weight of this run's loss, not architecture
+        # how velocities are read off the network holds no weights: this run's space
+        inherited_space, model.velocity_space = model.velocity_space, config.velocity_space()
         # the init's calibrated level fitted its own weights; training moves them (measured:
         # one painted row inheriting the bundled 2D model's 0.3 lost 0.01 Dice, docs/RESULTS.md)
         inherited, model.threshold = model.threshold, 0.5
@@ -335,7 +338,10 @@ class Trainer:
                   + ("kept" if config.keep_prior else refit)
                   + ("; training patches mirrored" if config.mirror else "")
                   + (f"; segmentation threshold {inherited:g} reset to 0.5"
-                     if inherited != 0.5 else ""))
+                     if inherited != 0.5 else "")
+                  + (f"; velocities {_describe(model.velocity_space)} (the init's: "
+                     f"{_describe(inherited_space)})"
+                     if model.velocity_space != inherited_space else ""))
         return model
 
     def _load_resume(self) -> dict:
@@ -654,6 +660,15 @@ def load_init(path: str | os.PathLike, config: TrainConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------
 # helpers
+
+
+def _describe(space: VelocitySpace) -> str:
+    """A velocity space in the words of the CLI's options, e.g. "bspline, factor 2, lattice 2,
+    bound 8 voxels"."""
+    lattice = f", lattice {space.lattice}" if space.lattice is not None else ""
+    sigma = f", sigma {space.sigma:g}" if space.sigma else ""
+    return (f"{space.parameterisation}, factor {space.factor}{lattice}{sigma}, bound "
+            f"{space.bound:g} voxels")
 
 
 def _check_samples(name: str, samples: list, ndim: int, ignore_value: int) -> None:
