@@ -93,6 +93,11 @@ ROWS.update({
                             "prior_beta": 8.0},
     "pose_full_bs2_T8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
                          "pieces": 8},
+    # the fine-tune's bound (session 10) for fresh models, calibrated like the default
+    "pose_full_bs2_b8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
+                         "alpha": 8.0},
+    "pose_full_bs2_b6": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
+                         "alpha": 6.0},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 

@@ -253,3 +253,14 @@ def test_a_fine_tune_reads_its_init_in_the_runs_velocity_space(tmp_path):
     assert explicit.model.velocity_space == VelocitySpace("bspline", 2, 4, 0.0, 12.0)
     assert TrainConfig().velocity_space().bound == DEFAULT_SPACE.bound  # a fresh model: 16
     assert TrainConfig().to_dict()["alpha"] == DEFAULT_SPACE.bound
+
+
+def test_a_u_net_fine_tune_has_no_velocity_space_to_change(tmp_path):
+    unet = Trainer(_config(tmp_path, "unet.pt", kind="unet", iterations=1), [_sample(0)])
+    init = unet.run().checkpoint
+    logs = []
+    tuned = Trainer(_config(tmp_path, init=str(init), kind="unet", iterations=1),
+                    [_sample(3, slices=1)], log=logs.append)
+    tuned.run()
+    assert tuned.model.velocity_space == unet.model.velocity_space
+    assert not any("velocities" in line for line in logs)

@@ -323,7 +323,9 @@ class Trainer:
         model.load_state_dict(self._init["state_dict"])
         model.smoothness = config.smoothness  # a weight of this run's loss, not architecture
         # how velocities are read off the network holds no weights: this run's space
-        inherited_space, model.velocity_space = model.velocity_space, config.velocity_space()
+        inherited_space = model.velocity_space
+        if model.kind != "unet":
+            model.velocity_space = config.velocity_space()
         # the init's calibrated level fitted its own weights; training moves them (measured:
         # one painted row inheriting the bundled 2D model's 0.3 lost 0.01 Dice, docs/RESULTS.md)
         inherited, model.threshold = model.threshold, 0.5
