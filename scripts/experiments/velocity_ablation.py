@@ -68,36 +68,29 @@ ROWS = {
 # bound 16, β = 4) with a full-Σ prior and/or the pose level (core.pose), then its budget
 _SPACE = {"velocity": "bspline", "velocity_lattice": 4, "velocity_factor": 2, "alpha": 16.0,
           "prior_beta": 4.0}
+_POSE = {**_SPACE, "prior": "full", "pose": True}  # the pose level with a full-Σ prior
+_POSE_BS2 = {**_POSE, "velocity_lattice": 2}  # ... on lattice 2, today's default space
 ROWS.update({
     "space_diag": {**_SPACE, "prior": "diag"},
     "space_full": {**_SPACE, "prior": "full"},
     "pose_diag": {**_SPACE, "prior": "diag", "pose": True},
-    "pose_full": {**_SPACE, "prior": "full", "pose": True},
-    "pose_full_T8": {**_SPACE, "prior": "full", "pose": True, "pieces": 8},
-    "pose_full_b32": {**_SPACE, "prior": "full", "pose": True, "alpha": 32.0},
-    "pose_full_bs2": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2},
+    "pose_full": _POSE,
+    "pose_full_T8": {**_POSE, "pieces": 8},
+    "pose_full_b32": {**_POSE, "alpha": 32.0},
+    "pose_full_bs2": _POSE_BS2,
     # the segmentation threshold calibrated on the training volumes (core.train.calibration)
-    "pose_full_bs2_cal": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                          "calibrate": True},
-    "pose_full_bs2_half": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                           "calibrate": False},  # the ½ threshold, now that calibrating is default
+    "pose_full_bs2_cal": {**_POSE_BS2, "calibrate": True},
+    "pose_full_bs2_half": {**_POSE_BS2, "calibrate": False},  # ½, now that calibrating is default
     "unet_cal": {"kind": "unet", "calibrate": True},
     # session 10, the 2D HD95 gap: finer integration grids and the prior's kurtosis
-    "pose_full_k1_bs2": {**_SPACE, "prior": "full", "pose": True, "velocity_factor": 1,
-                         "velocity_lattice": 2},
-    "pose_full_k1_bs1": {**_SPACE, "prior": "full", "pose": True, "velocity_factor": 1,
-                         "velocity_lattice": 1},
-    "pose_full_bs2_beta2": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                            "prior_beta": 2.0},
-    "pose_full_bs2_beta8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                            "prior_beta": 8.0},
-    "pose_full_bs2_T8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                         "pieces": 8},
+    "pose_full_k1_bs2": {**_POSE_BS2, "velocity_factor": 1},
+    "pose_full_k1_bs1": {**_POSE, "velocity_factor": 1, "velocity_lattice": 1},
+    "pose_full_bs2_beta2": {**_POSE_BS2, "prior_beta": 2.0},
+    "pose_full_bs2_beta8": {**_POSE_BS2, "prior_beta": 8.0},
+    "pose_full_bs2_T8": {**_POSE_BS2, "pieces": 8},
     # the fine-tune's bound (session 10) for fresh models, calibrated like the default
-    "pose_full_bs2_b8": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                         "alpha": 8.0},
-    "pose_full_bs2_b6": {**_SPACE, "prior": "full", "pose": True, "velocity_lattice": 2,
-                         "alpha": 6.0},
+    "pose_full_bs2_b8": {**_POSE_BS2, "alpha": 8.0},
+    "pose_full_bs2_b6": {**_POSE_BS2, "alpha": 6.0},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 

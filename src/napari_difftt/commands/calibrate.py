@@ -36,17 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.data import load_nifti_folder
     from ..core.inference import load_model
-    from ..core.io import check_output_file, load_checkpoint, save_checkpoint
+    from ..core.io import check_output_file, save_checkpoint
     from ..core.train.calibration import THRESHOLDS, best_level, level_dice
 
     check_output_file(args.out, overwrite=args.overwrite, what="calibrated checkpoint")
     loaded = load_model(args.checkpoint, device=args.device)
     model = loaded.model
     samples = load_nifti_folder(args.images, args.labels, ignore_value=args.ignore_value)
-    wrong = [s.name for s in samples if s.image.ndim != model.ndim]
-    if wrong:
-        raise ValueError(f"{args.checkpoint} is a {model.ndim}D model but {wrong[0]} in "
-                         f"{args.images} is {samples[0].image.ndim}D: calibrate on volumes of "
+    wrong = next((s for s in samples if s.image.ndim != model.ndim), None)
+    if wrong is not None:
+        raise ValueError(f"{args.checkpoint} is a {model.ndim}D model but {wrong.name} in "
+                         f"{args.images} is {wrong.image.ndim}D: calibrate on volumes of "
                          "the model's dimensionality")
     dice, names = level_dice(model, samples, args.ignore_value)
     if dice is None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     half = float(dice[THRESHOLDS.index(0.5)])
     print(f"{args.checkpoint.name}: threshold {model.threshold:g} → {threshold:g} (mean Dice "
           f"{half:.4f} at 0.5, {float(dice.max()):.4f} at {threshold:g}, {len(names)} volume(s))")
-    payload = load_checkpoint(args.checkpoint)
+    payload = loaded.checkpoint  # the file as read (weights in their stored dtype)
     payload["model"]["threshold"] = threshold
     training = payload.get("training")
     if isinstance(training, dict):

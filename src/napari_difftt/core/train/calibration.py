@@ -17,6 +17,7 @@ import torch
 
 from ..data import Sample
 from ..inference import predict_volume
+from ..metrics import dice
 
 __all__ = ["CALIBRATION_VOLUMES", "THRESHOLDS", "best_level", "calibrated_threshold",
            "level_dice"]
@@ -31,8 +32,8 @@ def calibrated_threshold(model: torch.nn.Module, samples: Sequence[Sample],
     labelled voxels of the first :data:`CALIBRATION_VOLUMES` ``samples`` holding organ voxels,
     each predicted whole (ties: the level nearest ½). None when no sample has organ voxels.
     The model is left in the mode it was in."""
-    dice, _ = level_dice(model, samples, ignore_value)
-    return None if dice is None else best_level(dice)
+    mean_dice, _ = level_dice(model, samples, ignore_value)
+    return None if mean_dice is None else best_level(mean_dice)
 
 
 def level_dice(model: torch.nn.Module, samples: Sequence[Sample],
@@ -41,7 +42,6 @@ def level_dice(model: torch.nn.Module, samples: Sequence[Sample],
     :data:`CALIBRATION_VOLUMES` ``samples`` holding organ voxels (predicted whole, in eval
     mode; the model's mode is restored), and those samples' names; ``(None, [])`` when no
     sample has organ voxels."""
-    levels = np.asarray(THRESHOLDS)
     scores, names = [], []
     training = model.training
     model.eval()
@@ -56,21 +56,16 @@ def level_dice(model: torch.nn.Module, samples: Sequence[Sample],
                                          topology=False).probability
             known = labels != ignore_value
             inside, values = labels[known] == 1, probability[known]
-            organ = np.count_nonzero(inside)
-            dice = []
-            for level in levels:
-                chosen = values > level
-                dice.append(2 * np.count_nonzero(chosen & inside)
-                            / (np.count_nonzero(chosen) + organ))
-            scores.append(dice)
+            scores.append([dice(values > level, inside) for level in THRESHOLDS])
             names.append(sample.name)
     finally:
         model.train(training)
     return (np.mean(scores, axis=0) if scores else None), names
 
 
-def best_level(dice: np.ndarray) -> float:
-    """The level of :data:`THRESHOLDS` with the highest ``dice`` (ties: the one nearest ½)."""
+def best_level(mean_dice: np.ndarray) -> float:
+    """The level of :data:`THRESHOLDS` with the highest ``mean_dice`` (ties: the one nearest
+    ½)."""
     levels = np.asarray(THRESHOLDS)
-    best = np.flatnonzero(dice == dice.max())
+    best = np.flatnonzero(mean_dice == mean_dice.max())
     return float(levels[best[np.argmin(np.abs(levels[best] - 0.5))]])
