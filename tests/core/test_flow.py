@@ -179,6 +179,19 @@ def test_lie_bracket_of_linear_fields_is_the_commutator(shape, a, b, linear_fiel
     assert max_error(-expected, expected, inside(shape, 0)) > 0.1  # the wrong sign fails by far
 
 
+@pytest.mark.parametrize("shape", [(2, 7), (9, 10), (2, 5, 6), (7, 8, 9)])
+def test_lie_bracket_is_the_same_with_and_without_autograd(shape):
+    """Outside autograd the bracket adds the derivative's products region by region
+    (jacobian.add_derivative_product): the same numbers to the bit as the recorded path."""
+    v, w = smooth_field(shape, 2.0, seed=3), smooth_field(shape, 2.0, seed=4)
+    with torch.no_grad():
+        unrecorded = lie_bracket(v, w)
+    recorded = lie_bracket(v.clone().requires_grad_(), w)
+    assert recorded.requires_grad
+    assert torch.equal(unrecorded, recorded.detach())
+    assert float(unrecorded.abs().max()) > 0.01
+
+
 @pytest.mark.parametrize(("shape", "a", "b"), CASES)
 def test_bch_matches_the_matrix_logarithm_and_improves_with_order(shape, a, b, linear_field):
     """bch(v, w) ≈ log(exp(v) ∘ exp(w)) (w first) = logm(expm(A) expm(B)) for linear fields."""

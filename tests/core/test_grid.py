@@ -11,6 +11,7 @@ from napari_difftt.core.flow import grid as grid_module
 from napari_difftt.core.flow.grid import (
     affine_of_index,
     compose,
+    displaced,
     identity,
     normalised_identity,
     sample,
@@ -358,3 +359,7 @@ def test_affine_of_index_is_the_matrix_times_the_moved_index(batches):
     assert torch.autograd.gradcheck(lambda m, b, d: affine_of_index(m, b, shape, d),
                                     (matrix.requires_grad_(), bias.requires_grad_(),
                                      u.requires_grad_()))
+    # the template transformer keeps M i + b and adds M u later: the same values to the bit
+    with torch.no_grad():
+        kept = affine_of_index(matrix, bias, shape)
+        assert torch.equal(displaced(kept, matrix, u), affine_of_index(matrix, bias, shape, u))

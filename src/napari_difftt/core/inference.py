@@ -19,6 +19,7 @@ import torch
 
 from .._resources import resource_path
 from ..errors import Cancelled, OutOfMemory, SpacingWarning
+from .flow.certificate import Upsampling
 from .flow.velocity import VelocitySpace
 from .models import KINDS, TemplateTransformer
 from .nets import DIVISOR
@@ -61,6 +62,8 @@ class CoarseFlow(NamedTuple):
     space: VelocitySpace  # the model's velocity space (coarse ↔ fine)
     padded: tuple[int, ...]  # the padded image grid the coarse grid pools
     crop: tuple[slice, ...]  # the volume inside ``padded``
+    # (n, *C) float32 coarse voxels: Prediction.displacement is its to_fine, cropped
+    displacement: np.ndarray | None = None
 
     @property
     def pieces(self) -> int:
@@ -79,6 +82,14 @@ class CoarseFlow(NamedTuple):
                                               self.padded)[0][(..., *self.crop)].numpy().copy()
         return velocity, fine
 
+    def upsampling(self) -> Upsampling | None:
+        """Where the prediction's displacement came from, for the certified fold tests
+        (:mod:`.flow.certificate`); None without a coarse displacement."""
+        if self.displacement is None:
+            return None
+        return Upsampling(torch.from_numpy(self.displacement), self.space.factor,
+                          tuple(s.start for s in self.crop))
+
 
 class Prediction(NamedTuple):
     probability: np.ndarray  # (*S) float32 in [0, 1]
@@ -91,10 +102,13 @@ class Prediction(NamedTuple):
 
     def with_topology(self) -> Prediction:
         """This prediction with :attr:`topology` filled: :func:`core.metrics.topology_report`
-        of its segmentation and displacement."""
+        of its segmentation and displacement (its fold tests certified from the coarse
+        displacement where the flow has one: the same counts, a fraction of the work)."""
         from .metrics import topology_report
 
-        return self._replace(topology=topology_report(self.segmentation, self.displacement))
+        upsampling = None if self.flow is None else self.flow.upsampling()
+        return self._replace(topology=topology_report(self.segmentation, self.displacement,
+                                                      upsampling=upsampling))
 
 
 def default_checkpoint(ndim: int = 3) -> Path:
@@ -313,7 +327,10 @@ def _coarse_flow(space: VelocitySpace, result, padded: tuple[int, ...],
     if result.velocities is None:
         return None
     velocity = None if result.velocity is None else result.velocity[0].float().cpu().numpy()
-    return CoarseFlow(result.velocities[0].float().cpu().numpy(), velocity, space, padded, crop)
+    coarse = result.coarse_displacement
+    coarse = None if coarse is None else coarse[0].float().cpu().numpy()
+    return CoarseFlow(result.velocities[0].float().cpu().numpy(), velocity, space, padded, crop,
+                      coarse)
 
 
 def _crop(tensor: torch.Tensor | None, crop: tuple[slice, ...]) -> np.ndarray | None:

@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from .flow import folding_fraction
+from .flow.certificate import Upsampling, upsampled_folding
 from .spacing import check_spacing
 
 __all__ = [
@@ -172,12 +173,16 @@ def summarise(cases: Sequence[dict], keys: Sequence[str] = METRIC_KEYS) -> dict:
     return summary
 
 
-def topology_report(segmentation, displacement=None) -> dict:
+def topology_report(segmentation, displacement=None, *,
+                    upsampling: Upsampling | None = None) -> dict:
     """The topology of one prediction: what the diffeomorphic model promises, checked.
 
     ``segmentation`` ``(*S)`` binary (2D or 3D); ``displacement`` ``(n, *S)`` voxels or None
-    (a U-Net has none). Returns ``{"folding_central", "folding_digital"}`` (% of voxels with
-    det ∇Φ ≤ 0 by central differences / by the digital test; None without a displacement),
+    (a U-Net has none); ``upsampling``: what the displacement was upsampled from, when known
+    (:class:`.flow.certificate.Upsampling`): the fold tests then skip the blocks that its bound
+    certifies, with the same counts. Returns ``{"folding_central", "folding_digital"}`` (% of
+    voxels with det ∇Φ ≤ 0 by central differences / by the digital test; None without a
+    displacement),
     ``"components"`` (face connectivity: 6 in 3D, 4 in 2D), ``"components_full"`` (26 in 3D,
     8 in 2D), ``"connectivity"`` (those two numbers, e.g. ``[6, 26]``) and ``"holds"``: True
     for exactly one face-connected component and no digital fold.
@@ -193,8 +198,13 @@ def topology_report(segmentation, displacement=None) -> dict:
                 f"displacement must have shape {(mask.ndim, *mask.shape)} for a segmentation "
                 f"of shape {mask.shape}, got {tuple(field.shape)}"
             )
-        central = folding_percent(field, "central")
-        digital = folding_percent(field, "digital")
+        if upsampling is None:
+            central = folding_percent(field, "central")
+            digital = folding_percent(field, "digital")
+        else:
+            field = torch.as_tensor(field)
+            central, digital = (100.0 * f for f in upsampled_folding(
+                field if field.is_floating_point() else field.double(), upsampling))
     face, full = components(mask, 1), components(mask, mask.ndim)
     return {
         "folding_central": central,

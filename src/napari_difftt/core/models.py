@@ -27,7 +27,7 @@ from torch import nn
 
 from .flow import exp, gradient_penalty, integrate
 from .flow.checks import check_device, check_image, check_squarings
-from .flow.grid import affine_of_index
+from .flow.grid import affine_of_index, displaced
 from .flow.velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
 from .nets import UNet
 from .pose import MomentPose, boundary_force
@@ -61,6 +61,8 @@ class TemplateResult(NamedTuple):
     # (B, n + 1, n + 1) homogeneous matrix of the pose A (core.pose); O(x) = S(A(Φ(x)))
     pose: torch.Tensor | None = None
     pose_mask: torch.Tensor | None = None  # (B, 1, *S) the moment pose's soft mask (core.pose)
+    # (B, n, *S/k) coarse voxels: the displacement as integrated, before VelocitySpace.to_fine
+    coarse_displacement: torch.Tensor | None = None
 
 
 class TemplateTransformer(nn.Module):
@@ -212,9 +214,9 @@ class TemplateTransformer(nn.Module):
         if posed is None:
             probability = template.on_grid(shape, offset, full_shape, displacement)
         else:
-            probability = template.probability(affine_of_index(*posed, shape, displacement))
+            probability = template.probability(displaced(white, posed[0], displacement))
         return TemplateResult(probability, prior, velocities, velocity, displacement, pose,
-                              pose_mask)
+                              pose_mask, coarse)
 
     def regularisation(self, result: TemplateResult) -> torch.Tensor:
         """λ · mean over voxels of ‖∇u‖² (Frobenius, voxel units) of the displacement; 0 for unet

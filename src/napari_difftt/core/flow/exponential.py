@@ -19,7 +19,7 @@ import torch
 from ...errors import SquaringCapWarning
 from .checks import all_finite, check_field, check_same_field, check_squarings
 from .grid import compose, compose_unchecked, squared_length
-from .jacobian import derivative
+from .jacobian import add_derivative_product, derivative
 from .squaring import scaling_and_squaring
 
 __all__ = [
@@ -187,9 +187,14 @@ def _lie_bracket(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """[v, w] = Σ_j (∂_j v · w_j − ∂_j w · v_j), one axis at a time: the same sum as
     (Dv)·w − (Dw)·v without building the ``(B, n, n, *S)`` Jacobians."""
     bracket = torch.zeros_like(v)
+    recorded = torch.is_grad_enabled() and (v.requires_grad or w.requires_grad)
     for axis in range(v.ndim - 2):
-        bracket += derivative(v, axis) * w[:, axis : axis + 1]
-        bracket -= derivative(w, axis) * v[:, axis : axis + 1]
+        if recorded:
+            bracket += derivative(v, axis) * w[:, axis : axis + 1]
+            bracket -= derivative(w, axis) * v[:, axis : axis + 1]
+        else:  # the same sums, without the concatenated derivatives
+            add_derivative_product(bracket, v, axis, w[:, axis : axis + 1])
+            add_derivative_product(bracket, w, axis, v[:, axis : axis + 1], sign=-1)
     return bracket
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "affine_of_index",
     "compose",
     "compose_unchecked",
+    "displaced",
     "identity",
     "normalised_identity",
     "normalised_per_voxel",
@@ -108,10 +109,18 @@ def affine_of_index(
         index = torch.arange(size, device=matrix.device, dtype=matrix.dtype)
         column = matrix[:, :, axis].reshape(batch, m, *([1] * n))
         out = out + column * index.view(*([1] * axis), size, *([1] * (n - axis - 1)))
-    if displacement is None:
-        return out
-    batch = max(batch, displacement.shape[0])
-    moved = torch.baddbmm(out.flatten(2), matrix.expand(batch, m, n),
+    return out if displacement is None else displaced(out, matrix, displacement)
+
+
+def displaced(affine: torch.Tensor, matrix: torch.Tensor, displacement: torch.Tensor
+              ) -> torch.Tensor:
+    """M (i + u(i)) + b from ``affine`` = M i + b ``(B, m, *S)`` (:func:`affine_of_index`
+    without a displacement, e.g. kept from an earlier call), ``matrix`` M ``(B, m, n)`` and
+    ``displacement`` u ``(B, n, *S)`` voxels: one batched matrix product (a batch of 1 is
+    broadcast)."""
+    batch, m, n = max(len(matrix), len(displacement)), *matrix.shape[1:]
+    shape = displacement.shape[2:]
+    moved = torch.baddbmm(affine.flatten(2), matrix.expand(batch, m, n),
                           displacement.expand(batch, *displacement.shape[1:]).flatten(2))
     return moved.view(batch, m, *shape)
 

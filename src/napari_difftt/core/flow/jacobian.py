@@ -74,14 +74,36 @@ def gradient_penalty(field: torch.Tensor) -> torch.Tensor:
 
 def derivative(field: torch.Tensor, axis: int) -> torch.Tensor:
     """∂field/∂x_axis in voxel units, ``(B, n, *S)``: central inside, one-sided at both ends."""
+    return torch.cat([part for _, part in _derivative_parts(field, axis)], axis + 2)
+
+
+def add_derivative_product(out: torch.Tensor, field: torch.Tensor, axis: int,
+                           weight: torch.Tensor, sign: int = 1) -> None:
+    """``out`` ± ``derivative(field, axis)`` · ``weight``, in place, region by region (the same
+    products and sums, without concatenating the derivative: half the time for a Lie bracket
+    at 64³). ``out``, ``field`` ``(B, n, *S)``, ``weight`` ``(B, 1 or n, *S)``; not for
+    tensors that autograd records (in-place writes into views of ``out``)."""
+    dim = axis + 2
+    for start, part in _derivative_parts(field, axis):
+        product = part * weight.narrow(dim, start, part.shape[dim])
+        target = out.narrow(dim, start, part.shape[dim])
+        if sign > 0:
+            target += product
+        else:
+            target -= product
+
+
+def _derivative_parts(field: torch.Tensor, axis: int) -> list[tuple[int, torch.Tensor]]:
+    """:func:`derivative` as (first voxel, values) pieces along ``axis``: the one-sided first
+    voxel, the central inside, the one-sided last voxel."""
     dim = axis + 2
     size = field.shape[dim]
     first = field.narrow(dim, 1, 1) - field.narrow(dim, 0, 1)
     last = field.narrow(dim, size - 1, 1) - field.narrow(dim, size - 2, 1)
     if size == 2:
-        return torch.cat([first, last], dim)
+        return [(0, first), (1, last)]
     inner = (field.narrow(dim, 2, size - 2) - field.narrow(dim, 0, size - 2)) / 2
-    return torch.cat([first, inner, last], dim)
+    return [(0, first), (1, inner), (size - 1, last)]
 
 
 def _det_of_columns(columns: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -101,17 +123,17 @@ def _central_det(displacement: torch.Tensor) -> torch.Tensor:
     size = displacement.shape[2]
     planes = max(4, _SLAB_VOXELS // math.prod(displacement.shape[3:]))
     if planes >= size:
-        return _central_det_whole(displacement)
+        return central_det_whole(displacement)
     slabs = []
     for start in range(0, size, planes):
         first, stop = max(start - 1, 0), min(start + planes + 1, size)
-        det = _central_det_whole(displacement[:, :, first:stop])
+        det = central_det_whole(displacement[:, :, first:stop])
         slabs.append(det[:, start - first : start - first + min(planes, size - start)])
     return torch.cat(slabs, dim=1)
 
 
-def _central_det_whole(displacement: torch.Tensor) -> torch.Tensor:
-    """:func:`_central_det` in one piece."""
+def central_det_whole(displacement: torch.Tensor) -> torch.Tensor:
+    """:func:`_central_det` in one piece (its edges take one-sided differences)."""
     columns = []
     for axis in range(displacement.ndim - 2):
         column = derivative(displacement, axis)
@@ -127,14 +149,15 @@ def _digital_folds(displacement: torch.Tensor) -> torch.Tensor:
     phi = displacement + _identity_like(displacement)
     interior = phi.shape[2] - 2
     if interior < 1:
-        return _digital_folds_whole(phi)
+        return digital_folds_of_map(phi)
     planes = max(4, _SLAB_VOXELS // math.prod(phi.shape[3:]))
-    return torch.cat([_digital_folds_whole(phi.narrow(2, start, min(planes, interior - start) + 2))
+    return torch.cat([digital_folds_of_map(phi.narrow(2, start, min(planes, interior - start) + 2))
                       for start in range(0, interior, planes)], dim=1)
 
 
-def _digital_folds_whole(phi: torch.Tensor) -> torch.Tensor:
-    """:func:`_digital_folds` of the map ``phi`` ``(B, n, *S)`` (voxels) in one piece."""
+def digital_folds_of_map(phi: torch.Tensor) -> torch.Tensor:
+    """:func:`_digital_folds` of the map ``phi`` ``(B, n, *S)`` (voxels) in one piece →
+    ``(B, *S − 2)``."""
     n = phi.ndim - 2
 
     def shifted(offsets: Sequence[int]) -> torch.Tensor:
