@@ -32,13 +32,15 @@ train() {  # NAME SHAPE(e.g. 64,64,64) N_TRAIN N_VAL ITERATIONS WIDTH OUT [MODEL
 from napari_difftt.core.data import write_phantom_dataset
 write_phantom_dataset('$data', n_train=$n_train, n_test=$n_val, shape=($shape), seed=0)
 "
+    # --smoothness 0: the shipped models' recipe (the fresh default became 0.03 in session 11;
+    # the fine-tune tables of docs/RESULTS.md start from these files)
     nice "$PYTHON" -m napari_difftt.cli train \
         --images "$data/imagesTr" --labels "$data/labelsTr" \
         --val-images "$data/imagesTs" --val-labels "$data/labelsTs" \
         --model bch --width "$width" \
         --iterations "$iterations" --patch-size ${shape//,/ } --lr 1e-3 --seed 0 --device cpu \
         --threads "$THREADS" --val-every 100 --checkpoint-every 50 \
-        --out "$WORK/$name/full.pt" --overwrite "$@"
+        --smoothness 0 --out "$WORK/$name/full.pt" --overwrite "$@"
     "$PYTHON" -c "
 from napari_difftt.core.train import export_checkpoint
 export_checkpoint('$WORK/$name/full.pt', '$out', half=True, overwrite=True)

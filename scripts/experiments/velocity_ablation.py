@@ -91,6 +91,10 @@ ROWS.update({
     # the fine-tune's bound (session 10) for fresh models, calibrated like the default
     "pose_full_bs2_b8": {**_POSE_BS2, "alpha": 8.0},
     "pose_full_bs2_b6": {**_POSE_BS2, "alpha": 6.0},
+    "pose_full_bs2_b4": {**_POSE_BS2, "alpha": 4.0},
+    # the fine-tune's smoothness (session 8) for fresh models
+    "pose_full_bs2_l01": {**_POSE_BS2, "smoothness": 0.1},
+    "pose_full_bs2_l003": {**_POSE_BS2, "smoothness": 0.03},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 

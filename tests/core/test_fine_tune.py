@@ -19,7 +19,7 @@ from napari_difftt.core.slices import (
     painted_slices,
 )
 from napari_difftt.core.train import TrainConfig, Trainer
-from napari_difftt.core.train.config import FINE_TUNE_SMOOTHNESS
+from napari_difftt.core.train.config import FINE_TUNE_SMOOTHNESS, FRESH_SMOOTHNESS
 from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint
 
 SHAPE = (16, 32, 32)
@@ -54,7 +54,7 @@ def test_sparse_labels_fit_the_prior_to_their_slices(tmp_path):
     trainer.run()
     expected = fit_to_slices(sample.labels, 0, sample.spacing)  # fresh: the slices alone
     assert trainer.config.image_depth is False and trainer.config.image_mask is False
-    assert trainer.config.smoothness == 0.0 == trainer.model.smoothness  # a fresh model: λ = 0
+    assert trainer.config.smoothness == FRESH_SMOOTHNESS == trainer.model.smoothness  # fresh
     assert trainer.train[0].mask_targets is None
     np.testing.assert_allclose(trainer.model.prior.mean.detach(), expected.mean, atol=1e-5)
     np.testing.assert_allclose(trainer.model.prior.covariance.detach(), expected.covariance,

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..core.train.config import (
         BCH_ORDERS,
         FINE_TUNE_SMOOTHNESS,
+        FRESH_SMOOTHNESS,
         KINDS,
         PARAMETERISATIONS,
         PRIOR_INITS,
@@ -82,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(model, "--prior-init", "labels: fit μ, Σ to the training masks; centre: centred, "
             "radii 0.5", choices=PRIOR_INITS)
     model.add_argument("--smoothness", action=_Typed, type=float, default=None, metavar="LAMBDA",
-                       help="weight of the λ‖∇u‖² penalty (default 0, or "
+                       help=f"weight of the λ‖∇u‖² penalty (default {FRESH_SMOOTHNESS:g}, or "
                        f"{FINE_TUNE_SMOOTHNESS:g} with --init, as measured in docs/RESULTS.md)")
     _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
             "linear velocity field, places the prior before the velocities deform it (flow "

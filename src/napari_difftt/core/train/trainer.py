@@ -65,7 +65,7 @@ from ..slices import (
 )
 from .calibration import calibrated_threshold
 from .checkpoint import resumable, training_payload
-from .config import FINE_TUNE_SMOOTHNESS, TrainConfig
+from .config import FINE_TUNE_SMOOTHNESS, FRESH_SMOOTHNESS, TrainConfig
 from .distributed import Distributed
 
 __all__ = ["SPARSE_FRACTION", "TrainEvent", "TrainResult", "Trainer", "build_model",
@@ -145,8 +145,9 @@ class Trainer:
         if config.calibrate is None:  # measured: fresh flow models on dense labels
             config = replace(config, calibrate=config.kind != "unet" and config.init is None
                              and _labelled_fraction(config, self.train) >= SPARSE_FRACTION)
-        if config.smoothness is None:  # measured: keeps one-slice fine-tunes fold-free
-            config = replace(config, smoothness=FINE_TUNE_SMOOTHNESS if config.init else 0.0)
+        if config.smoothness is None:  # measured: keeps fine-tunes and 2D models fold-free
+            config = replace(config, smoothness=FINE_TUNE_SMOOTHNESS if config.init
+                             else FRESH_SMOOTHNESS)
         self.config = config
         if config.image_mask or config.image_segmentation:
             self.train = with_image_targets(self.train, config.ignore_value, self._log,
