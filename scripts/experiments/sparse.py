@@ -55,6 +55,7 @@ from velocity_ablation import summarise
 ROWS = ("bch", "bch_fine", "bch_centre", "bch_tuned", "unet", "unet_post")
 DATASETS = ("phantom32", "lobed32", "silhouettes")
 ANNOTATIONS = ("dense", "1", "3")
+BUDGET = {"iterations": 200, "width": 4, "lr": 1e-3}  # the same for every row
 
 
 def main() -> None:
@@ -64,9 +65,9 @@ def main() -> None:
     parser.add_argument("--annotation", choices=ANNOTATIONS, default="1")
     parser.add_argument("--train", type=int, default=8, help="3D training volumes (default 8)")
     parser.add_argument("--test", type=int, default=6, help="3D test volumes (default 6)")
-    parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--width", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--iterations", type=int, default=BUDGET["iterations"])
+    parser.add_argument("--width", type=int, default=BUDGET["width"])
+    parser.add_argument("--lr", type=float, default=BUDGET["lr"], help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0, help="training seed (data stay the same)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
@@ -130,18 +131,7 @@ def annotate(samples: list[Sample], annotation: str) -> list[Sample]:
 
 def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, dict]:
     """Train ``row``, test it; the JSON records (the unet row also gives unet_post)."""
-    ndim = train[0].image.ndim
-    settings = {"kind": "unet"} if row == "unet" else {}
-    if row == "bch_centre":
-        settings["prior_init"] = "centre"
-    if row == "bch_fine":
-        settings["velocity_lattice"] = 2  # the dense default, which sparse runs do not take
-    if row == "bch_tuned":
-        settings["init"] = str(default_checkpoint(ndim))
-    settings.update(overrides(args.set))
-    config = TrainConfig(iterations=args.iterations, patch_size=train[0].image.shape,
-                         width=args.width, lr=args.lr, seed=args.seed, device="cpu", **settings)
-    trainer, result, seconds = train_timed(row, config, train)
+    trainer, result, seconds = train_timed(row, row_config(row, train, args), train)
     model = trainer.model
     cases = {row: [], "unet_post": []}
     for sample in test:
@@ -158,6 +148,21 @@ def run(row: str, train: list[Sample], test: list[Sample], args) -> dict[str, di
                    "prior": prior.to_dict() if prior is not None else None,
                    "machine": machine()}
             for name, found in cases.items() if found}
+
+
+def row_config(row: str, train: list[Sample], args) -> TrainConfig:
+    """The training settings of ``row`` on ``train``: ``args.iterations``, ``width``, ``lr``,
+    ``seed`` and the ``--set`` overrides, every other field TrainConfig's default."""
+    settings = {"kind": "unet"} if row == "unet" else {}
+    if row == "bch_centre":
+        settings["prior_init"] = "centre"
+    if row == "bch_fine":
+        settings["velocity_lattice"] = 2  # the dense default, which sparse runs do not take
+    if row == "bch_tuned":
+        settings["init"] = str(default_checkpoint(train[0].image.ndim))
+    settings.update(overrides(args.set))
+    return TrainConfig(iterations=args.iterations, patch_size=train[0].image.shape,
+                       width=args.width, lr=args.lr, seed=args.seed, device="cpu", **settings)
 
 
 def overrides(pairs: list[str]) -> dict:

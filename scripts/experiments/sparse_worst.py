@@ -20,13 +20,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from napari_difftt.core.inference import default_checkpoint, predict_volume
+from napari_difftt.core.inference import predict_volume
 from napari_difftt.core.metrics import evaluate_case
-from napari_difftt.core.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from segmentation import train_timed  # same folder
-from sparse import annotate, load
+from sparse import BUDGET, annotate, load, row_config
 
 OUTLINES = ((0, 255, 0), (255, 0, 0), (0, 255, 255))  # labels, one row, dense
 
@@ -43,9 +42,8 @@ def main() -> None:
     predictions = {}
     for annotation in ("1", "dense"):
         labelled = annotate(train, annotation)
-        config = TrainConfig(iterations=200, patch_size=labelled[0].image.shape, width=4,
-                             lr=1e-3, seed=args.seed, device="cpu",
-                             init=str(default_checkpoint(2)))
+        budget = argparse.Namespace(**BUDGET, seed=args.seed, set=[])
+        config = row_config("bch_tuned", labelled, budget)
         trainer = train_timed(f"bch_tuned {annotation}", config, labelled)[0]
         predictions[annotation] = [predict_volume(trainer.model, sample.image, normalise=False)
                                    for sample in test]

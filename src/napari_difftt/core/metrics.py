@@ -89,17 +89,14 @@ def folding_percent(displacement, scheme: str = "central", *, batched: bool = Fa
     (2 or 3). The layout is stated, not guessed: ``(3, 2, 8, 9)`` is one 3D field, or with
     ``batched`` three 2D ones. ``scheme`` "central" or the stricter "digital".
     """
-    if not torch.is_tensor(displacement):
-        displacement = torch.as_tensor(np.asarray(displacement))
-    field = displacement.detach() if batched else displacement.detach().unsqueeze(0)
+    displacement = _float_field(displacement)
+    field = displacement if batched else displacement.unsqueeze(0)
     if field.ndim not in (4, 5) or field.shape[1] != field.ndim - 2:
         layout = "(B, n, *S)" if batched else "(n, *S)"
         raise ValueError(
             f"displacement must be {layout} with n = len(S) = 2 or 3, got shape "
             f"{tuple(displacement.shape)}" + ("" if batched else " (a batch? pass batched=True)")
         )
-    if not field.is_floating_point():
-        field = field.double()
     return 100.0 * float(folding_fraction(field, scheme).mean())
 
 
@@ -202,9 +199,8 @@ def topology_report(segmentation, displacement=None, *,
             central = folding_percent(field, "central")
             digital = folding_percent(field, "digital")
         else:
-            field = torch.as_tensor(field)
-            central, digital = (100.0 * f for f in upsampled_folding(
-                field if field.is_floating_point() else field.double(), upsampling))
+            central, digital = (100.0 * f for f in upsampled_folding(_float_field(field),
+                                                                      upsampling))
     face, full = components(mask, 1), components(mask, mask.ndim)
     return {
         "folding_central": central,
@@ -218,6 +214,14 @@ def topology_report(segmentation, displacement=None, *,
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _float_field(displacement) -> torch.Tensor:
+    """A numpy array or tensor as a detached floating tensor (integers as float64)."""
+    if not torch.is_tensor(displacement):
+        displacement = torch.as_tensor(np.asarray(displacement))
+    field = displacement.detach()
+    return field if field.is_floating_point() else field.double()
 
 
 def _mask(name: str, mask) -> np.ndarray:
