@@ -95,6 +95,8 @@ ROWS.update({
     # the fine-tune's smoothness (session 8) for fresh models
     "pose_full_bs2_l01": {**_POSE_BS2, "smoothness": 0.1},
     "pose_full_bs2_l003": {**_POSE_BS2, "smoothness": 0.03},
+    # session 12: the heads read the decoder at half resolution (core.nets.UNet feature_level)
+    "pose_full_bs2_l003_f1": {**_POSE_BS2, "smoothness": 0.03, "feature_level": 1},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 

@@ -29,9 +29,11 @@ BUNDLED = "bundled"  # --init bundled: the bundled model of the run's dimensiona
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``train``; every default and choice comes from :class:`TrainConfig`."""
+    from ..core.nets import FEATURE_LEVELS
     from ..core.train.config import (
         BCH_ORDERS,
         FINE_TUNE_SMOOTHNESS,
+        FLOW_FEATURE_LEVELS,
         FRESH_SMOOTHNESS,
         KINDS,
         PARAMETERISATIONS,
@@ -90,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "models)", action=_TypedSwitch)
     _option(model, "--pose-loss", "weight of the pose level's soft-mask cross-entropy",
             type=float, metavar="W")
+    model.add_argument("--feature-level", action=_Typed, type=int, choices=FEATURE_LEVELS,
+                       default=None, metavar="L",
+                       help="the U-Net decoder level a flow model's heads read: 0 the image "
+                       "grid, 1 half its resolution (without the full-resolution decoder block; "
+                       f"default for a fresh flow model: {FLOW_FEATURE_LEVELS[2]} in 2D, "
+                       f"{FLOW_FEATURE_LEVELS[3]} in 3D; the init's with --init; as measured in "
+                       "docs/RESULTS.md)")
     tune = parser.add_argument_group("fine-tuning and painted slices")
     tune.add_argument(
         "--init", metavar="CKPT", help="warm-start the network from this checkpoint (same "

@@ -29,7 +29,7 @@ from .flow import exp, gradient_penalty, integrate
 from .flow.checks import check_device, check_image, check_squarings
 from .flow.grid import affine_of_index, displaced
 from .flow.velocity import DEFAULT_SPACE, LEGACY_SPACE, VelocitySpace
-from .nets import UNet
+from .nets import UNet, check_feature_level
 from .pose import MomentPose, boundary_force
 from .prior import (
     DEFAULT_BETA,
@@ -39,7 +39,8 @@ from .prior import (
     prior_from_dict,
 )
 
-__all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "segmentation_loss"]
+__all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "pose_mask_on_image",
+           "segmentation_loss"]
 
 KINDS = ("bch", "svf", "stt", "unet")
 METHODS = ("bch", "compose")
@@ -60,7 +61,9 @@ class TemplateResult(NamedTuple):
     displacement: torch.Tensor | None  # (B, n, *S) voxels, Φ = id + displacement (not unet)
     # (B, n + 1, n + 1) homogeneous matrix of the pose A (core.pose); O(x) = S(A(Φ(x)))
     pose: torch.Tensor | None = None
-    pose_mask: torch.Tensor | None = None  # (B, 1, *S) the moment pose's soft mask (core.pose)
+    # (B, 1, *S / 2^L) the moment pose's soft mask (core.pose) on the features' grid
+    # (L = feature_level; pose_mask_on_image brings it to the image grid)
+    pose_mask: torch.Tensor | None = None
     # (B, n, *S/k) coarse voxels: the displacement as integrated, before VelocitySpace.to_fine
     coarse_displacement: torch.Tensor | None = None
 
@@ -82,7 +85,10 @@ class TemplateTransformer(nn.Module):
     ``prior`` the posed prior S∘A and ``pose_mask`` the soft mask (trained by its own loss).
     ``threshold`` is the level of ``probability`` above which a voxel is segmented (0.5 unless
     calibrated: :mod:`.train.calibration`); every level of the deformed prior keeps its
-    topology.
+    topology. ``feature_level`` L (flow kinds only) is the decoder level the heads read
+    (:class:`~.nets.UNet`): at L = 1 the velocities, the pose mask and the boundary force are
+    computed on a grid of 2 image voxels per voxel (block centres), which the velocity space's
+    blocks must be multiples of; the prior and the output stay on the image grid.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class TemplateTransformer(nn.Module):
         image_channels: int = 1,
         pose: bool = False,
         threshold: float = 0.5,
+        feature_level: int = 0,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -124,6 +131,11 @@ class TemplateTransformer(nn.Module):
                 0 < threshold < 1):
             raise ValueError(f"threshold must be a probability strictly between 0 and 1, got "
                              f"{threshold!r}")
+        check_feature_level(feature_level)
+        if feature_level and kind == "unet":
+            raise ValueError("feature_level must be 0 for kind='unet' (its output is the "
+                             f"segmentation on the image grid), got {feature_level!r}")
+        velocity.check_step(2**feature_level)
         prior = GeneralisedGaussianPrior(ndim, beta=DEFAULT_BETA) if prior is None else prior
         if getattr(prior, "ndim", None) != ndim:
             raise ValueError(f"prior is {getattr(prior, 'ndim', '?')}D but ndim={ndim}")
@@ -134,13 +146,15 @@ class TemplateTransformer(nn.Module):
         self.threshold = float(threshold)  # segmentation = probability > threshold
         self.prior = prior
         out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
-        self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet")
+        self.feature_level = feature_level
+        self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet",
+                        feature_level=feature_level)
         if not isinstance(pose, bool):
             raise ValueError(f"pose must be True or False, got {pose!r}")
         if pose and (kind == "unet" or not isinstance(prior, GeneralisedGaussianPrior)):
             raise ValueError("pose needs a flow kind (bch, svf, stt) and a generalised Gaussian "
                              f"prior, got kind={kind!r} with {type(prior).__name__}")
-        self.pose_head = MomentPose(ndim, width) if pose else None
+        self.pose_head = MomentPose(ndim, width * 2**feature_level) if pose else None
         # per piece, the weight of the boundary force (core.pose) in the pre-bound velocities
         self.force_gain = nn.Parameter(torch.zeros(self.pieces)) if pose else None
 
@@ -185,19 +199,27 @@ class TemplateTransformer(nn.Module):
         if self.kind == "unet":
             return TemplateResult(torch.sigmoid(self.net.head(features)), prior, None, None, None)
         pose = pose_mask = force = posed = None
+        step = 2**self.feature_level  # image voxels per feature voxel
         if self.pose_head is not None:
             axes = grid_axes(shape, offset, full_shape, device=image.device, dtype=image.dtype)
-            pose, pose_mask = self.pose_head(features, axes, prior, template.mean)
+            on_features = _block_means(prior, axes, step)  # the prior and planes of the features
+            pose, pose_mask = self.pose_head(features, on_features[1], on_features[0],
+                                             template.mean)
             posed = template.index_whitening(shape, offset, full_shape, pose)  # S∘A on the grid
             white = affine_of_index(*posed, shape)
             prior = template.probability(white)
-            force = boundary_force(pose_mask, prior, white, posed[0])
+            if step == 1:
+                force = boundary_force(pose_mask, prior, white, posed[0])
+            else:  # on the features' grid: S∘A at the centres of their blocks
+                centres = _block_centres(*posed, shape, step)
+                force = boundary_force(pose_mask, template.probability(centres), centres,
+                                       posed[0])
         # the 1×1 head commutes with the space's block means: pool the width channels first
         space = self.velocity_space
-        raw = self.net.head(space.pool(features))
+        raw = self.net.head(space.pool(features, step))
         if force is not None:
             gain = FORCE_GAIN * self.force_gain.view(1, -1, 1, *([1] * self.ndim))
-            pushed = gain * space.pool(force)[:, None]
+            pushed = gain * space.pool(force, step)[:, None]
             raw = raw + pushed.flatten(1, 2)
         fields = space.velocities_from_pooled(raw, self.pieces, shape)  # (B, T, n, *S/k) coarse
         velocities = velocity = None
@@ -235,6 +257,7 @@ class TemplateTransformer(nn.Module):
             "smoothness": self.smoothness, "method": self.method,
             "squarings": self.squarings, "image_channels": self.image_channels,
             "pose": self.pose_head is not None, "threshold": self.threshold,
+            "feature_level": self.feature_level,
         }
 
     @classmethod
@@ -264,11 +287,42 @@ class TemplateTransformer(nn.Module):
             alpha = float(options.pop("alpha", LEGACY_SPACE.bound))
             options["velocity"] = VelocitySpace(factor=1, bound=alpha)
         known = {"kind", "ndim", "pieces", "bch_order", "velocity", "width", "smoothness",
-                 "method", "squarings", "image_channels", "pose", "threshold"}
+                 "method", "squarings", "image_channels", "pose", "threshold", "feature_level"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"model config has unknown entries {unknown}")
         return cls(prior=None if prior is None else prior_from_dict(prior), **options)
+
+
+def pose_mask_on_image(result: TemplateResult) -> torch.Tensor | None:
+    """``result.pose_mask`` on the image grid ``(B, 1, *S)``: as it is for feature level 0,
+    else linearly interpolated from its block centres (``align_corners=False``, edges held)."""
+    mask, shape = result.pose_mask, tuple(result.probability.shape[2:])
+    if mask is None or tuple(mask.shape[2:]) == shape:
+        return mask
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    return F.interpolate(mask, size=shape, mode=mode, align_corners=False)
+
+
+def _block_means(prior: torch.Tensor, axes: tuple[torch.Tensor, ...], step: int
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The prior map ``(1, 1, *S)`` and the grid's plane coordinates (one ``(S_k,)`` per axis)
+    averaged over blocks of ``step`` voxels per axis: what a feature grid of ``step`` image
+    voxels per voxel sees (the same tensors for ``step`` = 1)."""
+    if step == 1:
+        return prior, axes
+    pool = F.avg_pool2d if prior.ndim == 4 else F.avg_pool3d
+    return pool(prior, step), tuple(a.view(-1, step).mean(1) for a in axes)
+
+
+def _block_centres(matrix: torch.Tensor, bias: torch.Tensor, shape: tuple[int, ...], step: int
+                   ) -> torch.Tensor:
+    """M i + b at the centre i = step·j + (step − 1)/2 of each block j of ``step`` voxels per
+    axis of a grid of ``shape`` → ``(B, m, *shape / step)`` (``matrix`` M ``(B, m, n)``, ``bias``
+    b ``(B, m)``)."""
+    centre = torch.full((matrix.shape[2],), (step - 1) / 2, dtype=matrix.dtype,
+                        device=matrix.device)
+    return affine_of_index(matrix * step, bias + matrix @ centre, tuple(s // step for s in shape))
 
 
 def segmentation_loss(

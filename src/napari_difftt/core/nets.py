@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "DIVISOR", "ConvBlock", "FeatureCNN", "OneDNN", "Pointwise", "UNet", "check_divisible",
-    "convolution", "onednn_convolution", "pointwise",
+    "DIVISOR", "FEATURE_LEVELS", "ConvBlock", "FeatureCNN", "OneDNN", "Pointwise", "UNet",
+    "check_divisible", "check_feature_level", "convolution", "onednn_convolution", "pointwise",
 ]
 
 LEVELS = 4
@@ -43,7 +43,7 @@ class UNet(nn.Module):
 
     def __init__(
         self, ndim: int, in_channels: int = 2, out_channels: int = 1, width: int = 8,
-        *, zero_head: bool = False,
+        *, zero_head: bool = False, feature_level: int = 0,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -52,14 +52,17 @@ class UNet(nn.Module):
                             ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_feature_level(feature_level)
         self.ndim, self.in_channels, self.out_channels = ndim, in_channels, out_channels
+        self.feature_level = feature_level
         widths = [width * 2**level for level in range(LEVELS + 1)]
         self.down = nn.ModuleList([ConvBlock(ndim, in_channels, widths[0])])
         self.down.extend(ConvBlock(ndim, widths[k - 1], widths[k]) for k in range(1, LEVELS + 1))
         self.up = nn.ModuleList(
-            ConvBlock(ndim, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(LEVELS))
+            ConvBlock(ndim, widths[k + 1] + widths[k], widths[k])
+            for k in reversed(range(feature_level, LEVELS))
         )
-        self.head = pointwise(ndim, widths[0], out_channels)
+        self.head = pointwise(ndim, widths[feature_level], out_channels)
         if zero_head:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -68,7 +71,8 @@ class UNet(nn.Module):
         return self.head(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last decoder block's output ``(B, width, *S)``, before the 1×1 ``head``.
+        """The last decoder block's output ``(B, width · 2^L, *S / 2^L)`` (L = ``feature_level``),
+        before the 1×1 ``head``.
 
         ``head`` is affine per voxel, so it commutes with averaging over voxels: a caller that
         only needs the output's block means may pool these features first (fewer channels)."""
@@ -113,6 +117,17 @@ class FeatureCNN(nn.Module):
         for block in self.blocks:
             x = pool(block(x), 2)
         return self.linear(x.flatten(2).mean(2))
+
+
+FEATURE_LEVELS = (0, 1, 2)  # decoder levels a UNet may stop at (2: a quarter of the resolution)
+
+
+def check_feature_level(level: object) -> int:
+    """``level`` if it is one of :data:`FEATURE_LEVELS`, else ValueError naming the valid ones."""
+    if isinstance(level, bool) or level not in FEATURE_LEVELS:
+        raise ValueError(f"feature_level must be one of {FEATURE_LEVELS} (the decoder level the "
+                         f"heads read: 0 the image grid, 1 half its resolution), got {level!r}")
+    return level
 
 
 def check_divisible(x: torch.Tensor, ndim: int, channels: int) -> None:

@@ -32,9 +32,9 @@ TOP = {"model": TABLE, "state_dict": TABLE, "spacing": ARRAY, "training": TABLE,
 MODEL = {"kind": TEXT, "ndim": COUNT, "prior": TABLE, "pieces": COUNT, "bch_order": COUNT,
          "velocity": TABLE, "alpha": NUMBER, "width": COUNT, "smoothness": NUMBER,
          "method": TEXT, "squarings": (int, None), "image_channels": COUNT, "pose": FLAG,
-         "threshold": NUMBER}
-# configs written before the pose level, or before the calibrated threshold, have none
-MODEL_OPTIONAL = ("pose", "threshold")
+         "threshold": NUMBER, "feature_level": COUNT}
+# configs written before the pose level, the calibrated threshold or the feature level have none
+MODEL_OPTIONAL = ("pose", "threshold", "feature_level")
 VELOCITY = {"parameterisation": TEXT, "factor": COUNT, "lattice": (int, None),
             "sigma": NUMBER, "bound": NUMBER}
 PRIORS = {

@@ -112,10 +112,28 @@ class VelocitySpace:
         coarse voxels, each bounded by ``bound`` image voxels."""
         return self.velocities_from_pooled(self.pool(raw), pieces, tuple(raw.shape[2:]))
 
-    def pool(self, raw: torch.Tensor) -> torch.Tensor:
-        """Step 1 alone: block means of ``raw`` ``(B, C, *S)`` over ``factor`` (``"dense"``) or
+    def pool(self, raw: torch.Tensor, step: int = 1) -> torch.Tensor:
+        """Step 1 alone: block means of ``raw`` ``(B, C, *S / step)`` — a field on a grid of
+        ``step`` image voxels per voxel — over ``block`` = ``factor`` (``"dense"``) or
         ``lattice`` (``"bspline"``) image voxels per axis → ``(B, C, *S / block)``."""
-        return _average_pool(raw, self.factor if self.parameterisation == "dense" else self.lattice)
+        self.check_step(step)
+        return _average_pool(raw, self.block // step)
+
+    @property
+    def block(self) -> int:
+        """Image voxels per axis that :meth:`pool` averages: ``factor`` or ``lattice``."""
+        return self.factor if self.parameterisation == "dense" else self.lattice
+
+    def check_step(self, step: int) -> None:
+        """Refuse a feature grid of ``step`` image voxels per voxel that does not divide
+        :attr:`block` (its features could not be pooled into whole blocks)."""
+        if step < 1 or self.block % step:
+            raise ValueError(
+                f"features every {step} image voxels cannot be pooled into this velocity "
+                f"space's blocks of {self.block} voxels ({self.parameterisation}, factor "
+                f"{self.factor}, lattice {self.lattice}): use a feature level whose step (2^level)"
+                f" divides {self.block}"
+            )
 
     def velocities_from_pooled(self, pooled: torch.Tensor, pieces: int, shape: tuple[int, ...]
                                ) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 from ..flow.checks import check_count
 from ..flow.velocity import DEFAULT_LATTICE, DEFAULT_SPACE, VelocitySpace
 from ..models import KINDS
-from ..nets import DIVISOR
+from ..nets import DIVISOR, check_feature_level
 from ..prior import DEFAULT_BETA, PARAMETERISATIONS
 
 __all__ = [
@@ -37,7 +37,10 @@ FINE_TUNE_BOUND = 6.0  # bound (image voxels) of a fine-tune left at alpha=None 
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
 LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
-                "image_segmentation", "calibrate")
+                "image_segmentation", "calibrate", "feature_level")
+# the U-Net decoder level a fresh flow model's heads read, per dimensionality (core.nets.UNet,
+# feature_level; docs/RESULTS.md, "The heads at half resolution")
+FLOW_FEATURE_LEVELS = {2: 0, 3: 0}
 
 
 @dataclass
@@ -77,6 +80,9 @@ class TrainConfig:
     smoothness: float | None = None
     pose_loss: float = 1.0  # weight of the BCE of the moment pose's soft mask (core.pose)
     pose: bool = True  # the pose level: an affine map per image placing the prior (core.pose)
+    # the decoder level the heads of a flow model read (core.models.TemplateTransformer); None:
+    # FLOW_FEATURE_LEVELS[ndim] for a fresh flow model, 0 for unet, the init's when fine-tuning
+    feature_level: int | None = None
     # flip each training patch along each axis with probability ½; None: the Trainer decides
     # (core.train.resolve_mirror: whole-volume patches of a fine-tune or of sparse labels;
     # docs/RESULTS.md, "Mirrored patches")
@@ -165,7 +171,20 @@ class TrainConfig:
                              f"{self.ndim}D patches, got {self.painted_axis!r}")
         if self.keep_prior and self.init is None:
             raise ValueError("keep_prior needs init: the prior kept is the init checkpoint's")
-        self.velocity_space()  # validates the velocity settings
+        space = self.velocity_space()  # validates the velocity settings
+        if self.feature_level is not None:
+            check_feature_level(self.feature_level)
+            if self.kind == "unet" and self.feature_level:
+                raise ValueError("feature_level must be 0 or None for kind='unet' (its output is "
+                                 f"the segmentation on the image grid), got {self.feature_level}")
+            if self.kind != "unet":
+                space.check_step(2**self.feature_level)
+
+    def resolved_feature_level(self) -> int:
+        """The decoder level a fresh model of these settings reads (None resolved)."""
+        if self.feature_level is not None:
+            return self.feature_level
+        return 0 if self.kind == "unet" else FLOW_FEATURE_LEVELS[self.ndim]
 
     def velocity_space(self) -> VelocitySpace:
         """The :class:`VelocitySpace` these settings describe."""
@@ -202,7 +221,7 @@ class TrainConfig:
         # existed had none, whatever today's default; one recorded with no B-spline lattice had
         # VelocitySpace's (DEFAULT_LATTICE), not today's
         recorded = {"pose": False, "mirror": False, "image_depth": False, "image_mask": False,
-                    "image_segmentation": False, "calibrate": False, **data}
+                    "image_segmentation": False, "calibrate": False, "feature_level": 0, **data}
         if recorded.get("velocity") == "bspline" and recorded.get("velocity_lattice") is None:
             recorded["velocity_lattice"] = DEFAULT_LATTICE
         return cls(**{**recorded, **overrides})

@@ -54,7 +54,7 @@ from ..flow.velocity import DEFAULT_LATTICE, VelocitySpace
 from ..inference import predict_volume
 from ..io import check_output_file, encode_checkpoint, load_checkpoint, save_checkpoint
 from ..metrics import dice
-from ..models import TemplateTransformer, segmentation_loss
+from ..models import TemplateTransformer, pose_mask_on_image, segmentation_loss
 from ..prior import GeneralisedGaussianPrior, fit_to_mask
 from ..slices import (
     annotated_slices,
@@ -163,6 +163,7 @@ class Trainer:
             raise ValueError("give either resume (continue a run) or init (warm-start a new "
                              "one), not both")
         self._init = None if config.init is None else load_init(config.init, config)
+        self.config = replace(self.config, feature_level=_feature_level(self.config, self._init))
         self._ready = False
         self.step = 0
         self.history: list[dict] = []
@@ -327,6 +328,7 @@ class Trainer:
         inherited_space = model.velocity_space
         if model.kind != "unet":
             model.velocity_space = config.velocity_space()
+            model.velocity_space.check_step(2**model.feature_level)
         # the init's calibrated level fitted its own weights; training moves them (measured:
         # one painted row inheriting the bundled 2D model's 0.3 lost 0.01 Dice, docs/RESULTS.md)
         inherited, model.threshold = model.threshold, 0.5
@@ -425,7 +427,7 @@ class Trainer:
                     targets = labels if patch.mask_targets is None else self._on_device(
                         patch.mask_targets)
                     loss = loss + config.pose_loss * segmentation_loss(
-                        result.pose_mask, targets, config.ignore_value)
+                        pose_mask_on_image(result), targets, config.ignore_value)
                 if not torch.isfinite(loss):
                     raise RuntimeError(
                         f"training diverged at step {self.step + 1}: the loss is {float(loss)}; "
@@ -597,6 +599,20 @@ def _labelled_fraction(config: TrainConfig, samples: Sequence[Any]) -> float:
     return labelled / max(1, sum(int(s.labels.size) for s in samples))
 
 
+def _feature_level(config: TrainConfig, init: dict | None) -> int:
+    """The decoder level the run's model reads: a fine-tune's is its init's (architecture: an
+    explicit other level is refused), a fresh model's
+    :meth:`~.config.TrainConfig.resolved_feature_level`."""
+    if init is None:
+        return config.resolved_feature_level()
+    inherited = int(init["model"].get("feature_level", 0))
+    if config.feature_level is not None and config.feature_level != inherited:
+        raise ValueError(f"feature_level {config.feature_level} was asked but the init checkpoint "
+                         f"{config.init} reads decoder level {inherited} (its network's shape): "
+                         "leave feature_level out to keep the init's")
+    return inherited
+
+
 def build_model(
     config: TrainConfig,
     masks: Sequence[np.ndarray] = (),
@@ -615,6 +631,7 @@ def build_model(
         velocity=config.velocity_space(),
         width=config.width,
         smoothness=config.smoothness or 0.0,
+        feature_level=config.resolved_feature_level(),
         pose=config.pose and config.kind != "unet",
     )
 

@@ -1,0 +1,142 @@
+"""The decoder level the heads of a flow model read (``feature_level``): shapes, the untrained
+identity, the block-centre geometry of the pose level, gradients, configs and bad values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_difftt.core.data import Sample, make_phantom, normalise_intensity
+from napari_difftt.core.flow.grid import affine_of_index
+from napari_difftt.core.flow.velocity import VelocitySpace
+from napari_difftt.core.models import (
+    TemplateTransformer,
+    _block_centres,
+    _block_means,
+    pose_mask_on_image,
+)
+from napari_difftt.core.nets import UNet
+from napari_difftt.core.prior import GeneralisedGaussianPrior, grid_axes
+from napari_difftt.core.train import TrainConfig, Trainer
+
+_SPACE = VelocitySpace("bspline", factor=2, lattice=2, bound=16.0)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_unet_stops_its_decoder_at_the_level(level):
+    full, cut = UNet(3, 2, 5, width=2), UNet(3, 2, 5, width=2, feature_level=level)
+    x = torch.rand(1, 2, 32, 32, 32)
+    assert cut(x).shape == (1, 5, *(32 // 2**level,) * 3)
+    assert cut.features(x).shape == (1, 2 * 2**level, *(32 // 2**level,) * 3)
+    assert len(cut.up) == len(full.up) - level
+    # the blocks it keeps are the full network's first ones, under the same checkpoint keys
+    kept = {k: v.shape for k, v in cut.state_dict().items() if not k.startswith("head")}
+    assert all(full.state_dict()[k].shape == shape for k, shape in kept.items())
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_level_one_returns_the_prior_at_initialisation_with_the_identity_pose(ndim):
+    prior = GeneralisedGaussianPrior(ndim, mean=[0.1] * ndim, radii=[0.35] * ndim, beta=2.0)
+    model = TemplateTransformer("bch", ndim=ndim, prior=prior, width=2, velocity=_SPACE,
+                                pose=True, feature_level=1)
+    shape = (32,) * ndim
+    result = model(torch.rand(2, 1, *shape))
+    assert torch.equal(result.probability, result.prior)
+    assert torch.equal(result.displacement, torch.zeros(2, ndim, *shape))
+    eye = torch.eye(ndim + 1).expand(2, -1, -1)
+    assert torch.allclose(result.pose, eye, atol=1e-5)
+    assert result.pose_mask.shape == (2, 1, *(16,) * ndim)  # on the features' grid
+    assert pose_mask_on_image(result).shape == (2, 1, *shape)
+
+
+def test_the_pose_level_sees_block_means_and_block_centres():
+    """The feature grid's voxel j covers image voxels 2j, 2j + 1: its plane coordinates are their
+    means, and the posed prior's whitened offsets there are M i + b at i = 2j + ½ — the mean of
+    the image voxels' offsets, since M i + b is affine."""
+    shape, step = (8, 12, 4), 2
+    prior_map = torch.rand(1, 1, *shape)
+    axes = grid_axes(shape, (3, 0, 1), (20, 12, 6))
+    pooled, planes = _block_means(prior_map, axes, step)
+    assert torch.allclose(pooled, torch.nn.functional.avg_pool3d(prior_map, 2))
+    for plane, axis in zip(planes, axes, strict=True):
+        assert torch.allclose(plane, (axis[0::2] + axis[1::2]) / 2)
+    matrix, bias = torch.randn(2, 3, 3), torch.randn(2, 3)
+    fine = affine_of_index(matrix, bias, shape)
+    centres = _block_centres(matrix, bias, shape, step)
+    assert torch.allclose(centres, torch.nn.functional.avg_pool3d(fine, 2), atol=1e-5)
+
+
+def test_level_one_trains_every_part_and_its_pose_mask_reaches_the_image_grid():
+    model = TemplateTransformer("bch", ndim=3, width=2, velocity=_SPACE, pose=True,
+                                feature_level=1)
+    with torch.no_grad():
+        model.net.head.weight.normal_(std=0.1)
+        model.pose_head.head.weight.normal_(std=0.1)
+        model.force_gain.fill_(0.01)
+    result = model(torch.rand(1, 1, 32, 32, 32))
+    mask = pose_mask_on_image(result)
+    assert float(mask.detach().min()) >= 0 and float(mask.detach().max()) <= 1
+    (result.probability.square().mean() + mask.mean()).backward()
+    for name in ("net.down.0.0.weight", "net.head.weight", "pose_head.head.weight",
+                 "force_gain"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and float(grad.abs().sum()) > 0, name
+    assert not any(name.startswith("net.up.3") for name, _ in model.named_parameters())
+
+
+def test_the_level_is_kept_by_the_config_and_old_configs_read_level_zero():
+    model = TemplateTransformer("bch", ndim=2, width=2, velocity=_SPACE, pose=True,
+                                feature_level=1)
+    again = TemplateTransformer.from_config(model.config())
+    again.load_state_dict(model.state_dict())
+    assert again.feature_level == 1
+    old = model.config() | {"feature_level": 0}
+    del old["feature_level"]
+    assert TemplateTransformer.from_config(old).feature_level == 0
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"kind": "unet", "feature_level": 1}, "must be 0 for kind='unet'"),
+    ({"feature_level": 3}, "feature_level must be one of"),
+    ({"feature_level": True}, "feature_level must be one of"),
+    ({"feature_level": 1, "velocity": VelocitySpace("dense", factor=1)},
+     "cannot be pooled into this velocity space's blocks of 1"),
+    ({"feature_level": 2, "velocity": _SPACE}, "blocks of 2 voxels"),
+])
+def test_bad_levels_are_refused_naming_the_value(options, message):
+    with pytest.raises(ValueError, match=message):
+        TemplateTransformer(**{"kind": "bch", "ndim": 2, "width": 2, **options})
+
+
+def test_train_config_resolves_checks_and_records_the_level():
+    assert TrainConfig(patch_size=(32, 32)).resolved_feature_level() in (0, 1)
+    assert TrainConfig(kind="unet", patch_size=(32, 32)).resolved_feature_level() == 0
+    with pytest.raises(ValueError, match="for kind='unet'"):
+        TrainConfig(kind="unet", patch_size=(32, 32), feature_level=1)
+    with pytest.raises(ValueError, match="blocks of 1 voxels"):
+        TrainConfig(patch_size=(32, 32), velocity="dense", velocity_factor=1, feature_level=1)
+    recorded = TrainConfig(patch_size=(32, 32), feature_level=1).to_dict()
+    del recorded["feature_level"]  # a run recorded before the field: level 0
+    assert TrainConfig.from_dict(recorded).feature_level == 0
+
+
+def _samples() -> list[Sample]:
+    phantoms = [make_phantom((32, 32), seed=seed) for seed in range(2)]
+    return [Sample(normalise_intensity(p.image), p.labels, p.spacing, f"c{i}")
+            for i, p in enumerate(phantoms)]
+
+
+def test_a_fine_tune_keeps_its_inits_level_and_refuses_another(tmp_path):
+    samples = _samples()
+
+    def config(**changes) -> TrainConfig:
+        return TrainConfig(**{"patch_size": (32, 32), "width": 2, "pieces": 2, "iterations": 1,
+                              "device": "cpu", "calibrate": False, **changes})
+
+    Trainer(config(feature_level=1, checkpoint=str(tmp_path / "a.pt")), samples).run()
+    tuned = Trainer(config(init=str(tmp_path / "a.pt")), samples)
+    assert tuned.config.feature_level == 1
+    tuned.run()
+    assert tuned.model.feature_level == 1
+    with pytest.raises(ValueError, match="reads decoder level 1"):
+        Trainer(config(init=str(tmp_path / "a.pt"), feature_level=0), samples)
