@@ -39,8 +39,8 @@ from .prior import (
     prior_from_dict,
 )
 
-__all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "pose_mask_on_image",
-           "segmentation_loss"]
+__all__ = ["KINDS", "TemplateResult", "TemplateTransformer", "check_heads",
+           "pose_mask_on_image", "segmentation_loss"]
 
 KINDS = ("bch", "svf", "stt", "unet")
 METHODS = ("bch", "compose")
@@ -131,11 +131,7 @@ class TemplateTransformer(nn.Module):
                 0 < threshold < 1):
             raise ValueError(f"threshold must be a probability strictly between 0 and 1, got "
                              f"{threshold!r}")
-        check_feature_level(feature_level)
-        if feature_level and kind == "unet":
-            raise ValueError("feature_level must be 0 for kind='unet' (its output is the "
-                             f"segmentation on the image grid), got {feature_level!r}")
-        velocity.check_step(2**feature_level)
+        check_heads(kind, feature_level, velocity)
         prior = GeneralisedGaussianPrior(ndim, beta=DEFAULT_BETA) if prior is None else prior
         if getattr(prior, "ndim", None) != ndim:
             raise ValueError(f"prior is {getattr(prior, 'ndim', '?')}D but ndim={ndim}")
@@ -202,9 +198,8 @@ class TemplateTransformer(nn.Module):
         step = 2**self.feature_level  # image voxels per feature voxel
         if self.pose_head is not None:
             axes = grid_axes(shape, offset, full_shape, device=image.device, dtype=image.dtype)
-            on_features = _block_means(prior, axes, step)  # the prior and planes of the features
-            pose, pose_mask = self.pose_head(features, on_features[1], on_features[0],
-                                             template.mean)
+            seen, planes = _block_means(prior, axes, step)  # on the features' grid
+            pose, pose_mask = self.pose_head(features, planes, seen, template.mean)
             posed = template.index_whitening(shape, offset, full_shape, pose)  # S∘A on the grid
             white = affine_of_index(*posed, shape)
             prior = template.probability(white)
@@ -292,6 +287,19 @@ class TemplateTransformer(nn.Module):
         if unknown:
             raise ValueError(f"model config has unknown entries {unknown}")
         return cls(prior=None if prior is None else prior_from_dict(prior), **options)
+
+
+def check_heads(kind: str, feature_level: int, velocity: VelocitySpace) -> None:
+    """Refuse a ``feature_level`` that ``kind`` cannot read its output from: not one of
+    :data:`~.nets.FEATURE_LEVELS`, above 0 for ``"unet"`` (its output is the segmentation on the
+    image grid), or a step 2^level that does not divide ``velocity``'s blocks (flow kinds)."""
+    check_feature_level(feature_level)
+    if kind == "unet":
+        if feature_level:
+            raise ValueError("feature_level must be 0 for kind='unet' (its output is the "
+                             f"segmentation on the image grid), got {feature_level!r}")
+        return
+    velocity.check_step(2**feature_level)
 
 
 def pose_mask_on_image(result: TemplateResult) -> torch.Tensor | None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from ..flow.checks import check_count
 from ..flow.velocity import DEFAULT_LATTICE, DEFAULT_SPACE, VelocitySpace
-from ..models import KINDS
-from ..nets import DIVISOR, check_feature_level
+from ..models import KINDS, check_heads
+from ..nets import DIVISOR
 from ..prior import DEFAULT_BETA, PARAMETERISATIONS
 
 __all__ = [
@@ -173,12 +173,7 @@ class TrainConfig:
             raise ValueError("keep_prior needs init: the prior kept is the init checkpoint's")
         space = self.velocity_space()  # validates the velocity settings
         if self.feature_level is not None:
-            check_feature_level(self.feature_level)
-            if self.kind == "unet" and self.feature_level:
-                raise ValueError("feature_level must be 0 or None for kind='unet' (its output is "
-                                 f"the segmentation on the image grid), got {self.feature_level}")
-            if self.kind != "unet":
-                space.check_step(2**self.feature_level)
+            check_heads(self.kind, self.feature_level, space)
 
     def resolved_feature_level(self) -> int:
         """The decoder level a fresh model of these settings reads (None resolved)."""
