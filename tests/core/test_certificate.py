@@ -52,8 +52,10 @@ CASES = [  # coarse shape, factor, crop (start, size) per axis
 
 @pytest.mark.parametrize("coarse_shape, factor, crop", CASES)
 @pytest.mark.parametrize("amplitude", [0.3, 3.0, 12.0])
+@pytest.mark.parametrize("whole_above", [certificate.WHOLE_ABOVE, 1.0])  # 1: blocks always
 def test_certified_counts_are_the_exhaustive_tests_counts(coarse_shape, factor, crop,
-                                                          amplitude):
+                                                          amplitude, whole_above, monkeypatch):
+    monkeypatch.setattr(certificate, "WHOLE_ABOVE", whole_above)
     fine, upsampling = _upsampled(coarse_shape, factor, amplitude, crop)
     central, digital = upsampled_folding(fine, upsampling)
     shape = fine.shape[1:]
@@ -86,6 +88,8 @@ def test_the_bound_covers_every_difference_a_block_reads(coarse_shape, factor, c
 
 
 def test_a_smooth_flow_is_certified_everywhere_and_a_rough_one_is_tested(monkeypatch):
+    """Blocks are tested only where uncertified, and a volume of mostly uncertified blocks in
+    one whole pass instead."""
     fine, upsampling = _upsampled((16, 16, 16), 2, 0.05, ((0, 32),) * 3)
     assert float(4 * block_bounds(upsampling, fine.shape[1:]).max()) < CERTIFIED
     tested = []
@@ -95,7 +99,10 @@ def test_a_smooth_flow_is_certified_everywhere_and_a_rough_one_is_tested(monkeyp
     assert upsampled_folding(fine, upsampling) == (0.0, 0.0)
     assert tested == []  # no block needed the exhaustive test
     rough, rough_upsampling = _upsampled((16, 16, 16), 2, 8.0, ((0, 32),) * 3)
-    upsampled_folding(rough, rough_upsampling)
+    whole = upsampled_folding(rough, rough_upsampling)
+    assert tested == []  # every block uncertified: one pass over the volume
+    monkeypatch.setattr(certificate, "WHOLE_ABOVE", 1.0)
+    assert upsampled_folding(rough, rough_upsampling) == pytest.approx(whole, rel=1e-6)
     assert sum(tested) == (32 // BLOCK) ** 3  # every block tested
 
 

@@ -3,6 +3,10 @@ identity, the block-centre geometry of the pose level, gradients, configs and ba
 
 from __future__ import annotations
 
+import itertools
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +19,7 @@ from napari_difftt.core.models import (
     _block_means,
     pose_mask_on_image,
 )
-from napari_difftt.core.nets import UNet
+from napari_difftt.core.nets import UNet, space_to_depth
 from napari_difftt.core.prior import GeneralisedGaussianPrior, grid_axes
 from napari_difftt.core.train import TrainConfig, Trainer
 
@@ -30,8 +34,49 @@ def test_unet_stops_its_decoder_at_the_level(level):
     assert cut.features(x).shape == (1, 2 * 2**level, *(32 // 2**level,) * 3)
     assert len(cut.up) == len(full.up) - level
     # the blocks it keeps are the full network's first ones, under the same checkpoint keys
-    kept = {k: v.shape for k, v in cut.state_dict().items() if not k.startswith("head")}
+    kept = {k: v.shape for k, v in cut.state_dict().items()
+            if not k.startswith(("head", "fuse"))}
     assert all(full.state_dict()[k].shape == shape for k, shape in kept.items())
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_space_to_depth_turns_each_block_into_channels(ndim):
+    factor, shape = 2, (4, 6, 2)[:ndim]
+    x = torch.arange(3 * math.prod(shape), dtype=torch.float32).reshape(1, 3, *shape)
+    folded = space_to_depth(x, factor)
+    assert folded.shape == (1, 3 * factor**ndim, *(s // factor for s in shape))
+    for channel in range(3):
+        for offset, within in enumerate(itertools.product(range(factor), repeat=ndim)):
+            picked = x[(0, channel, *(slice(o, None, factor) for o in within))]
+            assert torch.equal(folded[0, channel * factor**ndim + offset], picked)
+    if ndim == 2:  # torch's own 2D rearrangement orders channels the same way
+        assert torch.equal(folded, torch.nn.functional.pixel_unshuffle(x, factor))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        space_to_depth(x, 4)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_fine_skips_fold_every_finer_encoder_level_into_the_heads_grid(level):
+    net = UNet(3, 2, 5, width=2, feature_level=level)
+    assert net.fine_skips
+    folded = sum(2 * 2**k * 2 ** (3 * (level - k)) for k in range(level))
+    assert net.fuse[0].weight.shape == (2 * 2**level, 2 * 2**level + folded, 1, 1, 1)
+    x = torch.rand(1, 2, 32, 32, 32, requires_grad=True)
+    features = net.features(x)
+    assert features.shape == (1, 2 * 2**level, *(32 // 2**level,) * 3)
+    # one image voxel reaches its own feature voxel through the folded full-resolution level
+    # alone when the decoder's path is cut off
+    with torch.no_grad():
+        net.fuse[0].weight[:, : 2 * 2**level] = 0
+    features = net.features(x)
+    features[0, :, 1, 1, 1].sum().backward()
+    step = 2**level
+    block = x.grad[0, :, step:2 * step, step:2 * step, step:2 * step]
+    assert float(block.abs().min()) > 0
+    assert not UNet(3, 2, 5, width=2).fine_skips  # level 0: nothing to fold
+    assert UNet(3, 2, 5, width=2, feature_level=1, fine_skips=False).fuse is None
+    with pytest.raises(ValueError, match="fine_skips must be True or False"):
+        UNet(3, 2, 5, width=2, feature_level=1, fine_skips="yes")
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -89,10 +134,28 @@ def test_the_level_is_kept_by_the_config_and_old_configs_read_level_zero():
                                 feature_level=1)
     again = TemplateTransformer.from_config(model.config())
     again.load_state_dict(model.state_dict())
-    assert again.feature_level == 1
+    assert again.feature_level == 1 and again.net.fine_skips
     old = model.config() | {"feature_level": 0}
     del old["feature_level"]
     assert TemplateTransformer.from_config(old).feature_level == 0
+
+
+def test_configs_written_before_the_fine_skips_rebuild_without_them():
+    """A level-1 checkpoint of the first half-resolution heads (no ``fine_skips`` entry) loads
+    into the network it was: no fusion block, the same state-dict keys and outputs."""
+    before = TemplateTransformer("bch", ndim=2, width=2, velocity=_SPACE, pose=True,
+                                 feature_level=1, fine_skips=False)
+    with torch.no_grad():
+        before.net.head.weight.normal_(std=0.1)
+    config = before.config()
+    assert config["fine_skips"] is False
+    del config["fine_skips"]
+    again = TemplateTransformer.from_config(config)
+    again.load_state_dict(before.state_dict())  # strict: no missing or unexpected keys
+    image = torch.rand(1, 1, 32, 32)
+    assert torch.equal(again(image).probability, before(image).probability)
+    assert TemplateTransformer("bch", ndim=2, width=2, velocity=_SPACE).config()[
+        "fine_skips"] is False  # level 0 has nothing to fold
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -109,7 +172,11 @@ def test_bad_levels_are_refused_naming_the_value(options, message):
 
 
 def test_train_config_resolves_checks_and_records_the_level():
-    assert TrainConfig(patch_size=(32, 32)).resolved_feature_level() in (0, 1)
+    assert TrainConfig(patch_size=(32, 32)).resolved_feature_level() == 0
+    assert TrainConfig(patch_size=(32, 32, 32)).resolved_feature_level() == 1
+    # a space of 1-voxel blocks cannot pool half-resolution features: its default is level 0
+    assert TrainConfig(patch_size=(32, 32, 32), velocity="dense",
+                       velocity_factor=1).resolved_feature_level() == 0
     assert TrainConfig(kind="unet", patch_size=(32, 32)).resolved_feature_level() == 0
     with pytest.raises(ValueError, match="for kind='unet'"):
         TrainConfig(kind="unet", patch_size=(32, 32), feature_level=1)
@@ -140,3 +207,24 @@ def test_a_fine_tune_keeps_its_inits_level_and_refuses_another(tmp_path):
     assert tuned.model.feature_level == 1
     with pytest.raises(ValueError, match="reads decoder level 1"):
         Trainer(config(init=str(tmp_path / "a.pt"), feature_level=0), samples)
+
+
+def test_a_fresh_3d_run_on_painted_slices_reads_the_full_resolution_decoder():
+    """Level 1 is the 3D default on dense labels; on sparse ones a fresh run takes level 0 (as
+    measured) and says so, unless a level was given."""
+    phantoms = [make_phantom((32, 32, 32), seed=seed) for seed in range(2)]
+    dense = [Sample(normalise_intensity(p.image), p.labels, p.spacing, f"d{i}")
+             for i, p in enumerate(phantoms)]
+    sparse = []
+    for sample in dense:
+        labels = np.full_like(sample.labels, 255)
+        labels[16] = sample.labels[16]  # one painted slice
+        sparse.append(Sample(sample.image, labels, sample.spacing, sample.name))
+    config = TrainConfig(patch_size=(32, 32, 32), width=2, iterations=1, device="cpu")
+    assert Trainer(config, dense).config.feature_level == 1
+    said = []
+    assert Trainer(config, sparse, log=said.append).config.feature_level == 0
+    assert any("feature level 0" in line for line in said)
+    explicit = TrainConfig(patch_size=(32, 32, 32), width=2, iterations=1, device="cpu",
+                           feature_level=1)
+    assert Trainer(explicit, sparse).config.feature_level == 1

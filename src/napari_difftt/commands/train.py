@@ -95,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--feature-level", action=_Typed, type=int, choices=FEATURE_LEVELS,
                        default=None, metavar="L",
                        help="the U-Net decoder level a flow model's heads read: 0 the image "
-                       "grid, 1 half its resolution (without the full-resolution decoder block; "
-                       f"default for a fresh flow model: {FLOW_FEATURE_LEVELS[2]} in 2D, "
+                       "grid, 1 half its resolution (without the full-resolution decoder block, "
+                       "the finer encoder features folded in; default for a fresh flow model: "
+                       f"{FLOW_FEATURE_LEVELS[2]} in 2D, "
                        f"{FLOW_FEATURE_LEVELS[3]} in 3D; the init's with --init; as measured in "
                        "docs/RESULTS.md)")
     tune = parser.add_argument_group("fine-tuning and painted slices")

@@ -89,6 +89,8 @@ class TemplateTransformer(nn.Module):
     (:class:`~.nets.UNet`): at L = 1 the velocities, the pose mask and the boundary force are
     computed on a grid of 2 image voxels per voxel (block centres), which the velocity space's
     blocks must be multiples of; the prior and the output stay on the image grid.
+    ``fine_skips`` (L > 0) folds the finer encoder levels into the heads' grid
+    (:class:`~.nets.UNet`); configs written before it existed rebuild without.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class TemplateTransformer(nn.Module):
         pose: bool = False,
         threshold: float = 0.5,
         feature_level: int = 0,
+        fine_skips: bool = True,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -144,7 +147,7 @@ class TemplateTransformer(nn.Module):
         out_channels = {"bch": ndim * self.pieces, "svf": ndim, "stt": ndim, "unet": 1}[kind]
         self.feature_level = feature_level
         self.net = UNet(ndim, image_channels + 1, out_channels, width, zero_head=kind != "unet",
-                        feature_level=feature_level)
+                        feature_level=feature_level, fine_skips=fine_skips)
         if not isinstance(pose, bool):
             raise ValueError(f"pose must be True or False, got {pose!r}")
         if pose and (kind == "unet" or not isinstance(prior, GeneralisedGaussianPrior)):
@@ -252,7 +255,7 @@ class TemplateTransformer(nn.Module):
             "smoothness": self.smoothness, "method": self.method,
             "squarings": self.squarings, "image_channels": self.image_channels,
             "pose": self.pose_head is not None, "threshold": self.threshold,
-            "feature_level": self.feature_level,
+            "feature_level": self.feature_level, "fine_skips": self.net.fine_skips,
         }
 
     @classmethod
@@ -281,8 +284,10 @@ class TemplateTransformer(nn.Module):
         else:
             alpha = float(options.pop("alpha", LEGACY_SPACE.bound))
             options["velocity"] = VelocitySpace(factor=1, bound=alpha)
+        options.setdefault("fine_skips", False)  # written before the finer levels were folded
         known = {"kind", "ndim", "pieces", "bch_order", "velocity", "width", "smoothness",
-                 "method", "squarings", "image_channels", "pose", "threshold", "feature_level"}
+                 "method", "squarings", "image_channels", "pose", "threshold", "feature_level",
+                 "fine_skips"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"model config has unknown entries {unknown}")

@@ -14,6 +14,7 @@ from torch import nn
 __all__ = [
     "DIVISOR", "FEATURE_LEVELS", "ConvBlock", "FeatureCNN", "OneDNN", "Pointwise", "UNet",
     "check_divisible", "check_feature_level", "convolution", "onednn_convolution", "pointwise",
+    "space_to_depth",
 ]
 
 LEVELS = 4
@@ -39,11 +40,17 @@ class UNet(nn.Module):
     pooling, up-sampling linear interpolation followed by a :class:`ConvBlock` on the
     concatenated skip. ``head`` is the final 1×1 convolution; ``zero_head=True`` initialises it to
     zero so the output starts at exactly 0. Every spatial size must be a multiple of 16.
+
+    ``feature_level`` L > 0 stops the decoder at S / 2^L. With ``fine_skips`` the finer encoder
+    levels are folded into that grid (:func:`space_to_depth`: each voxel's 2^(L−k) × … block of
+    level k's features becomes channels) and merged with the decoder's output by a 1×1
+    convolution → instance norm → LeakyReLU(0.2) (``fuse``), so the heads still see every
+    image voxel's own features; without, the heads read the decoder's output alone.
     """
 
     def __init__(
         self, ndim: int, in_channels: int = 2, out_channels: int = 1, width: int = 8,
-        *, zero_head: bool = False, feature_level: int = 0,
+        *, zero_head: bool = False, feature_level: int = 0, fine_skips: bool = True,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -53,8 +60,11 @@ class UNet(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         check_feature_level(feature_level)
+        if not isinstance(fine_skips, bool):
+            raise ValueError(f"fine_skips must be True or False, got {fine_skips!r}")
         self.ndim, self.in_channels, self.out_channels = ndim, in_channels, out_channels
         self.feature_level = feature_level
+        self.fine_skips = fine_skips and feature_level > 0
         widths = [width * 2**level for level in range(LEVELS + 1)]
         self.down = nn.ModuleList([ConvBlock(ndim, in_channels, widths[0])])
         self.down.extend(ConvBlock(ndim, widths[k - 1], widths[k]) for k in range(1, LEVELS + 1))
@@ -62,6 +72,13 @@ class UNet(nn.Module):
             ConvBlock(ndim, widths[k + 1] + widths[k], widths[k])
             for k in reversed(range(feature_level, LEVELS))
         )
+        self.fuse = None
+        if self.fine_skips:
+            folded = sum(widths[k] * 2 ** (ndim * (feature_level - k))
+                         for k in range(feature_level))
+            self.fuse = nn.Sequential(
+                pointwise(ndim, widths[feature_level] + folded, widths[feature_level]),
+                _instance_norm(widths[feature_level]), nn.LeakyReLU(0.2))
         self.head = pointwise(ndim, widths[feature_level], out_channels)
         if zero_head:
             nn.init.zeros_(self.head.weight)
@@ -71,8 +88,9 @@ class UNet(nn.Module):
         return self.head(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last decoder block's output ``(B, width · 2^L, *S / 2^L)`` (L = ``feature_level``),
-        before the 1×1 ``head``.
+        """The features the 1×1 ``head`` reads, ``(B, width · 2^L, *S / 2^L)`` (L =
+        ``feature_level``): the last decoder block's output, merged with the folded finer
+        encoder levels when ``fine_skips``.
 
         ``head`` is affine per voxel, so it commutes with averaging over voxels: a caller that
         only needs the output's block means may pool these features first (fewer channels)."""
@@ -87,7 +105,11 @@ class UNet(nn.Module):
         for block in self.up:
             x = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
             x = block(torch.cat([x, skips.pop()], dim=1))
-        return x
+        if self.fuse is None:
+            return x
+        level = self.feature_level
+        folded = [space_to_depth(skip, 2 ** (level - k)) for k, skip in enumerate(skips)]
+        return self.fuse(torch.cat([x, *folded], dim=1))
 
 
 class FeatureCNN(nn.Module):
@@ -117,6 +139,20 @@ class FeatureCNN(nn.Module):
         for block in self.blocks:
             x = pool(block(x), 2)
         return self.linear(x.flatten(2).mean(2))
+
+
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(B, C, *S)`` → ``(B, C · factor^n, *S / factor)``: each ``factor`` × … block of voxels
+    becomes channels, ordered channel-major then by the offsets within the block (row-major);
+    every spatial size must be a multiple of ``factor``."""
+    if any(s % factor for s in x.shape[2:]):
+        raise ValueError(f"space_to_depth needs sizes that are multiples of {factor}, got "
+                         f"{tuple(x.shape[2:])}")
+    n = x.ndim - 2
+    coarse = [s // factor for s in x.shape[2:]]
+    split = x.reshape(*x.shape[:2], *[d for c in coarse for d in (c, factor)])
+    order = [0, 1, *range(3, 2 + 2 * n, 2), *range(2, 2 + 2 * n, 2)]
+    return split.permute(order).reshape(x.shape[0], x.shape[1] * factor**n, *coarse)
 
 
 FEATURE_LEVELS = (0, 1, 2)  # decoder levels a UNet may stop at (2: a quarter of the resolution)

@@ -32,9 +32,10 @@ TOP = {"model": TABLE, "state_dict": TABLE, "spacing": ARRAY, "training": TABLE,
 MODEL = {"kind": TEXT, "ndim": COUNT, "prior": TABLE, "pieces": COUNT, "bch_order": COUNT,
          "velocity": TABLE, "alpha": NUMBER, "width": COUNT, "smoothness": NUMBER,
          "method": TEXT, "squarings": (int, None), "image_channels": COUNT, "pose": FLAG,
-         "threshold": NUMBER, "feature_level": COUNT}
-# configs written before the pose level, the calibrated threshold or the feature level have none
-MODEL_OPTIONAL = ("pose", "threshold", "feature_level")
+         "threshold": NUMBER, "feature_level": COUNT, "fine_skips": FLAG}
+# configs written before the pose level, the calibrated threshold, the feature level or the
+# folded finer levels have none
+MODEL_OPTIONAL = ("pose", "threshold", "feature_level", "fine_skips")
 VELOCITY = {"parameterisation": TEXT, "factor": COUNT, "lattice": (int, None),
             "sigma": NUMBER, "bound": NUMBER}
 PRIORS = {

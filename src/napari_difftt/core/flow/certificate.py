@@ -17,7 +17,9 @@ det M₀ · det(I + M₀⁻¹D) ≥ |det M₀| (1 − ‖D‖₂)ⁿ > 0: no fol
 the bound per block of :data:`BLOCK`³ image voxels, over every coarse cell the block's tests
 reach, and runs the exhaustive tests of :mod:`.jacobian` only on the blocks whose bound is
 above :data:`CERTIFIED` (below 1: a margin for float32 rounding) — the same operations on the
-same values, so the counts are the exhaustive tests' to the voxel.
+same values, so the counts are the exhaustive tests' to the voxel. Where more than
+:data:`WHOLE_ABOVE` of the blocks are uncertified, the test runs once over the whole volume
+instead (a block's window reads (B + 2)ⁿ voxels for Bⁿ: the whole pass is then cheaper).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import torch
 from .checks import check_field
 from .jacobian import central_det_whole, digital_folds_of_map, folding_fraction
 
-__all__ = ["BLOCK", "CERTIFIED", "Upsampling", "block_bounds", "upsampled_folding"]
+__all__ = ["BLOCK", "CERTIFIED", "WHOLE_ABOVE", "Upsampling", "block_bounds",
+           "upsampled_folding"]
 
 BLOCK = 8  # image voxels per block edge (8–12 test the fewest voxels at 128³)
 CERTIFIED = 0.8  # a block whose bound on ‖D‖²_F is at most this cannot fold (exactly: < 1)
+WHOLE_ABOVE = 0.4  # uncertified fraction of the blocks above which one whole pass is cheaper
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,31 @@ def upsampled_folding(displacement: torch.Tensor, upsampling: Upsampling) -> tup
     check_field("displacement", displacement[None])
     shape = tuple(displacement.shape[1:])
     upsampling.check(shape)
+    field = displacement[None]
     if min(shape) < 3:  # no interior voxel: the exhaustive tests' own conventions
-        field = displacement[None]
         return (float(folding_fraction(field, "central")[0]),
                 float(folding_fraction(field, "digital")[0]))
     bound = block_bounds(upsampling, shape)
     digital_scale = 4.0 if len(shape) == 3 else 1.0  # the central tetrahedra's two differences
-    central = _count(displacement, shape, bound > CERTIFIED, _central_window, _central_folds,
-                     with_identity=False)
-    digital = _count(displacement, shape, digital_scale * bound > CERTIFIED, _digital_window,
-                     digital_folds_of_map, with_identity=True)
-    return (central / math.prod(shape),
-            digital / max(math.prod(s - 2 for s in shape), 1))
+    uncertified = bound > CERTIFIED
+    if _mostly(uncertified):
+        central = float(folding_fraction(field, "central")[0])
+    else:
+        central = _count(displacement, shape, uncertified, _central_window, _central_folds,
+                         with_identity=False) / math.prod(shape)
+    uncertified = digital_scale * bound > CERTIFIED
+    if _mostly(uncertified):
+        digital = float(folding_fraction(field, "digital")[0])
+    else:
+        digital = _count(displacement, shape, uncertified, _digital_window,
+                         digital_folds_of_map, with_identity=True) / max(
+                             math.prod(s - 2 for s in shape), 1)
+    return central, digital
+
+
+def _mostly(uncertified: torch.Tensor) -> bool:
+    """Whether more than :data:`WHOLE_ABOVE` of the blocks are uncertified."""
+    return float(uncertified.float().mean()) > WHOLE_ABOVE
 
 
 def block_bounds(upsampling: Upsampling, shape: Sequence[int]) -> torch.Tensor:

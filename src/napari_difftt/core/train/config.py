@@ -39,8 +39,9 @@ FINE_TUNE_BOUND = 6.0  # bound (image voxels) of a fine-tune left at alpha=None 
 LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
                 "image_segmentation", "calibrate", "feature_level")
 # the U-Net decoder level a fresh flow model's heads read, per dimensionality (core.nets.UNet,
-# feature_level; docs/RESULTS.md, "The heads at half resolution")
-FLOW_FEATURE_LEVELS = {2: 0, 3: 0}
+# feature_level, with the finer encoder levels folded in; docs/RESULTS.md, "The heads at half
+# resolution")
+FLOW_FEATURE_LEVELS = {2: 0, 3: 1}
 
 
 @dataclass
@@ -176,10 +177,13 @@ class TrainConfig:
             check_heads(self.kind, self.feature_level, space)
 
     def resolved_feature_level(self) -> int:
-        """The decoder level a fresh model of these settings reads (None resolved)."""
+        """The decoder level a fresh model of these settings reads: ``feature_level``, or for
+        None :data:`FLOW_FEATURE_LEVELS` of the dimensionality where the velocity space's blocks
+        are whole multiples of its step (0 for the U-Net and for spaces of 1-voxel blocks)."""
         if self.feature_level is not None:
             return self.feature_level
-        return 0 if self.kind == "unet" else FLOW_FEATURE_LEVELS[self.ndim]
+        level = 0 if self.kind == "unet" else FLOW_FEATURE_LEVELS[self.ndim]
+        return level if self.velocity_space().block % 2**level == 0 else 0
 
     def velocity_space(self) -> VelocitySpace:
         """The :class:`VelocitySpace` these settings describe."""
