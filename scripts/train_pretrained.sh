@@ -4,7 +4,7 @@
 #   resources/difftt_phantom2d_bch.pt  2D: 32 training + 8 validation phantoms of 128² (seeds 0-39)
 # bch template transformer (T = 4, BCH order 2, U-Net width 4 in 3D and 8 in 2D, the default
 # velocity space, prior (μ and full Σ fitted to the training masks, then learnt) and pose level, β,
-# no penalty), whole-volume patches, Adam lr 1e-3
+# no penalty, heads on the image grid), whole-volume patches, Adam lr 1e-3
 # with cosine annealing, seed 0, on the CPU. Each final checkpoint is exported without optimizer
 # state and with float16 weights, then evaluated on its validation phantoms (MODEL_CARD.md).
 #
@@ -33,14 +33,16 @@ from napari_difftt.core.data import write_phantom_dataset
 write_phantom_dataset('$data', n_train=$n_train, n_test=$n_val, shape=($shape), seed=0)
 "
     # --smoothness 0: the shipped models' recipe (the fresh default became 0.03 in session 11;
-    # the fine-tune tables of docs/RESULTS.md start from these files)
+    # the fine-tune tables of docs/RESULTS.md start from these files); --feature-level 0 for
+    # the same reason (fresh models read half resolution since session 13, and those files
+    # fine-tune worse on painted slices: docs/RESULTS.md, "The finer encoder levels folded …")
     nice "$PYTHON" -m napari_difftt.cli train \
         --images "$data/imagesTr" --labels "$data/labelsTr" \
         --val-images "$data/imagesTs" --val-labels "$data/labelsTs" \
         --model bch --width "$width" \
         --iterations "$iterations" --patch-size ${shape//,/ } --lr 1e-3 --seed 0 --device cpu \
         --threads "$THREADS" --val-every 100 --checkpoint-every 50 \
-        --smoothness 0 --out "$WORK/$name/full.pt" --overwrite "$@"
+        --smoothness 0 --feature-level 0 --out "$WORK/$name/full.pt" --overwrite "$@"
     "$PYTHON" -c "
 from napari_difftt.core.train import export_checkpoint
 export_checkpoint('$WORK/$name/full.pt', '$out', half=True, overwrite=True)

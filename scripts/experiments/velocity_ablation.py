@@ -8,11 +8,12 @@ smoothing × bound × λ, for svf and bch, U-Net beside them; one JSON file per 
 
 Every row of a data set gets the same budget: ``--iterations`` Adam steps on whole volumes
 (patch = volume), batch 1, lr 1e-3 with cosine annealing, seed ``--seed`` (0), width
-``--width``, the prior (μ, diagonal Σ learnt; β = 1 and no pose level unless the row says
-otherwise) fitted to the training masks first. Each test volume is predicted whole and scored
-with the topology report: Dice, HD95 (mm), % det J ≤ 0 over the whole grid by central
-differences and by the digital test, connected components with face connectivity (6 in 3D,
-4 in 2D) and with full connectivity (26 / 8). A run whose JSON exists is skipped.
+``--width``, the prior (μ, diagonal Σ learnt; β = 1, no pose level and the heads on the image
+grid, ``feature_level`` 0, unless the row says otherwise) fitted to the training masks first.
+Each test volume is predicted whole and scored with the topology report: Dice, HD95 (mm), % det
+J ≤ 0 over the whole grid by central differences and by the digital test, connected components
+with face connectivity (6 in 3D, 4 in 2D) and with full connectivity (26 / 8).
+A run whose JSON exists is skipped.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ ROWS.update({
     "pose_full_bs2_l003": {**_POSE_BS2, "smoothness": 0.03},
     # session 12: the heads read the decoder at half resolution (core.nets.UNet feature_level)
     "pose_full_bs2_l003_f1": {**_POSE_BS2, "smoothness": 0.03, "feature_level": 1},
+    # session 13: half-resolution heads in 2D with more smoothness (folds at λ 0.03)
+    "pose_full_bs2_l01_f1": {**_POSE_BS2, "smoothness": 0.1, "feature_level": 1},
+    "pose_full_bs2_l03_f1": {**_POSE_BS2, "smoothness": 0.3, "feature_level": 1},
 })
 DATASETS = ("phantom32", "phantom64", "lobed48", "silhouettes")
 
@@ -181,7 +185,7 @@ def row_config(settings: dict, shape: tuple[int, ...], iterations: int, width: i
     """The protocol's TrainConfig for a row's ``settings`` on whole volumes of ``shape``."""
     return TrainConfig(**{"iterations": iterations, "patch_size": shape, "width": width,
                           "lr": 1e-3, "prior": "diag", "seed": seed, "device": "cpu",
-                          "prior_beta": 1.0, "pose": False, **settings})
+                          "prior_beta": 1.0, "pose": False, "feature_level": 0, **settings})
 
 
 def score(prediction, sample) -> dict:

@@ -22,6 +22,7 @@ from napari_difftt.core.models import (
 from napari_difftt.core.nets import UNet, space_to_depth
 from napari_difftt.core.prior import GeneralisedGaussianPrior, grid_axes
 from napari_difftt.core.train import TrainConfig, Trainer
+from napari_difftt.core.train.config import FRESH_SMOOTHNESS, FRESH_SMOOTHNESS_2D_HALF
 
 _SPACE = VelocitySpace("bspline", factor=2, lattice=2, bound=16.0)
 
@@ -172,7 +173,7 @@ def test_bad_levels_are_refused_naming_the_value(options, message):
 
 
 def test_train_config_resolves_checks_and_records_the_level():
-    assert TrainConfig(patch_size=(32, 32)).resolved_feature_level() == 0
+    assert TrainConfig(patch_size=(32, 32)).resolved_feature_level() == 1
     assert TrainConfig(patch_size=(32, 32, 32)).resolved_feature_level() == 1
     # a space of 1-voxel blocks cannot pool half-resolution features: its default is level 0
     assert TrainConfig(patch_size=(32, 32, 32), velocity="dense",
@@ -209,22 +210,32 @@ def test_a_fine_tune_keeps_its_inits_level_and_refuses_another(tmp_path):
         Trainer(config(init=str(tmp_path / "a.pt"), feature_level=0), samples)
 
 
-def test_a_fresh_3d_run_on_painted_slices_reads_the_full_resolution_decoder():
-    """Level 1 is the 3D default on dense labels; on sparse ones a fresh run takes level 0 (as
-    measured) and says so, unless a level was given."""
-    phantoms = [make_phantom((32, 32, 32), seed=seed) for seed in range(2)]
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_fresh_3d_run_on_painted_slices_reads_the_full_resolution_decoder(ndim):
+    """Level 1 is the default on dense labels (in 2D with λ = 0.1); on sparse ones a fresh 3D
+    run takes level 0 and the general λ (as measured) and says so, unless a level was given;
+    a 2D one keeps level 1."""
+    shape = (32,) * ndim
+    phantoms = [make_phantom(shape, seed=seed) for seed in range(2)]
     dense = [Sample(normalise_intensity(p.image), p.labels, p.spacing, f"d{i}")
              for i, p in enumerate(phantoms)]
     sparse = []
     for sample in dense:
         labels = np.full_like(sample.labels, 255)
-        labels[16] = sample.labels[16]  # one painted slice
+        labels[16] = sample.labels[16]  # one painted slice (row in 2D)
         sparse.append(Sample(sample.image, labels, sample.spacing, sample.name))
-    config = TrainConfig(patch_size=(32, 32, 32), width=2, iterations=1, device="cpu")
-    assert Trainer(config, dense).config.feature_level == 1
+    config = TrainConfig(patch_size=shape, width=2, iterations=1, device="cpu")
+    fresh = Trainer(config, dense).config
+    assert fresh.feature_level == 1
+    assert fresh.smoothness == (FRESH_SMOOTHNESS_2D_HALF if ndim == 2 else FRESH_SMOOTHNESS)
     said = []
-    assert Trainer(config, sparse, log=said.append).config.feature_level == 0
-    assert any("feature level 0" in line for line in said)
-    explicit = TrainConfig(patch_size=(32, 32, 32), width=2, iterations=1, device="cpu",
+    painted = Trainer(config, sparse, log=said.append).config
+    if ndim == 2:
+        assert painted.feature_level == 1 and painted.smoothness == FRESH_SMOOTHNESS_2D_HALF
+        assert not any("feature level" in line for line in said)
+        return
+    assert painted.feature_level == 0 and painted.smoothness == FRESH_SMOOTHNESS
+    assert any("feature level 0, not the default 1" in line for line in said)
+    explicit = TrainConfig(patch_size=shape, width=2, iterations=1, device="cpu",
                            feature_level=1)
     assert Trainer(explicit, sparse).config.feature_level == 1

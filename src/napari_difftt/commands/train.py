@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         FINE_TUNE_SMOOTHNESS,
         FLOW_FEATURE_LEVELS,
         FRESH_SMOOTHNESS,
+        FRESH_SMOOTHNESS_2D_HALF,
         KINDS,
         PARAMETERISATIONS,
         PRIOR_INITS,
@@ -85,8 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(model, "--prior-init", "labels: fit μ, Σ to the training masks; centre: centred, "
             "radii 0.5", choices=PRIOR_INITS)
     model.add_argument("--smoothness", action=_Typed, type=float, default=None, metavar="LAMBDA",
-                       help=f"weight of the λ‖∇u‖² penalty (default {FRESH_SMOOTHNESS:g}, or "
-                       f"{FINE_TUNE_SMOOTHNESS:g} with --init, as measured in docs/RESULTS.md)")
+                       help=f"weight of the λ‖∇u‖² penalty (default {FRESH_SMOOTHNESS:g}; "
+                       f"{FRESH_SMOOTHNESS_2D_HALF:g} for 2D heads at half resolution; "
+                       f"{FINE_TUNE_SMOOTHNESS:g} with --init; as measured in docs/RESULTS.md)")
     _option(model, "--pose", "the pose level: an affine map per image, the exact flow of a "
             "linear velocity field, places the prior before the velocities deform it (flow "
             "models)", action=_TypedSwitch)

@@ -33,6 +33,9 @@ FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RE
 # λ of a fresh flow model left at smoothness=None: without it 3 of 5 seeds of the 2D silhouettes
 # fold digitally (docs/RESULTS.md, "Fresh models and the digital test")
 FRESH_SMOOTHNESS = 0.03
+# λ of a fresh 2D model whose heads read half resolution: 0.03 folds on 2 of 5 silhouette seeds
+# (docs/RESULTS.md, "The finer encoder levels folded into the half-resolution heads")
+FRESH_SMOOTHNESS_2D_HALF = 0.1
 FINE_TUNE_BOUND = 6.0  # bound (image voxels) of a fine-tune left at alpha=None (docs/RESULTS.md)
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
@@ -41,7 +44,10 @@ LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
 # the U-Net decoder level a fresh flow model's heads read, per dimensionality (core.nets.UNet,
 # feature_level, with the finer encoder levels folded in; docs/RESULTS.md, "The heads at half
 # resolution")
-FLOW_FEATURE_LEVELS = {2: 0, 3: 1}
+FLOW_FEATURE_LEVELS = {2: 1, 3: 1}
+# … and of one trained on sparse labels (painted slices): in 3D level 1 lost 0.06–0.09 Dice on
+# lobed organs, in 2D it gained 0.07 on painted rows (the same section)
+SPARSE_FLOW_FEATURE_LEVELS = {2: 1, 3: 0}
 
 
 @dataclass
@@ -75,7 +81,7 @@ class TrainConfig:
     # bound of each velocity, image voxels; None: DEFAULT_SPACE's (16) for a fresh model,
     # FINE_TUNE_BOUND when fine-tuning
     alpha: float | None = None
-    # λ of the λ‖∇u‖² penalty; None: FRESH_SMOOTHNESS for a fresh model, FINE_TUNE_SMOOTHNESS
+    # λ of the λ‖∇u‖² penalty; None: fresh_smoothness() for a fresh model, FINE_TUNE_SMOOTHNESS
     # when fine-tuning (``init``), as measured in docs/RESULTS.md ("Fresh models and the digital
     # test", "Smoothness when fine-tuning")
     smoothness: float | None = None
@@ -150,9 +156,9 @@ class TrainConfig:
             raise ValueError(f"prior_beta must be a positive number, got {self.prior_beta!r}")
         if self.smoothness is not None and not (
                 isinstance(self.smoothness, int | float) and self.smoothness >= 0):
-            raise ValueError(f"smoothness must be >= 0 (or None: {FRESH_SMOOTHNESS}, or "
-                             f"{FINE_TUNE_SMOOTHNESS} "
-                             f"when fine-tuning), got {self.smoothness!r}")
+            raise ValueError(f"smoothness must be >= 0 (or None: {FRESH_SMOOTHNESS}, "
+                             f"{FRESH_SMOOTHNESS_2D_HALF} for 2D heads at half resolution, or "
+                             f"{FINE_TUNE_SMOOTHNESS} when fine-tuning), got {self.smoothness!r}")
         if not self.pose_loss >= 0:
             raise ValueError(f"pose_loss must be >= 0, got {self.pose_loss!r}")
         for name in ("pose", "keep_prior"):
@@ -184,6 +190,13 @@ class TrainConfig:
             return self.feature_level
         level = 0 if self.kind == "unet" else FLOW_FEATURE_LEVELS[self.ndim]
         return level if self.velocity_space().block % 2**level == 0 else 0
+
+    def fresh_smoothness(self) -> float:
+        """λ of a fresh model of these settings left at ``smoothness=None``:
+        :data:`FRESH_SMOOTHNESS_2D_HALF` for 2D heads at half resolution, else
+        :data:`FRESH_SMOOTHNESS`."""
+        half = self.resolved_feature_level() > 0
+        return FRESH_SMOOTHNESS_2D_HALF if self.ndim == 2 and half else FRESH_SMOOTHNESS
 
     def velocity_space(self) -> VelocitySpace:
         """The :class:`VelocitySpace` these settings describe."""

@@ -65,7 +65,7 @@ from ..slices import (
 )
 from .calibration import calibrated_threshold
 from .checkpoint import resumable, training_payload
-from .config import FINE_TUNE_SMOOTHNESS, FRESH_SMOOTHNESS, TrainConfig
+from .config import FINE_TUNE_SMOOTHNESS, SPARSE_FLOW_FEATURE_LEVELS, TrainConfig
 from .distributed import Distributed
 
 __all__ = ["SPARSE_FRACTION", "TrainEvent", "TrainResult", "Trainer", "build_model",
@@ -149,7 +149,7 @@ class Trainer:
                              and _labelled_fraction(config, self.train) >= SPARSE_FRACTION)
         if config.smoothness is None:  # measured: keeps fine-tunes and 2D models fold-free
             config = replace(config, smoothness=FINE_TUNE_SMOOTHNESS if config.init
-                             else FRESH_SMOOTHNESS)
+                             else config.fresh_smoothness())
         self.config = config
         if config.image_mask or config.image_segmentation:
             self.train = with_image_targets(self.train, config.ignore_value, self._log,
@@ -576,20 +576,21 @@ def sparse_lattice(config: TrainConfig, samples: Sequence[Any],
 
 def sparse_feature_level(config: TrainConfig, samples: Sequence[Any],
                          log: Callable[[str], None]) -> TrainConfig:
-    """``config`` with ``feature_level`` 0 when a fresh flow run chose none, its default is
-    finer than that (3D) and its training labels are sparse (< :data:`SPARSE_FRACTION`): on
-    painted slices the half-resolution heads lost 0.06–0.09 Dice on lobed organs
-    (docs/RESULTS.md, "The finer encoder levels folded into the half-resolution heads")."""
+    """``config`` with the ``feature_level`` of :data:`~.config.SPARSE_FLOW_FEATURE_LEVELS`
+    when a fresh flow run chose none, its training labels are sparse (< :data:`SPARSE_FRACTION`)
+    and that level differs from the default (3D: level 0, docs/RESULTS.md, "The finer encoder
+    levels folded into the half-resolution heads")."""
+    level = SPARSE_FLOW_FEATURE_LEVELS[config.ndim]
     if (config.kind == "unet" or config.init is not None or config.feature_level is not None
-            or config.resolved_feature_level() == 0):
+            or config.resolved_feature_level() == level):
         return config
     fraction = _labelled_fraction(config, samples)
     if fraction >= SPARSE_FRACTION:
         return config
-    log(f"sparse labels ({100 * fraction:.1f} % of the training voxels): the heads read the "
-        f"full-resolution decoder (feature level 0, not the default "
-        f"{config.resolved_feature_level()}; a level given explicitly is kept)")
-    return replace(config, feature_level=0)
+    log(f"sparse labels ({100 * fraction:.1f} % of the training voxels): the heads read "
+        f"feature level {level}, not the default {config.resolved_feature_level()} (a level "
+        "given explicitly is kept)")
+    return replace(config, feature_level=level)
 
 
 def resolve_mirror(config: TrainConfig, samples: Sequence[Any],
