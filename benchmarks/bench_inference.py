@@ -1,7 +1,7 @@
 """Whole-volume inference time: the bundled bch model against U-Nets of the same width.
 
     .venv/bin/python benchmarks/bench_inference.py [--sizes 64 128] [--repeats 5]
-        [--legacy OLD.pt] [--threads 2] [--json out.json]
+        [--legacy OLD.pt] [--also CKPT ...] [--threads 2] [--json out.json]
 
 Each model segments the same seeded phantom (normalisation, padding, network, flow, prior,
 threshold), once to warm up, then ``--repeats`` times in turn (round robin, so a change of load
@@ -15,7 +15,10 @@ what the Flow explorer adds on demand (the coarse velocities upsampled to the im
 The U-Nets have random weights (their cost does not depend on them); the bch models are real
 checkpoints, because the number of squarings follows the size of their velocities.
 ``--legacy`` adds a checkpoint written before velocity spaces existed (full-resolution
-velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``.
+velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``; ``--also`` any other 3D
+checkpoints, named by their file (e.g. a model of ``napari-difftt train``'s defaults, whose heads
+read half resolution: docs/RESULTS.md, "The finer encoder levels folded into the
+half-resolution heads").
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--legacy", type=Path, help="a checkpoint of the old parameterisation")
+    parser.add_argument("--also", type=Path, nargs="+", default=[],
+                        help="other 3D checkpoints to time beside the bundled one")
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,6 +72,12 @@ def main() -> None:
     models = {"bch (bundled)": bundled}
     if args.legacy is not None:
         models["bch (legacy, full resolution)"] = load_model(args.legacy, device="cpu")
+    for path in args.also:
+        loaded = load_model(path, device="cpu")
+        if loaded.model.ndim != 3 or loaded.model.kind == "unet":
+            parser.error(f"--also {path}: a 3D flow model is needed, got a {loaded.model.ndim}D "
+                         f"{loaded.model.kind} model")
+        models[f"{path.name} (feature level {loaded.model.feature_level})"] = loaded
     for width in sorted({loaded.model.width for loaded in models.values()}):
         unet = TemplateTransformer("unet", ndim=3, width=width).eval()
         models[f"unet width {width}"] = LoadedModel(unet, {}, cpu)
