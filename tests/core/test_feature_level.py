@@ -239,3 +239,17 @@ def test_a_fresh_3d_run_on_painted_slices_reads_the_full_resolution_decoder(ndim
     explicit = TrainConfig(patch_size=shape, width=2, iterations=1, device="cpu",
                            feature_level=1)
     assert Trainer(explicit, sparse).config.feature_level == 1
+
+
+def test_painted_rows_in_a_space_of_one_voxel_blocks_stay_at_level_zero():
+    """The sparse level never lifts a run above its default (a space the half-resolution
+    features cannot be pooled into resolves to 0)."""
+    phantoms = [make_phantom((32, 32), seed=seed) for seed in range(2)]
+    sparse = []
+    for i, p in enumerate(phantoms):
+        labels = np.full_like(p.labels, 255)
+        labels[16] = p.labels[16]
+        sparse.append(Sample(normalise_intensity(p.image), labels, p.spacing, f"s{i}"))
+    config = TrainConfig(patch_size=(32, 32), width=2, iterations=1, device="cpu",
+                         velocity="dense", velocity_factor=1)
+    assert Trainer(config, sparse).config.feature_level == 0

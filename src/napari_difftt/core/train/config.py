@@ -45,8 +45,9 @@ LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
 # feature_level, with the finer encoder levels folded in; docs/RESULTS.md, "The heads at half
 # resolution")
 FLOW_FEATURE_LEVELS = {2: 1, 3: 1}
-# … and of one trained on sparse labels (painted slices): in 3D level 1 lost 0.06–0.09 Dice on
-# lobed organs, in 2D it gained 0.07 on painted rows (the same section)
+# … and of one trained on sparse labels (painted slices; never above the default): in 3D level 1
+# tied on the mean of 3 seeds but lost 0.02–0.03 Dice with three slices, in 2D it gained
+# 0.03–0.04 on painted rows (the same section)
 SPARSE_FLOW_FEATURE_LEVELS = {2: 1, 3: 0}
 
 

@@ -578,18 +578,18 @@ def sparse_feature_level(config: TrainConfig, samples: Sequence[Any],
                          log: Callable[[str], None]) -> TrainConfig:
     """``config`` with the ``feature_level`` of :data:`~.config.SPARSE_FLOW_FEATURE_LEVELS`
     when a fresh flow run chose none, its training labels are sparse (< :data:`SPARSE_FRACTION`)
-    and that level differs from the default (3D: level 0, docs/RESULTS.md, "The finer encoder
-    levels folded into the half-resolution heads")."""
-    level = SPARSE_FLOW_FEATURE_LEVELS[config.ndim]
+    and that level is below the default (3D: level 0, docs/RESULTS.md, "The finer encoder
+    levels folded into the half-resolution heads"); never above it."""
+    default = config.resolved_feature_level()
+    level = min(SPARSE_FLOW_FEATURE_LEVELS[config.ndim], default)
     if (config.kind == "unet" or config.init is not None or config.feature_level is not None
-            or config.resolved_feature_level() == level):
+            or level == default):
         return config
     fraction = _labelled_fraction(config, samples)
     if fraction >= SPARSE_FRACTION:
         return config
     log(f"sparse labels ({100 * fraction:.1f} % of the training voxels): the heads read "
-        f"feature level {level}, not the default {config.resolved_feature_level()} (a level "
-        "given explicitly is kept)")
+        f"feature level {level}, not the default {default} (a level given explicitly is kept)")
     return replace(config, feature_level=level)
 
 
