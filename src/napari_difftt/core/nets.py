@@ -64,7 +64,6 @@ class UNet(nn.Module):
             raise ValueError(f"fine_skips must be True or False, got {fine_skips!r}")
         self.ndim, self.in_channels, self.out_channels = ndim, in_channels, out_channels
         self.feature_level = feature_level
-        self.fine_skips = fine_skips and feature_level > 0
         widths = [width * 2**level for level in range(LEVELS + 1)]
         self.down = nn.ModuleList([ConvBlock(ndim, in_channels, widths[0])])
         self.down.extend(ConvBlock(ndim, widths[k - 1], widths[k]) for k in range(1, LEVELS + 1))
@@ -73,7 +72,7 @@ class UNet(nn.Module):
             for k in reversed(range(feature_level, LEVELS))
         )
         self.fuse = None
-        if self.fine_skips:
+        if fine_skips and feature_level > 0:
             folded = sum(widths[k] * 2 ** (ndim * (feature_level - k))
                          for k in range(feature_level))
             self.fuse = nn.Sequential(
@@ -83,6 +82,11 @@ class UNet(nn.Module):
         if zero_head:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    @property
+    def fine_skips(self) -> bool:
+        """Whether the finer encoder levels are folded into the heads' grid (level > 0 only)."""
+        return self.fuse is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

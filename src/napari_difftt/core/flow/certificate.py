@@ -74,31 +74,29 @@ def upsampled_folding(displacement: torch.Tensor, upsampling: Upsampling) -> tup
     check_field("displacement", displacement[None])
     shape = tuple(displacement.shape[1:])
     upsampling.check(shape)
-    field = displacement[None]
     if min(shape) < 3:  # no interior voxel: the exhaustive tests' own conventions
+        field = displacement[None]
         return (float(folding_fraction(field, "central")[0]),
                 float(folding_fraction(field, "digital")[0]))
     bound = block_bounds(upsampling, shape)
     digital_scale = 4.0 if len(shape) == 3 else 1.0  # the central tetrahedra's two differences
-    uncertified = bound > CERTIFIED
-    if _mostly(uncertified):
-        central = float(folding_fraction(field, "central")[0])
-    else:
-        central = _count(displacement, shape, uncertified, _central_window, _central_folds,
-                         with_identity=False) / math.prod(shape)
-    uncertified = digital_scale * bound > CERTIFIED
-    if _mostly(uncertified):
-        digital = float(folding_fraction(field, "digital")[0])
-    else:
-        digital = _count(displacement, shape, uncertified, _digital_window,
-                         digital_folds_of_map, with_identity=True) / max(
-                             math.prod(s - 2 for s in shape), 1)
+    central = _fraction(displacement, bound > CERTIFIED, "central", _central_window,
+                        _central_folds, with_identity=False, voxels=math.prod(shape))
+    digital = _fraction(displacement, digital_scale * bound > CERTIFIED, "digital",
+                        _digital_window, digital_folds_of_map, with_identity=True,
+                        voxels=max(math.prod(s - 2 for s in shape), 1))
     return central, digital
 
 
-def _mostly(uncertified: torch.Tensor) -> bool:
-    """Whether more than :data:`WHOLE_ABOVE` of the blocks are uncertified."""
-    return float(uncertified.float().mean()) > WHOLE_ABOVE
+def _fraction(displacement: torch.Tensor, uncertified: torch.Tensor, scheme: str,
+              window: Callable, folds: Callable, *, with_identity: bool, voxels: int) -> float:
+    """One fold test's fraction of the ``voxels`` it counts: block by block where the
+    ``uncertified`` blocks are at most :data:`WHOLE_ABOVE` of them, else one whole pass."""
+    if float(uncertified.float().mean()) > WHOLE_ABOVE:
+        return float(folding_fraction(displacement[None], scheme)[0])
+    shape = tuple(displacement.shape[1:])
+    return _count(displacement, shape, uncertified, window, folds,
+                  with_identity=with_identity) / voxels
 
 
 def block_bounds(upsampling: Upsampling, shape: Sequence[int]) -> torch.Tensor:
