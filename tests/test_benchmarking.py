@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -89,3 +90,39 @@ def test_format_table_is_markdown():
 def test_bench_command_rejects_bad_arguments(argv, message, capsys):
     assert main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_pooled_inference_runs_take_the_median_of_every_repeat(tmp_path, capsys, monkeypatch):
+    """benchmarks/pool_inference.py: the medians are over all repeats of all runs (not the
+    median of the runs' medians), divided by the same-width U-Net's in the same mode."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "pool_inference.py"
+    spec = importlib.util.spec_from_file_location("pool_inference", script)
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+
+    def run(bch, unet):
+        return {"runs": [
+            {"model": "bch (bundled)", "width": 4, "size": 128, "mode": "segmentation",
+             "seconds": bch, "median": 0},
+            {"model": "unet width 4", "width": 4, "size": 128, "mode": "segmentation",
+             "seconds": unet, "median": 0},
+            {"size": 128, "fold_tests": {}},
+        ]}
+
+    first, second = tmp_path / "1.json", tmp_path / "2.json"
+    first.write_text(json.dumps(run([1.0, 1.1, 5.0], [1.0, 1.0, 1.0])))
+    second.write_text(json.dumps(run([1.2, 1.3], [0.5, 0.5])))
+    pools, widths = pool.pooled_seconds([first, second], 128)
+    assert sorted(pools["bch (bundled)", "segmentation"]) == [1.0, 1.1, 1.2, 1.3, 5.0]
+    assert widths == {"bch (bundled)": 4, "unet width 4": 4}
+    monkeypatch.setattr(sys, "argv", ["pool_inference.py", str(first), str(second)])
+    pool.main()
+    # pooled medians 1.2 s and 1.0 s (the runs' own ratios would be 1.1 × and 2.5 ×)
+    assert "| bch (bundled) | 1.200 s (1.200 ×), n 5 |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["pool_inference.py", str(first), "--size", "64"])
+    with pytest.raises(SystemExit):
+        pool.main()
+    assert "no timings at 64³" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from napari_difftt.core.flow.velocity import (
     VelocitySpace,
     _bspline_basis,
     _gaussian,
+    upsample_linear,
 )
 from napari_difftt.core.models import TemplateTransformer
 
@@ -134,6 +135,33 @@ def test_gaussian_smoothing_keeps_constants_and_damps_noise():
     smoothed = _gaussian(noise, 1.5)
     assert float(smoothed.std()) < 0.4 * float(noise.std())
     torch.testing.assert_close(smoothed.mean(), noise.mean(), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", [(7, 5, 6), (1, 3, 2), (9, 4), (1, 5)])
+def test_upsampling_is_atens_linear_interpolation(shape, factor):
+    """The phase-by-phase upsampling (inference) equals F.interpolate (align_corners=False,
+    edges held) to rounding, on odd, even and one-voxel axes, and is contiguous."""
+    field = torch.randn(2, 3, *shape, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(factor))
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    expected = torch.nn.functional.interpolate(field, scale_factor=factor, mode=mode,
+                                               align_corners=False)
+    with torch.no_grad():
+        upsampled = upsample_linear(field, factor)
+    assert upsampled.is_contiguous()
+    torch.testing.assert_close(upsampled, expected, rtol=0, atol=1e-12)
+
+
+def test_upsampling_holds_lines_inside_and_edges_outside():
+    """A line along one axis stays the line at the fine positions factor·i + r that lie
+    between the first and last coarse centres, and is held at the edge voxels beyond them."""
+    factor = 4
+    coarse = torch.arange(5, dtype=torch.float64).view(1, 1, 1, 5).expand(1, 1, 3, 5)
+    with torch.no_grad():
+        fine = upsample_linear(coarse.contiguous(), factor)[0, 0, 0]
+    position = (torch.arange(20, dtype=torch.float64) + 0.5) / factor - 0.5  # in coarse voxels
+    torch.testing.assert_close(fine, position.clamp(0, 4), rtol=0, atol=1e-12)
 
 
 def test_velocity_space_is_differentiable():

@@ -334,9 +334,12 @@ def _coarse_flow(space: VelocitySpace, result, padded: tuple[int, ...],
 
 
 def _crop(tensor: torch.Tensor | None, crop: tuple[slice, ...]) -> np.ndarray | None:
+    """``tensor``'s crop as a contiguous float32 numpy array: a copy where the crop is a
+    strided view (a padded volume) or the tensor is not float32 on the CPU, else a view of the
+    tensor's memory (the forward pass's outputs are fresh tensors that nothing else holds)."""
     if tensor is None:
         return None
-    return tensor[(..., *crop)].float().cpu().numpy().copy()
+    return np.ascontiguousarray(tensor[(..., *crop)].float().cpu().numpy())
 
 
 def _gib(size: int) -> str:

@@ -74,36 +74,38 @@ def gradient_penalty(field: torch.Tensor) -> torch.Tensor:
 
 def derivative(field: torch.Tensor, axis: int) -> torch.Tensor:
     """∂field/∂x_axis in voxel units, ``(B, n, *S)``: central inside, one-sided at both ends."""
-    return torch.cat([part for _, part in _derivative_parts(field, axis)], axis + 2)
+    parts = [difference if factor == 1 else difference * factor
+             for _, difference, factor in _derivative_parts(field, axis)]
+    return torch.cat(parts, axis + 2)
 
 
 def add_derivative_product(out: torch.Tensor, field: torch.Tensor, axis: int,
                            weight: torch.Tensor, sign: int = 1) -> None:
     """``out`` ± ``derivative(field, axis)`` · ``weight``, in place, region by region (the same
     products and sums, without concatenating the derivative: half the time for a Lie bracket
-    at 64³). ``out``, ``field`` ``(B, n, *S)``, ``weight`` ``(B, 1 or n, *S)``; not for
-    tensors that autograd records (in-place writes into views of ``out``)."""
+    at 64³; the central difference's ½ is the addition's factor, which changes no bit: scaling
+    by a power of two commutes with rounding). ``out``, ``field`` ``(B, n, *S)``, ``weight``
+    ``(B, 1 or n, *S)``; not for tensors that autograd records (in-place writes into views of
+    ``out``)."""
     dim = axis + 2
-    for start, part in _derivative_parts(field, axis):
-        product = part * weight.narrow(dim, start, part.shape[dim])
-        target = out.narrow(dim, start, part.shape[dim])
-        if sign > 0:
-            target += product
-        else:
-            target -= product
+    for start, difference, factor in _derivative_parts(field, axis):
+        size = difference.shape[dim]
+        product = difference.mul_(weight.narrow(dim, start, size))
+        out.narrow(dim, start, size).add_(product, alpha=sign * factor)
 
 
-def _derivative_parts(field: torch.Tensor, axis: int) -> list[tuple[int, torch.Tensor]]:
-    """:func:`derivative` as (first voxel, values) pieces along ``axis``: the one-sided first
-    voxel, the central inside, the one-sided last voxel."""
+def _derivative_parts(field: torch.Tensor, axis: int) -> list[tuple[int, torch.Tensor, float]]:
+    """:func:`derivative` as (first voxel, difference, factor) pieces along ``axis``, the
+    derivative being factor × difference (new tensors): the one-sided first voxel, the central
+    inside (factor ½), the one-sided last voxel."""
     dim = axis + 2
     size = field.shape[dim]
     first = field.narrow(dim, 1, 1) - field.narrow(dim, 0, 1)
     last = field.narrow(dim, size - 1, 1) - field.narrow(dim, size - 2, 1)
     if size == 2:
-        return [(0, first), (1, last)]
-    inner = (field.narrow(dim, 2, size - 2) - field.narrow(dim, 0, size - 2)) / 2
-    return [(0, first), (1, inner), (size - 1, last)]
+        return [(0, first, 1.0), (1, last, 1.0)]
+    inner = field.narrow(dim, 2, size - 2) - field.narrow(dim, 0, size - 2)
+    return [(0, first, 1.0), (1, inner, 0.5), (size - 1, last, 1.0)]
 
 
 def _det_of_columns(columns: Sequence[torch.Tensor]) -> torch.Tensor:
