@@ -19,6 +19,12 @@ from napari_difftt.core.flow.certificate import (
     block_bounds,
     upsampled_folding,
 )
+from napari_difftt.core.flow.grid import identity
+from napari_difftt.core.flow.jacobian import (
+    _corner_dets,
+    digital_folds_of_map,
+    tetrahedra_folds_of_map,
+)
 from napari_difftt.core.flow.velocity import VelocitySpace
 from napari_difftt.core.inference import predict_volume
 from napari_difftt.core.metrics import topology_report
@@ -104,6 +110,42 @@ def test_a_smooth_flow_is_certified_everywhere_and_a_rough_one_is_tested(monkeyp
     monkeypatch.setattr(certificate, "WHOLE_ABOVE", 1.0)
     assert upsampled_folding(rough, rough_upsampling) == pytest.approx(whole, rel=1e-6)
     assert sum(tested) == (32 // BLOCK) ** 3  # every block tested
+
+
+def test_blocks_whose_corner_simplices_are_certified_test_only_the_tetrahedra(monkeypatch):
+    """A block certified for the corner simplices (bound ≤ CERTIFIED) but not for the central
+    tetrahedra (4 × bound > CERTIFIED) runs the tetrahedra alone; the counts stay exhaustive."""
+    monkeypatch.setattr(certificate, "WHOLE_ABOVE", 1.0)  # blocks, never one whole pass
+    fine, upsampling = _upsampled((16, 16, 16), 2, 0.8, ((0, 32),) * 3)
+    bound = block_bounds(upsampling, fine.shape[1:])
+    middle = int(((bound <= CERTIFIED) & (4 * bound > CERTIFIED)).sum())
+    full = int((bound > CERTIFIED).sum())
+    assert middle > 0 and full > 0
+    calls = {"digital": 0, "tetrahedra": 0}
+
+    def counting(name, test):
+        return lambda fields: calls.__setitem__(name, calls[name] + len(fields)) or test(fields)
+
+    monkeypatch.setattr(certificate, "digital_folds_of_map",
+                        counting("digital", certificate.digital_folds_of_map))
+    monkeypatch.setattr(certificate, "tetrahedra_folds_of_map",
+                        counting("tetrahedra", certificate.tetrahedra_folds_of_map))
+    _, digital = upsampled_folding(fine, upsampling)
+    assert calls == {"digital": full, "tetrahedra": middle}
+    exhaustive = float(folding_fraction(fine[None], "digital")[0])
+    assert round(digital * 30**3) == round(exhaustive * 30**3)
+
+
+def test_the_digital_test_is_its_corner_simplices_or_its_tetrahedra():
+    """digital_folds_of_map = (a corner simplex folds) ∪ tetrahedra_folds_of_map, on a rough map
+    where the tetrahedra fold."""
+    generator = torch.Generator().manual_seed(3)
+    displacement = 0.9 * torch.randn(2, 3, 9, 10, 11, generator=generator, dtype=torch.float64)
+    phi = displacement + identity((9, 10, 11), dtype=torch.float64)
+    corners = torch.stack(_corner_dets(phi)).amin(0) <= 0
+    tetrahedra = tetrahedra_folds_of_map(phi)
+    assert bool(tetrahedra.any())
+    assert torch.equal(digital_folds_of_map(phi), corners | tetrahedra)
 
 
 def test_an_upsampling_that_cannot_have_made_the_field_is_refused():

@@ -17,7 +17,9 @@ det M₀ · det(I + M₀⁻¹D) ≥ |det M₀| (1 − ‖D‖₂)ⁿ > 0: no fol
 the bound per block of :data:`BLOCK`³ image voxels, over every coarse cell the block's tests
 reach, and runs the exhaustive tests of :mod:`.jacobian` only on the blocks whose bound is
 above :data:`CERTIFIED` (below 1: a margin for float32 rounding) — the same operations on the
-same values, so the counts are the exhaustive tests' to the voxel. Where more than
+same values, so the counts are the exhaustive tests' to the voxel. A 3D block certified for
+the corner simplices but not for the tetrahedra (Σ_a m_a ≤ CERTIFIED < 4 Σ_a m_a) runs the two
+tetrahedra alone (:func:`.jacobian.tetrahedra_folds_of_map`). Where more than
 :data:`WHOLE_ABOVE` of the blocks are uncertified, the test runs once over the whole volume
 instead (a block's window reads (B + 2)ⁿ voxels for Bⁿ: the whole pass is then cheaper).
 """
@@ -32,7 +34,12 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_field
-from .jacobian import central_det_whole, digital_folds_of_map, folding_fraction
+from .jacobian import (
+    central_det_whole,
+    digital_folds_of_map,
+    folding_fraction,
+    tetrahedra_folds_of_map,
+)
 
 __all__ = ["BLOCK", "CERTIFIED", "WHOLE_ABOVE", "Upsampling", "block_bounds",
            "upsampled_folding"]
@@ -79,24 +86,29 @@ def upsampled_folding(displacement: torch.Tensor, upsampling: Upsampling) -> tup
         return (float(folding_fraction(field, "central")[0]),
                 float(folding_fraction(field, "digital")[0]))
     bound = block_bounds(upsampling, shape)
-    digital_scale = 4.0 if len(shape) == 3 else 1.0  # the central tetrahedra's two differences
-    central = _fraction(displacement, bound > CERTIFIED, "central", _central_window,
-                        _central_folds, with_identity=False, voxels=math.prod(shape))
-    digital = _fraction(displacement, digital_scale * bound > CERTIFIED, "digital",
-                        _digital_window, digital_folds_of_map, with_identity=True,
-                        voxels=max(math.prod(s - 2 for s in shape), 1))
+    corners = bound > CERTIFIED  # also central differences: M₀ = I, one difference per column
+    central = _fraction(displacement, [(corners, _central_folds)], "central", _central_window,
+                        with_identity=False, voxels=math.prod(shape))
+    digital_tests = [(corners, digital_folds_of_map)]
+    if len(shape) == 3:  # the central tetrahedra's columns hold two differences: 4 × the bound
+        digital_tests.append((~corners & (4.0 * bound > CERTIFIED), tetrahedra_folds_of_map))
+    digital = _fraction(displacement, digital_tests, "digital", _digital_window,
+                        with_identity=True, voxels=max(math.prod(s - 2 for s in shape), 1))
     return central, digital
 
 
-def _fraction(displacement: torch.Tensor, uncertified: torch.Tensor, scheme: str,
-              window: Callable, folds: Callable, *, with_identity: bool, voxels: int) -> float:
-    """One fold test's fraction of the ``voxels`` it counts: block by block where the
-    ``uncertified`` blocks are at most :data:`WHOLE_ABOVE` of them, else one whole pass."""
-    if float(uncertified.float().mean()) > WHOLE_ABOVE:
+def _fraction(displacement: torch.Tensor, tests: list[tuple[torch.Tensor, Callable]],
+              scheme: str, window: Callable, *, with_identity: bool, voxels: int) -> float:
+    """One fold test's fraction of the ``voxels`` it counts, from ``tests``: (the blocks of
+    ``(*blocks)`` booleans that need it, the part of the test they need — in a block whose
+    corner simplices are certified only the central tetrahedra can fold). Block by block where
+    the uncertified blocks are at most :data:`WHOLE_ABOVE` of them, else one whole pass."""
+    uncertified = sum(mask.float() for mask, _ in tests)
+    if float(uncertified.mean()) > WHOLE_ABOVE:
         return float(folding_fraction(displacement[None], scheme)[0])
     shape = tuple(displacement.shape[1:])
-    return _count(displacement, shape, uncertified, window, folds,
-                  with_identity=with_identity) / voxels
+    return sum(_count(displacement, shape, mask, window, folds, with_identity=with_identity)
+               for mask, folds in tests) / voxels
 
 
 def block_bounds(upsampling: Upsampling, shape: Sequence[int]) -> torch.Tensor:

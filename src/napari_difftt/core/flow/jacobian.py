@@ -160,44 +160,66 @@ def _digital_folds(displacement: torch.Tensor) -> torch.Tensor:
 def digital_folds_of_map(phi: torch.Tensor) -> torch.Tensor:
     """:func:`_digital_folds` of the map ``phi`` ``(B, n, *S)`` (voxels) in one piece →
     ``(B, *S − 2)``."""
+    dets = _corner_dets(phi)
+    if phi.ndim == 5:
+        dets += _tetrahedra_dets(phi)
+    smallest = dets[0]
+    for det in dets[1:]:
+        smallest = torch.minimum(smallest, det)
+    return smallest <= 0
+
+
+def tetrahedra_folds_of_map(phi: torch.Tensor) -> torch.Tensor:
+    """The part of :func:`digital_folds_of_map` that the two central tetrahedra of each cube
+    decide, for a 3D map ``phi`` ``(B, 3, *S)`` → ``(B, *S − 2)``: the whole test where the
+    corner simplices are known not to fold (:mod:`.certificate`)."""
+    first, second = _tetrahedra_dets(phi)
+    return torch.minimum(first, second) <= 0
+
+
+def _interior_shift(phi: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
+    """``phi`` at the interior voxels moved by ``offsets`` (one per axis, −1…1)."""
+    index = [slice(None), slice(None)]
+    index += [slice(1 + o, phi.shape[2 + a] - 1 + o) for a, o in enumerate(offsets)]
+    return phi[tuple(index)]
+
+
+def _corner_dets(phi: torch.Tensor) -> list[torch.Tensor]:
+    """Determinants of the corner simplices at each interior voxel, spanned by one oriented
+    edge per axis: 4 in 2D, 8 in 3D (the two orientations of the first edge share the cross
+    product of the other two)."""
     n = phi.ndim - 2
-
-    def shifted(offsets: Sequence[int]) -> torch.Tensor:
-        index = [slice(None), slice(None)]
-        index += [slice(1 + o, phi.shape[2 + a] - 1 + o) for a, o in enumerate(offsets)]
-        return phi[tuple(index)]
-
-    centre = shifted([0] * n)
+    centre = _interior_shift(phi, [0] * n)
     # the edge to the neighbour along each axis, oriented ±: (axis, sign) → sign·(φ(x ± e) − φ(x))
     edges = {}
     for axis in range(n):
         step = [0] * n
         step[axis] = 1
-        edges[axis, 1] = shifted(step) - centre
+        edges[axis, 1] = _interior_shift(phi, step) - centre
         step[axis] = -1
-        edges[axis, -1] = centre - shifted(step)
-    # corner simplices at the voxel, spanned by one oriented edge per axis; in 3D the two
-    # orientations of the first edge share the cross product of the other two
+        edges[axis, -1] = centre - _interior_shift(phi, step)
     if n == 2:
-        dets = [_det_of_columns([edges[0, a], edges[1, b]])
+        return [_det_of_columns([edges[0, a], edges[1, b]])
                 for a, b in itertools.product((-1, 1), repeat=2)]
-    else:
-        dets = []
-        for b, c in itertools.product((-1, 1), repeat=2):
-            cross = _cross(edges[1, b], edges[2, c])
-            dets += [_dot(edges[0, a], cross) for a in (-1, 1)]
-        # central tetrahedra of the cube [x, x + 1]³, both parities; identity edges give det ±2
-        for origin, apexes, sign in (
-            ((0, 0, 0), ((0, 1, 1), (1, 0, 1), (1, 1, 0)), 1),
-            ((1, 1, 1), ((1, 0, 0), (0, 1, 0), (0, 0, 1)), -1),
-        ):
-            base = shifted(origin)
-            det = _det_of_columns([shifted(apex) - base for apex in apexes])
-            dets.append(det if sign > 0 else -det)
-    smallest = dets[0]
-    for det in dets[1:]:
-        smallest = torch.minimum(smallest, det)
-    return smallest <= 0
+    dets = []
+    for b, c in itertools.product((-1, 1), repeat=2):
+        cross = _cross(edges[1, b], edges[2, c])
+        dets += [_dot(edges[0, a], cross) for a in (-1, 1)]
+    return dets
+
+
+def _tetrahedra_dets(phi: torch.Tensor) -> list[torch.Tensor]:
+    """Determinants of the central tetrahedra of the cube [x, x + 1]³ at each interior voxel,
+    both parities, signed so that the identity gives +2."""
+    dets = []
+    for origin, apexes, sign in (
+        ((0, 0, 0), ((0, 1, 1), (1, 0, 1), (1, 1, 0)), 1),
+        ((1, 1, 1), ((1, 0, 0), (0, 1, 0), (0, 0, 1)), -1),
+    ):
+        base = _interior_shift(phi, origin)
+        det = _det_of_columns([_interior_shift(phi, apex) - base for apex in apexes])
+        dets.append(det if sign > 0 else -det)
+    return dets
 
 
 def _cross(b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
