@@ -10,7 +10,7 @@ from napari_difftt.core.inference import default_checkpoint
 from napari_difftt.core.io import Volume
 from napari_difftt.core.slices import evenly_spaced_slices, paint
 from napari_difftt.errors import AnnotationError, IncompatibleCheckpoint, VolumeError
-from napari_difftt.fine_tune import Finished, Step, count_slices, fine_tune
+from napari_difftt.fine_tune import FINE_TUNE, Finished, Step, count_slices, fine_tune
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,28 @@ def test_the_prior_is_refitted_to_the_slices_unless_kept(flat, tmp_path):
     kept_mean = kept.trainer.model.prior.mean.detach()
     np.testing.assert_allclose(kept_mean, bundled, atol=1e-4)  # the weights are float16
     assert not np.allclose(refit.trainer.model.prior.mean.detach(), bundled, atol=1e-3)
+
+
+def test_the_dock_tunes_what_fine_tune_says_of_a_flow_model_and_all_of_a_unet(
+        flat, tmp_path, monkeypatch):
+    """fine_tune (the "Segment from my slices" dock) trains all of the bundled flow model by
+    default; with FINE_TUNE["tune"] = "heads" (docs/RESULTS.md) its U-Net stays frozen, while a
+    U-Net checkpoint is always tuned whole."""
+    from napari_difftt.core.data import Sample
+    from napari_difftt.core.train import TrainConfig, Trainer
+
+    assert FINE_TUNE["tune"] == "all"
+    assert fine_tune(flat[0], flat[1], 0, tmp_path / "all_bch.pt",
+                     device="cpu").trainer.config.tune == "all"
+    monkeypatch.setitem(FINE_TUNE, "tune", "heads")
+    run = fine_tune(flat[0], flat[1], 0, tmp_path / "heads.pt", device="cpu")
+    assert run.trainer.config.tune == "heads"
+    assert list(run.events(should_stop=lambda: True))[-1].stopped
+    assert not any(p.requires_grad for n, p in run.trainer.model.named_parameters()
+                   if n.startswith("net.down."))
+    unet = tmp_path / "unet.pt"
+    Trainer(TrainConfig(kind="unet", iterations=1, patch_size=(32, 32), width=2, device="cpu",
+                        checkpoint=str(unet)),
+            [Sample(flat[0].array, flat[2], (1.0, 1.0), "flat")]).run()
+    assert fine_tune(flat[0], flat[1], 0, tmp_path / "all.pt", checkpoint=unet,
+                     device="cpu").trainer.config.tune == "all"

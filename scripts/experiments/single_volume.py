@@ -31,6 +31,7 @@ from napari_difftt.core.inference import default_checkpoint
 from napari_difftt.core.io import Volume, read_nifti
 from napari_difftt.core.metrics import evaluate_case
 from napari_difftt.core.slices import evenly_spaced_slices, paint
+from napari_difftt.core.train.config import TUNES
 from napari_difftt.fine_tune import FINE_TUNE, fine_tune
 from napari_difftt.pipeline import segment
 
@@ -47,6 +48,8 @@ def main() -> None:
                         help="largest training patch edge (measuring FINE_TUNE's default)")
     parser.add_argument("--lr", type=float, default=FINE_TUNE["lr"],
                         help="learning rate (measuring FINE_TUNE's default)")
+    parser.add_argument("--tune", choices=TUNES, default=FINE_TUNE["tune"],
+                        help="what of the model learns (TrainConfig.tune)")
     parser.add_argument("--keep-prior", action="store_true",
                         help="keep the bundled prior instead of re-fitting it to the slices")
     parser.add_argument("--no-mirror", action="store_true",
@@ -64,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    FINE_TUNE.update(patch=args.patch, lr=args.lr)
+    FINE_TUNE.update(patch=args.patch, lr=args.lr, tune=args.tune)
     if (args.image is None) != (args.labels is None):
         parser.error("--image and --labels go together")
     if args.image is not None:
@@ -100,6 +103,7 @@ def main() -> None:
         "image_mask": run.trainer.config.image_mask,
         "image_segmentation": run.trainer.config.image_segmentation,
         "smoothness": run.trainer.config.smoothness,
+        "tune": run.trainer.config.tune,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,

@@ -16,9 +16,11 @@ out like :mod:`napari_difftt.pipeline`:
   fine-tuned checkpoint. Bad input is refused before anything trains or is written.
 
 The network starts from ``checkpoint`` (default: the bundled model of the volume's
-dimensionality), the prior is re-fitted to the slices (:func:`core.slices.fit_to_slices`), and
-training runs for ``minutes`` (the cosine follows the time budget, :class:`core.train.Trainer`);
-a stop ends it with the checkpoint written and no segmentation.
+dimensionality; a flow model learns what ``FINE_TUNE["tune"]`` says, docs/RESULTS.md,
+"Fine-tuning the heads alone"), the prior is re-fitted to the slices
+(:func:`core.slices.fit_to_slices`), and training runs for ``minutes`` (the cosine follows the
+time budget, :class:`core.train.Trainer`); a stop ends it with the checkpoint written and no
+segmentation.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ __all__ = ["FINE_TUNE", "Counted", "FineTune", "Finished", "Step", "axis_choices
 
 # the settings of a fine-tuning run on one volume (docs/PERFORMANCE.md, "Segment from my
 # slices": measured there); the rest are the init checkpoint's or TrainConfig's defaults
-FINE_TUNE = {"minutes": 2.0, "lr": 1e-3, "patch": 64, "iterations": 100_000}
+# ("tune": what of a flow model learns, TrainConfig.tune; "heads" alone is measured there too)
+FINE_TUNE = {"minutes": 2.0, "lr": 1e-3, "patch": 64, "iterations": 100_000, "tune": "all"}
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,12 @@ def fine_tune(
     labels = painted_slices(painted, axis, unlabelled=unlabelled)
     out = check_output_file(out, overwrite=False, what="checkpoint")
     init = Path(checkpoint) if checkpoint is not None else default_checkpoint(image.ndim)
+    kind = _kind_of(init)
     config = TrainConfig(
-        kind=_kind_of(init), iterations=FINE_TUNE["iterations"], minutes=minutes,
+        kind=kind, iterations=FINE_TUNE["iterations"], minutes=minutes,
         lr=FINE_TUNE["lr"], patch_size=_patch(image.shape), device=device, seed=seed,
-        init=str(init), checkpoint=str(out), keep_prior=keep_prior, mirror=mirror,
+        init=str(init), checkpoint=str(out), keep_prior=keep_prior,
+        tune="all" if kind == "unet" else FINE_TUNE["tune"], mirror=mirror,
         image_depth=image_depth, image_mask=image_mask, image_segmentation=image_segmentation,
     )
     sample = array_sample(image, labels.labels, volume.spacing, "painted", labels.ignore_value)

@@ -264,3 +264,37 @@ def test_a_u_net_fine_tune_has_no_velocity_space_to_change(tmp_path):
     tuned.run()
     assert tuned.model.velocity_space == unet.model.velocity_space
     assert not any("velocities" in line for line in logs)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"tune": "encoder"}, r"tune must be one of \('all', 'heads'\)"),
+    ({"tune": "heads"}, "tune='heads' needs init and a flow model"),
+])
+def test_tune_names_a_known_part_and_heads_needs_a_warm_start(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_a_unet_fine_tune_cannot_train_heads_alone(tmp_path, trained):
+    with pytest.raises(ValueError, match="needs init and a flow model"):
+        _config(tmp_path, init=trained, kind="unet", tune="heads")
+
+
+def test_tuning_the_heads_alone_leaves_the_unet_as_it_was(tmp_path, trained):
+    """tune='heads': the U-Net's weights are those of the init after training; the velocity
+    head, the pose mask head and the prior move; the optimizer holds only those."""
+    init = torch.load(trained, map_location="cpu", weights_only=False)["state_dict"]
+    trainer = Trainer(_config(tmp_path, init=trained, tune="heads", iterations=3, lr=1e-2),
+                      [_sample(3, slices=1)])
+    trainer.run()
+    state = trainer.model.state_dict()
+    frozen = [k for k in init if k.startswith("net.") and not k.startswith("net.head.")]
+    assert frozen and all(torch.equal(state[k], init[k]) for k in frozen)
+    assert not torch.equal(state["net.head.weight"], init["net.head.weight"])
+    assert not torch.equal(state["pose_head.head.weight"], init["pose_head.head.weight"])
+    trained_names = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained_names and all(not n.startswith("net.") or n.startswith("net.head.")
+                                 for n in trained_names)
+    optimised = sum(p.numel() for group in trainer.optimizer.param_groups
+                    for p in group["params"])
+    assert optimised == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         KINDS,
         PARAMETERISATIONS,
         PRIOR_INITS,
+        TUNES,
     )
 
     data = parser.add_argument_group("data")
@@ -112,6 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "unless --keep-prior. Not with --resume")
     tune.add_argument("--keep-prior", action="store_true",
                       help="with --init: keep its prior instead of re-fitting it")
+    _option(tune, "--tune", "with --init: train all of the model, or only its heads (the U-Net "
+            "frozen; docs/RESULTS.md: less drift on one volume, worse on several)", choices=TUNES)
     tune.add_argument("--image-depth", action=_TypedSwitch, default=None,
                       help="painted slices: make the prior as deep as the organ seen in the "
                       "image; default: with --init, as measured in docs/RESULTS.md")

@@ -24,9 +24,14 @@ __all__ = [
     "LATER_FIELDS",
     "PARAMETERISATIONS",
     "PRIOR_INITS",
+    "TUNES",
     "TrainConfig",
 ]
 
+# what a warm-started run trains: "all" its parameters, or "heads" — the 1×1 velocity and pose
+# mask heads, the force gains and the prior, the U-Net frozen (docs/RESULTS.md, "Fine-tuning the
+# heads alone": less drift on one volume, a tie in the dock, worse on 8 painted volumes)
+TUNES = ("all", "heads")
 PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training masks; centre: default
 BCH_ORDERS = (1, 2, 3, 4)
 FINE_TUNE_SMOOTHNESS = 0.1  # λ of a fine-tune left at smoothness=None (docs/RESULTS.md)
@@ -40,7 +45,7 @@ FINE_TUNE_BOUND = 6.0  # bound (image voxels) of a fine-tune left at alpha=None 
 # fields added after the first release: a run recorded before them has none (resume and
 # from_dict take them as the behaviour of that time, not today's defaults)
 LATER_FIELDS = ("pose", "pose_loss", "mirror", "image_depth", "image_mask",
-                "image_segmentation", "calibrate", "feature_level")
+                "image_segmentation", "calibrate", "feature_level", "tune")
 # the U-Net decoder level a fresh flow model's heads read, per dimensionality (core.nets.UNet,
 # feature_level, with the finer encoder levels folded in; docs/RESULTS.md, "The heads at half
 # resolution")
@@ -118,6 +123,7 @@ class TrainConfig:
     # fine-tuning and sparse labels (docs/RESULTS.md, "Sparse annotations")
     init: str | None = None  # checkpoint whose network warm-starts the run (None: fresh)
     keep_prior: bool = False  # with init: keep its prior instead of re-fitting it to the labels
+    tune: str = "all"  # with init: train "all" parameters or only the "heads" (TUNES)
     minutes: float | None = None  # time budget of the training steps (None: iterations only)
     painted_axis: int | None = None  # labels are painted slices along this axis (None: as is)
 
@@ -179,6 +185,11 @@ class TrainConfig:
                              f"{self.ndim}D patches, got {self.painted_axis!r}")
         if self.keep_prior and self.init is None:
             raise ValueError("keep_prior needs init: the prior kept is the init checkpoint's")
+        if self.tune not in TUNES:
+            raise ValueError(f"tune must be one of {TUNES}, got {self.tune!r}")
+        if self.tune == "heads" and (self.init is None or self.kind == "unet"):
+            raise ValueError("tune='heads' needs init and a flow model (bch, svf, stt): it trains "
+                             "the heads of a warm-started network, which stays frozen")
         space = self.velocity_space()  # validates the velocity settings
         if self.feature_level is not None:
             check_heads(self.kind, self.feature_level, space)

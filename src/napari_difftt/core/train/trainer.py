@@ -285,6 +285,9 @@ class Trainer:
         else:
             self.model = TemplateTransformer.from_config(checkpoint["model"])
             self.model.load_state_dict(checkpoint["state_dict"])
+        if config.tune == "heads":
+            self._log(f"training the heads alone: {freeze_network(self.model)} weights of the "
+                      "U-Net frozen")
         self.model.to(self.device).train()
         self.network = self.ddp.wrap(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -678,6 +681,18 @@ def fitted_prior(
         config.ndim, mean=mean, covariance=covariance, beta=beta,
         parameterisation=config.prior, train_beta=config.train_beta,
     )
+
+
+def freeze_network(model: TemplateTransformer) -> int:
+    """Freeze ``model``'s U-Net but its 1×1 velocity head (``config.tune == "heads"``): the pose
+    level's mask head, the force gains and the prior stay trainable. Returns the number of
+    weights frozen."""
+    frozen = 0
+    for name, parameter in model.net.named_parameters():
+        if not name.startswith("head."):
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
 
 
 def load_init(path: str | os.PathLike, config: TrainConfig) -> dict:
