@@ -30,7 +30,8 @@ __all__ = [
 
 # what a warm-started run trains: "all" its parameters, or "heads" — the 1×1 velocity and pose
 # mask heads, the force gains and the prior, the U-Net frozen (docs/RESULTS.md, "Fine-tuning the
-# heads alone": less drift on one volume, a tie in the dock, worse on 8 painted volumes)
+# heads alone": less drift on a volume the init nearly fits, worse on the dock's 128³ brain and
+# on 8 painted volumes, so fine-tunes train "all" by default)
 TUNES = ("all", "heads")
 PRIOR_INITS = ("labels", "centre")  # labels: μ, Σ fitted to the training masks; centre: default
 BCH_ORDERS = (1, 2, 3, 4)
