@@ -1,7 +1,7 @@
 """Whole-volume inference time: the bundled bch model against U-Nets of the same width.
 
     .venv/bin/python benchmarks/bench_inference.py [--sizes 64 128] [--repeats 5]
-        [--legacy OLD.pt] [--also CKPT ...] [--threads 2] [--json out.json]
+        [--legacy OLD.pt] [--also CKPT ...] [--threads 2] [--system-malloc] [--json out.json]
 
 Each model segments the same seeded phantom (normalisation, padding, network, flow, prior,
 threshold), once to warm up, then ``--repeats`` times in turn (round robin, so a change of load
@@ -9,10 +9,12 @@ hits every model alike), in the modes of :data:`MODES`: the segmentation alone;
 :func:`~napari_difftt.core.inference.predict_volume` as called by default (plus the topology
 report; the velocities stay on the coarse grid); as ``napari-difftt predict``
 (:func:`napari_difftt.pipeline.segment`); as the Run model widget (``segment`` with progress and
-Cancel, under :class:`~napari_difftt.core.interrupt.Interruptible`). Medians are printed with
-their ratio to the U-Net of the same width in the same mode, all measured in this one run; then
-what the Flow explorer adds on demand (the coarse velocities upsampled to the image grid).
-The U-Nets have random weights (their cost does not depend on them); the bch models are real
+Cancel, under :class:`~napari_difftt.core.interrupt.Interruptible`). Freed memory is reused as
+the command line does (:func:`~napari_difftt.core.allocator.reuse_freed_memory`) unless
+``--system-malloc`` (what a napari started on its own, or a library call, gets). Medians are
+printed with their ratio to the U-Net of the same width in the same mode, all measured in this
+one run; then what the Flow explorer adds on demand (the coarse velocities upsampled to the image
+grid). The U-Nets have random weights (their cost does not depend on them); the bch models are real
 checkpoints, because the number of squarings follows the size of their velocities.
 ``--legacy`` adds a checkpoint written before velocity spaces existed (full-resolution
 velocities), e.g. ``git show 39ee778:resources/difftt_phantom_bch.pt``; ``--also`` any other 3D
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from napari_difftt.core.allocator import reuse_freed_memory
 from napari_difftt.core.data import make_phantom
 from napari_difftt.core.flow.certificate import upsampled_folding
 from napari_difftt.core.inference import LoadedModel, default_checkpoint, load_model, predict_volume
@@ -64,8 +67,11 @@ def main() -> None:
     parser.add_argument("--legacy", type=Path, help="a checkpoint of the old parameterisation")
     parser.add_argument("--also", type=Path, nargs="+", default=[],
                         help="other 3D checkpoints to time beside the bundled one")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave malloc's settings alone (the command line reuses freed memory)")
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args()
+    malloc = "system default (--system-malloc)" if args.system_malloc else reuse_freed_memory()
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     bundled = load_model(default_checkpoint(), device="cpu")
@@ -83,7 +89,7 @@ def main() -> None:
         models[f"unet width {width}"] = LoadedModel(unet, {}, cpu)
     space = bundled.model.velocity_space
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
-          f"width {bundled.model.width}, bundled velocity space {space}")
+          f"width {bundled.model.width}, bundled velocity space {space}\nfreed memory: {malloc}")
     records = []
     for size in args.sizes:
         image = make_phantom((size,) * 3, seed=999).image
@@ -130,7 +136,7 @@ def main() -> None:
                           for scheme, (sliced, whole) in folds.items()))
         records.append({"size": size, "fold_tests": folds, "fold_tests_certified": certified})
     if args.json is not None:
-        args.json.write_text(json.dumps({"threads": torch.get_num_threads(),
+        args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "malloc": malloc,
                                          "load_average": os.getloadavg(),
                                          "runs": records}, indent=2) + "\n")
 

