@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_difftt.core.allocator import reuse_freed_memory
 from napari_difftt.core.data import ORGANS, make_phantom
 from napari_difftt.core.inference import default_checkpoint
 from napari_difftt.core.io import Volume, read_nifti
@@ -64,8 +65,12 @@ def main() -> None:
                         "(default: TrainConfig's rule)")
     parser.add_argument("--image", type=Path, help="a NIfTI volume instead of a phantom")
     parser.add_argument("--labels", type=Path, help="its dense labels (NIfTI, non-zero = organ)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave malloc alone: a napari started on its own (default: freed "
+                        "memory reused, as under napari-difftt demo; core.allocator)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    malloc = "system default (--system-malloc)" if args.system_malloc else reuse_freed_memory()
     torch.set_num_threads(args.threads)
     FINE_TUNE.update(patch=args.patch, lr=args.lr, tune=args.tune)
     if (args.image is None) != (args.labels is None):
@@ -103,7 +108,7 @@ def main() -> None:
         "image_mask": run.trainer.config.image_mask,
         "image_segmentation": run.trainer.config.image_segmentation,
         "smoothness": run.trainer.config.smoothness,
-        "tune": run.trainer.config.tune,
+        "tune": run.trainer.config.tune, "malloc": malloc,
         "bundled_dice": before.metrics["dice"], "steps": finished.steps,
         "minutes_to_result": wall / 60, "dice": metrics["dice"], "hd95": metrics["hd95"],
         "topology": after.topology,

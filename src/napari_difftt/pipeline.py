@@ -71,6 +71,7 @@ __all__ = [
     "prior_from_display",
     "prior_to_display",
     "prior_values",
+    "release_freed_memory",
     "segment",
     "split_validation",
     "train",
@@ -176,6 +177,14 @@ def default_checkpoint(ndim: int = 3) -> Path:
     from .core.inference import default_checkpoint as bundled
 
     return bundled(ndim)
+
+
+def release_freed_memory() -> None:
+    """Give freed heap pages back to the system (:func:`core.allocator.release_freed_memory`):
+    what napari's long jobs do as they end, so an idle viewer does not keep a job's peak."""
+    from .core.allocator import release_freed_memory as release
+
+    release()
 
 
 def segment(

@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from napari_difftt.core.allocator import OPT_OUT, _glibc
+from napari_difftt.core.allocator import ENVIRONMENT, OPT_OUT, _glibc
 
 
 def _huge_pages_always() -> bool:
@@ -73,6 +73,25 @@ def test_freed_tensors_are_reused_on_the_main_thread_and_on_later_threads():
     assert reused["status"].startswith("reused (glibc ")
     assert reused["again"]  # idempotent: the second call repeats the first's answer
     assert max(reused["main"], reused["thread"]) < REUSED_AT_MOST
+
+
+def test_glibc_variables_before_the_start_do_the_same():
+    """What the README gives a napari started on its own."""
+    run = _probe("None", **ENVIRONMENT)
+    assert max(run["main"], run["thread"]) < REUSED_AT_MOST
+
+
+def test_release_gives_the_kept_memory_back():
+    code = ("import torch\nfrom napari_difftt.core import allocator\n"
+            "allocator.reuse_freed_memory()\n"
+            "def resident():\n"
+            "    line = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
+            "    return int(line.split()[1]) // 1024\n"
+            "torch.ones(2**26)\nkept = resident()\nallocator.release_freed_memory()\n"
+            "print(kept - resident())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert int(done.stdout.splitlines()[-1]) > 200  # MiB of the 256 MiB tensor given back
 
 
 def test_the_opt_out_leaves_malloc_alone():

@@ -160,6 +160,49 @@ def test_abort_closes_the_task_in_its_own_thread_and_callbacks_use_no_helper_thr
     assert ran_in[0] is not threading.main_thread()
 
 
+@pytest.mark.parametrize("release", [True, False])
+def test_long_jobs_give_freed_memory_back_in_their_thread_after_the_task(qtbot, monkeypatch,
+                                                                         release):
+    import threading
+
+    from napari_difftt import pipeline
+    from napari_difftt.widgets._worker import callback_task, start_job
+
+    events = []
+    monkeypatch.setattr(pipeline, "release_freed_memory",
+                        lambda: events.append(("released", threading.current_thread())))
+
+    def work(report, should_stop):
+        events.append(("task", threading.current_thread()))
+        raise ValueError("a failing job releases too")
+
+    seen = []
+    start_job(callback_task(work), on_error=seen.append, release_memory=release)
+    qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT_MS)
+    if release:
+        (_, worker), (what, thread) = events
+        assert what == "released" and thread is worker is not threading.main_thread()
+    else:
+        assert [what for what, _ in events] == ["task"]
+
+
+def test_the_long_jobs_are_the_ones_that_release():
+    """Run model (one volume and a folder), Train and Segment from my slices; not the previews."""
+    import ast
+    from pathlib import Path
+
+    import napari_difftt.widgets as widgets
+
+    released = set()
+    for path in Path(widgets.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "start_job"
+                    and any(k.arg == "release_memory" and getattr(k.value, "value", False)
+                            for k in node.keywords)):
+                released.add(path.name)
+    assert released == {"run_model.py", "train.py", "slices.py"}
+
+
 @pytest.mark.parametrize("error, expected", [
     ("checkpoint", "Cannot use this checkpoint"),
     ("volume", "Cannot read the volume"),

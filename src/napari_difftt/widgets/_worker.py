@@ -14,7 +14,10 @@ there. Exceptions never escape the worker thread as such (superqt swallows a ``R
 CUDA out-of-memory is one — as "worker deleted"): every outcome comes back through ``returned``
 and is dispatched on the main thread, by exception *type*; an error other than
 :class:`~napari_difftt.errors.Cancelled` is reported as that error even after Cancel.
-``torch.cuda.empty_cache()`` runs in ``finally`` in the worker.
+``torch.cuda.empty_cache()`` runs in ``finally`` in the worker; a job started with
+``release_memory=True`` (a prediction, a training) then gives the freed CPU heap back to the
+system (:func:`napari_difftt.pipeline.release_freed_memory`), so an idle viewer does not keep
+the job's peak.
 
 A worker must never touch, from its thread:
 
@@ -93,15 +96,18 @@ def start_job(
     on_error: Callable[[BaseException], None] | None = None,
     on_cancelled: Callable[[], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    release_memory: bool = False,
 ) -> Job:
     """Start ``task`` in a worker thread; the callbacks run on the main (GUI) thread.
 
     ``on_progress(done, total, message)`` per yielded tuple; then exactly one of
     ``on_done(value)``, ``on_error(error)`` (default: a napari error notification from
     :func:`explain`) or ``on_cancelled()``; then ``on_finished()`` whatever happened.
+    ``release_memory``: the worker gives freed CPU memory back to the system as the task ends
+    (for long jobs; 3–60 ms, and the next job faults its pages afresh).
     """
     stop, abort, relay = threading.Event(), threading.Event(), []
-    worker = _worker_class()(_guarded, task, stop, abort, relay)
+    worker = _worker_class()(_guarded, task, stop, abort, relay, release_memory)
     relay.append(worker.yielded.emit)  # how a callback task's progress reaches the GUI thread
     job = Job(worker, stop, abort)
     worker.abort_job = job.abort
@@ -247,9 +253,11 @@ def _notify(error: BaseException) -> None:
 
 
 def _guarded(
-    task: Task | CallbackTask, stop: threading.Event, abort: threading.Event, relay: list
+    task: Task | CallbackTask, stop: threading.Event, abort: threading.Event, relay: list,
+    release_memory: bool,
 ) -> Generator[ProgressItem, None, Outcome]:
-    """Run the task; turn every ending into an :class:`Outcome`; free cached GPU memory.
+    """Run the task; turn every ending into an :class:`Outcome`; free cached GPU memory (and,
+    with ``release_memory``, freed CPU memory).
 
     On abort the task generator is closed here, in the worker thread. ``relay[0]`` emits a
     callback task's progress.
@@ -276,6 +284,10 @@ def _guarded(
         return Outcome(error=error)
     finally:
         _empty_cuda_cache()
+        if release_memory:
+            from ..pipeline import release_freed_memory
+
+            release_freed_memory()
 
 
 @cache

@@ -243,6 +243,7 @@ class RunModelWidget(QWidget):
             on_error=live(self._on_error),
             on_cancelled=live(on_cancelled),
             on_finished=live(self._on_finished),
+            release_memory=True,
         )
         return self.job
 

@@ -159,7 +159,8 @@ class SlicesWidget(QWidget):
         self.button.setText(BUTTON[True])
         live = self.lifetime.guard
         self.job = start_job(task, on_progress=live(self._on_step), on_done=live(self._on_done),
-                             on_error=live(self._on_error), on_finished=live(self._on_finished))
+                             on_error=live(self._on_error), on_finished=live(self._on_finished),
+                             release_memory=True)
         return self.job
 
     def stop(self) -> None:
