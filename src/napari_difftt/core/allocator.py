@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 OPT_OUT = "NAPARI_DIFFTT_SYSTEM_MALLOC"  # set to 1: leave malloc's settings alone
@@ -77,8 +78,10 @@ def _apply() -> str:
             f"heap, up to {TRIM_THRESHOLD >> 20} MiB of freed memory kept, one arena)")
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The process's C library when it is glibc (it has ``gnu_get_libc_version``), else None."""
+    """The process's C library when it is glibc (it has ``gnu_get_libc_version``), else None;
+    looked up once (``find_library`` runs ``ldconfig`` in a subprocess)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
